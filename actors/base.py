@@ -1,0 +1,140 @@
+"""What every actor has: a NATS connection passed in, a lifecycle, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any, ClassVar
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from events import subjects
+from events.codec import encode
+from events.contracts import Heartbeat, ServiceStarted, utcnow
+from victoria import __version__
+from victoria.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def resident_bytes() -> int:
+    import psutil  # loaded on first heartbeat, not at import
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class Actor:
+    """Base of the actor processes. ``start()`` and ``stop()`` are safe to call twice."""
+
+    name: ClassVar[str] = "actor"
+
+    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.config = config
+        self.instance = config.instance
+        self.restarts = restarts
+        self.started_at = utcnow()
+        self._started = False
+        self._stopped = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.crashed = asyncio.Event()
+        """Set when a critical background task fails: the process then exits and is restarted."""
+
+    # --- to override ---------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        """Subscribe, create consumers. Called once by ``start()``."""
+
+    async def on_stop(self) -> None:
+        """Stop taking work and let work in flight end. Called once by ``stop()``."""
+
+    def in_flight(self) -> int:
+        return 0
+
+    def health(self) -> tuple[str, str]:
+        """("up" | "degraded", detail) for the heartbeat."""
+        return "up", ""
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.on_start()
+        await self.js.publish(
+            subjects.service_event(self.name, self.instance, "started"),
+            encode(
+                ServiceStarted(
+                    name=self.name,
+                    instance=self.instance,
+                    pid=os.getpid(),
+                    version=__version__,
+                    restarts=self.restarts,
+                )
+            ),
+        )
+        self.spawn(self._heartbeat_loop())
+        log.info("%s instance %s started, pid %d", self.name, self.instance, os.getpid())
+
+    async def stop(self) -> None:
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        await self.on_stop()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        log.info("%s instance %s stopped", self.name, self.instance)
+
+    async def __aenter__(self) -> Actor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, critical: bool = False) -> asyncio.Task[None]:
+        """Run ``coro`` in the background; if ``critical`` and it fails, the actor crashes."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+            if critical:
+                self.crashed.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def heartbeat(self) -> None:
+        status, detail = self.health()
+        beat = Heartbeat(
+            name=self.name,
+            instance=self.instance,
+            pid=os.getpid(),
+            rss_bytes=resident_bytes(),
+            in_flight=self.in_flight(),
+            version=__version__,
+            interval_s=self.config.heartbeat_interval,
+            started_at=self.started_at,
+            status="degraded" if status == "degraded" else "up",
+            detail=detail,
+            restarts=self.restarts,
+        )
+        if self.nc.is_connected:
+            await self.nc.publish(subjects.heartbeat(self.name, self.instance), encode(beat))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # a missed beat is reported by the monitor, not fatal here
+                log.warning("heartbeat not sent: %s", exc)
+            await asyncio.sleep(self.config.heartbeat_interval)
+

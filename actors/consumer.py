@@ -1,0 +1,187 @@
+"""A durable JetStream pull consumer that runs one handler task per message, up to a limit.
+
+While a handler runs, its message is kept alive with in-progress acks, so a long task is never
+redelivered to a second worker while the first is alive; when the worker dies the acks stop and
+JetStream redelivers after ``ack_wait``. The handler acks, naks or terms the message itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import BadRequestError
+
+log = logging.getLogger(__name__)
+
+FETCH_WAIT: Final = 5.0  # seconds one pull request stays open at the server
+MAX_BATCH: Final = 256  # messages one pull request asks for
+STOP_GRACE: Final = 3.0  # seconds handlers get to finish on a clean stop
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class WorkConsumer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        ack_wait: float,
+        concurrency: int,
+        handler: Handler,
+        max_deliver: int = -1,
+        max_ack_pending: int = 20_000,
+    ) -> None:
+        self.js = js
+        self.stream = stream
+        self.durable = durable
+        self.config = jsapi.ConsumerConfig(
+            durable_name=durable,
+            filter_subject=filter_subject,
+            ack_policy=jsapi.AckPolicy.EXPLICIT,
+            deliver_policy=jsapi.DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+            max_waiting=512,
+        )
+        self.ack_wait = ack_wait
+        self.concurrency = concurrency
+        self.handler = handler
+        self.active: dict[asyncio.Task[None], Msg] = {}
+        self._slot_free = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._pulled = 0  # messages asked for and not yet delivered
+
+    async def start(self) -> None:
+        if self._loop_task is not None:
+            return
+        try:
+            await self.js.add_consumer(self.stream, config=self.config)
+        except BadRequestError as exc:
+            # Already there with other settings (an older version made it): use it as it is.
+            log.warning("consumer %s exists with other settings, using it: %s", self.durable, exc)
+        self._loop_task = asyncio.create_task(self._loop(), name=f"consume-{self.durable}")
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._loop_task
+
+    async def _loop(self) -> None:
+        """Keep pull requests outstanding for as many messages as there are free slots.
+
+        Messages are handled as each arrives (a ``fetch`` of a batch would wait for the whole batch
+        or the request's expiry). A pull request that is lost (a server restart) is forgotten after
+        its expiry, so the loop never goes silent.
+        """
+        nc = self.js._nc
+        inbox = nc.new_inbox()
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+        wake = self._slot_free
+
+        async def on_msg(msg: Msg) -> None:
+            status = msg.headers.get("Status") if msg.headers else None
+            if status:
+                if status == "100":  # idle heartbeat
+                    return
+                # 408: the request expired; 409: the server dropped it; 404: nothing (no_wait).
+                unfilled = msg.headers.get("Nats-Pending-Messages") if msg.headers else None
+                if unfilled and unfilled.isdigit():
+                    self._pulled = max(0, self._pulled - int(unfilled))
+                else:
+                    self._pulled = 0
+                wake.set()
+                return
+            self._pulled = max(0, self._pulled - 1)
+            task = asyncio.create_task(self._run(msg))
+            self.active[task] = msg
+            task.add_done_callback(self._done)
+
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        loop = asyncio.get_running_loop()
+        expires_at = 0.0
+        try:
+            while not self._stopping:
+                wanted = self.concurrency - len(self.active) - self._pulled
+                refill = self._pulled == 0 or wanted >= max(1, min(self.concurrency, MAX_BATCH) // 4)
+                if loop.time() > expires_at + 1.0:
+                    self._pulled = 0  # requests past their expiry are gone, whatever happened
+                    wanted = self.concurrency - len(self.active)
+                    refill = True
+                if wanted > 0 and refill and nc.is_connected:
+                    batch = min(wanted, MAX_BATCH)
+                    request = {"batch": batch, "expires": int(FETCH_WAIT * 1e9)}
+                    try:
+                        await nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                        self._pulled += batch
+                        expires_at = loop.time() + FETCH_WAIT
+                    except nats.errors.Error as exc:
+                        log.warning("consumer %s pull failed: %s", self.durable, exc)
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), max(0.05, expires_at - loop.time()))
+                except TimeoutError:
+                    pass
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.active.pop(task, None)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler of %s failed", self.durable, exc_info=task.exception())
+
+    async def _run(self, msg: Msg) -> None:
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self.handler(msg)
+        except asyncio.CancelledError:
+            # Stopping: hand the message back at once instead of waiting out ack_wait.
+            await _quietly(msg.nak())
+            raise
+        except Exception:
+            await _quietly(msg.nak(delay=1.0))
+            raise
+        finally:
+            keepalive.cancel()
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(0.5, self.ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            await _quietly(msg.in_progress())
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._slot_free.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self.active:
+            _, pending = await asyncio.wait(list(self.active), timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _quietly(aw: Awaitable[None]) -> None:
+    try:
+        await aw
+    except Exception as exc:  # the message will be redelivered; nothing else to do
+        log.debug("ack operation failed: %s", exc)

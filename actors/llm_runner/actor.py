@@ -1,0 +1,207 @@
+"""The LLM runner: the only process that talks to model servers.
+
+It takes ``llm_requested`` events from a durable consumer, calls the model server with a deadline,
+and appends the answer as an ``llm_result`` event of the task. A result is stored before the request
+is acknowledged, so a Victoria that dies while the model thinks finds the answer on resume, and the
+model is not asked twice. A redelivered request whose result is already stored is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import ClassVar, Final
+
+import httpx
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors.base import Actor
+from actors.consumer import WorkConsumer
+from actors.llm_runner import protocols
+from events import subjects
+from events.contracts import LLMRequested, LLMResult
+from victoria import bus
+from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
+
+log = logging.getLogger(__name__)
+
+CONNECT_RETRY_MAX: Final = 5.0  # seconds between attempts to reach a model server that is down
+MAX_DELIVER: Final = 5  # deliveries of one request to runners (runner crashes) before giving up
+
+
+class LLMRunner(Actor):
+    name: ClassVar[str] = "llm-runner"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.http: httpx.AsyncClient | None = None
+        self.consumer: WorkConsumer | None = None
+        self._cancel_sub: Subscription | None = None
+        self._calls: dict[str, set[asyncio.Task[LLMResult]]] = defaultdict(set)
+        self.calls_made = 0
+
+    async def on_start(self) -> None:
+        limits = httpx.Limits(
+            max_connections=self.config.llm_concurrency,
+            max_keepalive_connections=self.config.llm_concurrency,
+        )
+        self.http = httpx.AsyncClient(base_url=self.config.llm_url, limits=limits, timeout=None)
+        self._cancel_sub = await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel)
+        self.consumer = WorkConsumer(
+            self.js,
+            stream=subjects.TASK_STREAM,
+            durable="llm-runner",
+            filter_subject=subjects.all_tasks_of_kind("llm_request"),
+            ack_wait=self.config.ack_wait,
+            concurrency=self.config.llm_concurrency,
+            handler=self._handle,
+            max_deliver=MAX_DELIVER + 1,
+        )
+        await self.consumer.start()
+        assert self.consumer.task is not None
+        self.consumer.task.add_done_callback(lambda t: self.crashed.set() if not t.cancelled() else None)
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self._cancel_sub is not None:
+            await self._cancel_sub.unsubscribe()
+        if self.http is not None:
+            await self.http.aclose()
+
+    def in_flight(self) -> int:
+        return sum(len(calls) for calls in self._calls.values())
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            task_id = subjects.task_id_of(msg.subject)
+        except ValueError:
+            return
+        for call in list(self._calls.get(task_id, ())):
+            log.info("task %s cancelled: aborting its model call", task_id)
+            call.cancel()
+
+    async def _handle(self, msg: Msg) -> None:
+        event = bus.decode_task_event(msg.data, msg.subject)
+        if not isinstance(event, LLMRequested):
+            await bus.dead_letter(self.js, "llm-runner", msg, "not an llm_requested event")
+            await msg.term()
+            return
+        deliveries = msg.metadata.num_delivered or 1
+        if deliveries > 1 and await self._already_answered(event):
+            log.info("task %s request %s already answered; skipping", event.task_id, event.request_id)
+            await msg.ack()
+            return
+        if deliveries > MAX_DELIVER:
+            result = LLMResult(
+                task_id=event.task_id,
+                request_id=event.request_id,
+                ok=False,
+                error=f"model call abandoned after {MAX_DELIVER} deliveries (the runner kept dying)",
+                error_kind="protocol",
+                instance=self.instance,
+            )
+        else:
+            call = asyncio.ensure_future(self.call(event))
+            calls = self._calls[event.task_id]
+            calls.add(call)
+            try:
+                result = await call
+            except asyncio.CancelledError:
+                if call.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    await msg.ack()  # the task was cancelled: nobody wants this answer
+                    return
+                raise
+            finally:
+                calls.discard(call)
+                if not calls:
+                    self._calls.pop(event.task_id, None)
+        await bus.append(self.js, result, "llm_result", key=f"llm_res:{event.request_id}")
+        await msg.ack()
+
+    async def _already_answered(self, event: LLMRequested) -> bool:
+        last = await bus.last_task_event(self.js, event.task_id, "llm_result")
+        if isinstance(last, LLMResult) and last.request_id == event.request_id:
+            return True
+        done = await bus.last_task_event(self.js, event.task_id, "completed")
+        return done is not None
+
+    async def call(self, event: LLMRequested) -> LLMResult:
+        """One model call with a deadline; connection failures are retried until the deadline."""
+        model = event.model or self.config.model
+        timeout = min(event.timeout_s, self.config.llm_timeout)
+        started = time.monotonic()
+        base = LLMResult(task_id=event.task_id, request_id=event.request_id, ok=False, model=model)
+        url = self.config.llm_url + protocols.endpoint(self.config.llm_api)
+        unreachable: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                completion = await self._call_until_reachable(event, model, url, unreachable)
+        except TimeoutError:
+            err: LLMError = LLMTimeout(f"model server at {url} gave no answer within {timeout:g}s", url=url)
+            if unreachable:
+                err = LLMUnavailable(
+                    f"model server at {url} unreachable for {timeout:g}s: {unreachable[-1]}", url=url
+                )
+            return self._failed(base, err, started)
+        except LLMError as exc:
+            return self._failed(base, exc, started)
+        self.calls_made += 1
+        return LLMResult(
+            task_id=event.task_id,
+            request_id=event.request_id,
+            ok=True,
+            content=completion.content,
+            model=completion.model,
+            url=url,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            duration_s=round(time.monotonic() - started, 4),
+            instance=self.instance,
+        )
+
+    async def _call_until_reachable(
+        self, event: LLMRequested, model: str, url: str, unreachable: list[str]
+    ) -> protocols.Completion:
+        assert self.http is not None
+        api = self.config.llm_api
+        body = protocols.request_body(api, model, event.messages, json_mode=event.json_mode)
+        delay = 0.25
+        while True:
+            try:
+                response = await self.http.post(protocols.endpoint(api), json=body)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                unreachable.append(f"{type(exc).__name__}: {exc or 'connection refused'}")
+                log.warning("model server %s unreachable (%s); retrying in %.2fs", url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONNECT_RETRY_MAX)
+                continue
+            unreachable.clear()
+            if response.status_code >= 400:
+                raise LLMHTTPError(
+                    f"model server at {url} answered HTTP {response.status_code}: {response.text[:300]}",
+                    url=url,
+                    status=response.status_code,
+                )
+            try:
+                return protocols.parse_response(api, response.content, model)
+            except LLMProtocolError as exc:
+                raise LLMProtocolError(f"{url}: {exc}", url=url) from None
+
+    def _failed(self, base: LLMResult, error: LLMError, started: float) -> LLMResult:
+        log.warning("task %s request %s failed: %s", base.task_id, base.request_id, error)
+        kind = error.kind if error.kind in ("unavailable", "timeout", "http_status", "protocol") else "protocol"
+        return LLMResult(
+            task_id=base.task_id,
+            request_id=base.request_id,
+            ok=False,
+            model=base.model,
+            error=str(error),
+            error_kind=kind,  # type: ignore[arg-type]
+            url=error.url,
+            duration_s=round(time.monotonic() - started, 4),
+            instance=self.instance,
+        )

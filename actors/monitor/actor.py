@@ -1,0 +1,184 @@
+"""The service monitor: liveness from heartbeats, transitions as events, the /services view.
+
+An instance is ``up`` while its heartbeats arrive, ``down`` after ``MISSED_BEATS`` intervals of
+silence or when the supervisor reports its process dead, and ``up`` again at its next beat.
+``service_down`` and ``service_up`` are published only on transitions. The monitor never acts on
+itself: it has no way to restart anything, supervisors do that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar, Final, Literal
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api as jsapi
+
+from actors.base import Actor
+from events import subjects
+from events.codec import encode, service_decoder
+from events.contracts import (
+    Heartbeat,
+    ServiceDown,
+    ServiceEntry,
+    ServicesReply,
+    ServiceStarted,
+    ServiceUp,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+MISSED_BEATS: Final = 3  # intervals of silence before an instance counts as down
+
+
+@dataclass(slots=True)
+class _Entry:
+    name: str
+    instance: str
+    pid: int | None = None
+    status: Literal["up", "down", "degraded"] = "up"
+    reason: str = ""
+    restarts: int = 0
+    last_seen: datetime | None = None
+    interval: float = 2.0
+    rss_bytes: int | None = None
+    in_flight: int | None = None
+    version: str | None = None
+
+    def view(self) -> ServiceEntry:
+        return ServiceEntry(
+            name=self.name,
+            instance=self.instance,
+            pid=self.pid,
+            status=self.status,
+            reason=self.reason,
+            restarts=self.restarts,
+            last_seen=self.last_seen,
+            rss_bytes=self.rss_bytes,
+            in_flight=self.in_flight,
+            version=self.version,
+        )
+
+
+class Monitor(Actor):
+    name: ClassVar[str] = "monitor"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.entries: dict[tuple[str, str], _Entry] = {}
+        self._subs: list[Subscription] = []
+
+    async def on_start(self) -> None:
+        # The last beat of every instance first (the stream keeps one per subject), then live ones.
+        self._subs.append(
+            await self.js.subscribe(
+                subjects.ALL_HEARTBEATS,
+                ordered_consumer=True,
+                deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT,
+                cb=self._on_service_message,
+            )
+        )
+        self._subs.append(await self.nc.subscribe(subjects.ALL_SERVICE_EVENTS, cb=self._on_service_message))
+        self._subs.append(
+            await self.nc.subscribe(subjects.MONITOR_SERVICES, queue="monitor", cb=self._on_services_request)
+        )
+        self.spawn(self._check_loop(), critical=True)
+
+    async def on_stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+
+    def snapshot(self) -> list[ServiceEntry]:
+        return [entry.view() for _, entry in sorted(self.entries.items())]
+
+    async def _on_services_request(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(encode(ServicesReply(services=self.snapshot())))
+
+    async def _on_service_message(self, msg: Msg) -> None:
+        try:
+            event = service_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("undecodable service message on %s: %s", msg.subject, exc)
+            return
+        key = (event.name, event.instance)
+        entry = self.entries.get(key)
+        new = entry is None
+        if entry is None:
+            entry = self.entries[key] = _Entry(event.name, event.instance)
+        match event:
+            case Heartbeat():
+                entry.pid = event.pid
+                entry.interval = event.interval_s
+                entry.rss_bytes = event.rss_bytes
+                entry.in_flight = event.in_flight
+                entry.version = event.version
+                entry.restarts = max(entry.restarts, event.restarts)
+                if entry.last_seen is None or event.ts >= entry.last_seen:
+                    entry.last_seen = event.ts
+                if self._stale(entry):
+                    # An old beat replayed from the stream: the instance is gone, and that is no news.
+                    if new:
+                        entry.status, entry.reason = "down", "no heartbeat since the monitor started"
+                    return
+                if event.status == "degraded":
+                    await self._transition(entry, "degraded", event.detail or "reported degraded")
+                elif entry.status != "up":
+                    await self._transition(entry, "up", "heartbeat received")
+            case ServiceStarted():
+                entry.pid = event.pid
+                entry.restarts = max(entry.restarts, event.restarts)
+                entry.version = event.version
+            case ServiceDown(source="supervisor"):
+                entry.restarts = max(entry.restarts, event.restarts)
+                entry.status = "down"
+                entry.reason = event.reason
+            case _:
+                pass
+
+    def _stale(self, entry: _Entry) -> bool:
+        if entry.last_seen is None:
+            return True
+        silence = (utcnow() - entry.last_seen).total_seconds()
+        return silence > entry.interval * MISSED_BEATS
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.25, self.config.heartbeat_interval / 2))
+            for entry in list(self.entries.values()):
+                if entry.status != "down" and self._stale(entry):
+                    silence = (utcnow() - entry.last_seen).total_seconds() if entry.last_seen else 0.0
+                    await self._transition(
+                        entry,
+                        "down",
+                        f"no heartbeat for {silence:.1f}s (expected every {entry.interval:g}s)",
+                    )
+
+    async def _transition(self, entry: _Entry, status: Literal["up", "down", "degraded"], reason: str) -> None:
+        if entry.status == status and entry.reason == reason:
+            return
+        previous = entry.status
+        entry.status = status
+        entry.reason = reason
+        if previous == status:
+            return
+        log.info("%s/%s is %s: %s", entry.name, entry.instance, status, reason)
+        event: ServiceDown | ServiceUp
+        if status == "down":
+            event = ServiceDown(
+                name=entry.name, instance=entry.instance, reason=reason, pid=entry.pid, restarts=entry.restarts
+            )
+            kind: Literal["down", "up"] = "down"
+        else:
+            event = ServiceUp(name=entry.name, instance=entry.instance, reason=reason, pid=entry.pid)
+            kind = "up"
+        try:
+            await self.js.publish(subjects.service_event(entry.name, entry.instance, kind), encode(event))
+        except Exception as exc:  # NATS away: the state is right, the event is lost; log it
+            log.warning("could not publish %s for %s/%s: %s", kind, entry.name, entry.instance, exc)

@@ -1,0 +1,73 @@
+"""Veronica: the helper agent. Answers file requests from her workspace, with no model call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import ClassVar
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors.base import Actor
+from actors.veronica import files
+from events import subjects
+from events.codec import encode, files_request_decoder
+from events.contracts import FilesReply, FilesRequest
+from victoria.errors import ToolError
+
+log = logging.getLogger(__name__)
+
+
+class Veronica(Actor):
+    name: ClassVar[str] = "veronica"
+
+    _sub: Subscription | None = None
+    _busy = 0
+
+    async def on_start(self) -> None:
+        self._sub = await self.nc.subscribe(subjects.VERONICA_FILES, queue="veronica", cb=self._on_request)
+
+    async def on_stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    def in_flight(self) -> int:
+        return self._busy
+
+    async def _on_request(self, msg: Msg) -> None:
+        self._busy += 1
+        try:
+            try:
+                request = files_request_decoder.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                log.warning("bad files request on %s: %s", msg.subject, exc)
+                reply = FilesReply(ok=False, error=f"bad request: {exc}")
+            else:
+                # File I/O is blocking: keep it off the event loop.
+                reply = await asyncio.to_thread(self.handle, request)
+                log.info(
+                    "files %s %r for task %s: %s",
+                    request.op,
+                    request.path,
+                    request.task_id,
+                    "ok" if reply.ok else reply.error,
+                )
+            if msg.reply:
+                await msg.respond(encode(reply))
+        finally:
+            self._busy -= 1
+
+    def handle(self, request: FilesRequest) -> FilesReply:
+        workspace = self.config.workspace
+        try:
+            if request.op == "read":
+                text = files.read_file(workspace, request.path)
+                return FilesReply(ok=True, output=text)
+            entries = files.list_directory(workspace, request.path, request.limit)
+            return FilesReply(ok=True, output="\n".join(entries), entries=entries)
+        except ToolError as exc:
+            return FilesReply(ok=False, error=str(exc))
+        except OSError as exc:
+            return FilesReply(ok=False, error=f"{request.path!r}: {exc.strerror or exc}")

@@ -1,0 +1,304 @@
+"""Victoria: takes tasks from a durable consumer and runs them, resuming from their events.
+
+One delivery of a ``task_submitted`` message is one attempt. Before running, Victoria folds the
+task's stored events (on a redelivery) and the workflow takes every recorded stage, model result and
+tool result from that history. The message is acknowledged only after the terminal event is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import ClassVar, Final
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors.base import Actor
+from actors.consumer import WorkConsumer
+from actors.victoria import workflow
+from events import subjects
+from events.codec import encode, files_reply_decoder
+from events.contracts import (
+    ChatMessage,
+    FilesRequest,
+    LLMRequested,
+    LLMResult,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskStage,
+    TaskStarted,
+    TaskSubmitted,
+    ToolResult,
+)
+from events.fold import TaskHistory, stage_key
+from victoria import bus
+from victoria.errors import TaskAborted
+
+log = logging.getLogger(__name__)
+
+RESULT_RECHECK: Final = 10.0  # seconds between looks in the stream for a model result we may have missed
+
+
+class Victoria(Actor):
+    name: ClassVar[str] = "victoria"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.consumer: WorkConsumer | None = None
+        self.running: dict[str, asyncio.Task[str]] = {}
+        self.cancel_reasons: dict[str, str] = {}
+        self.waiters: dict[tuple[str, str], asyncio.Future[LLMResult]] = {}
+        self._subs: list[Subscription] = []
+
+    async def on_start(self) -> None:
+        self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("llm_result"), cb=self._on_result))
+        self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
+        self.consumer = WorkConsumer(
+            self.js,
+            stream=subjects.TASK_STREAM,
+            durable="victoria",
+            filter_subject=subjects.all_tasks_of_kind("submitted"),
+            ack_wait=self.config.ack_wait,
+            concurrency=self.config.concurrency,
+            handler=self._handle,
+        )
+        await self.consumer.start()
+        assert self.consumer.task is not None
+        self.consumer.task.add_done_callback(lambda t: self.crashed.set() if not t.cancelled() else None)
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        for sub in self._subs:
+            await sub.unsubscribe()
+
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    # --- bus callbacks ---------------------------------------------------------------------------
+    async def _on_result(self, msg: Msg) -> None:
+        event = bus.decode_task_event(msg.data, msg.subject)
+        if isinstance(event, LLMResult):
+            future = self.waiters.get((event.task_id, event.request_id))
+            if future is not None and not future.done():
+                future.set_result(event)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            task_id = subjects.task_id_of(msg.subject)
+        except ValueError:
+            return
+        running = self.running.get(task_id)
+        if running is not None and not running.done():
+            event = bus.decode_task_event(msg.data, msg.subject)
+            self.cancel_reasons[task_id] = getattr(event, "reason", None) or "cancelled by request"
+            log.info("task %s cancel requested", task_id)
+            running.cancel()
+
+    # --- one delivery --------------------------------------------------------------------------
+    async def _handle(self, msg: Msg) -> None:
+        event = bus.decode_task_event(msg.data, msg.subject)
+        if not isinstance(event, TaskSubmitted):
+            await bus.dead_letter(self.js, "victoria", msg, "not a task_submitted event")
+            await msg.term()
+            return
+        task = event
+        attempt = msg.metadata.num_delivered or 1
+        history = await self._history(task, attempt)
+        if history.terminal:
+            await msg.ack()
+            return
+        if attempt > self.config.max_attempts:
+            error = f"gave up after {self.config.max_attempts} attempts (each a delivery to Victoria)"
+            await self._finish(
+                TaskFailed(task_id=task.task_id, error=error, error_kind="max_attempts", attempts=attempt - 1)
+            )
+            await bus.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
+            await msg.term()
+            return
+        if history.cancel_reason is not None:
+            await self._finish(TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt))
+            await msg.ack()
+            return
+        remaining = task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
+        if remaining <= 0:
+            await self._finish(self._deadline_failure(task, attempt))
+            await msg.ack()
+            return
+        await bus.append(
+            self.js,
+            TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance),
+            "started",
+            key=f"started:{attempt}",
+        )
+        log.info("task %s attempt %d started", task.task_id, attempt)
+        ctx = _Context(self, task, history)
+        run = asyncio.create_task(workflow.run(ctx), name=f"task-{task.task_id}")
+        self.running[task.task_id] = run
+        terminal: TaskCompleted | TaskFailed | TaskCancelled
+        try:
+            try:
+                async with asyncio.timeout(remaining) as deadline:
+                    output = await run
+                terminal = TaskCompleted(task_id=task.task_id, output=output, attempts=attempt)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                terminal = self._deadline_failure(task, attempt)
+            except TaskAborted as exc:
+                terminal = TaskFailed(task_id=task.task_id, error=exc.reason, error_kind=exc.kind, attempts=attempt)
+            except asyncio.CancelledError:
+                reason = self.cancel_reasons.get(task.task_id)
+                current = asyncio.current_task()
+                if reason is None or (current is not None and current.cancelling()):
+                    raise
+                terminal = TaskCancelled(task_id=task.task_id, reason=reason, attempts=attempt)
+        finally:
+            if not run.done():
+                run.cancel()
+            self.running.pop(task.task_id, None)
+            self.cancel_reasons.pop(task.task_id, None)
+        await self._finish(terminal)
+        await msg.ack()
+        log.info("task %s %s after attempt %d", task.task_id, _status(terminal), attempt)
+
+    async def _history(self, task: TaskSubmitted, attempt: int) -> TaskHistory:
+        if attempt == 1:
+            # First delivery: nothing but the submission and perhaps a cancel can be stored yet.
+            history = TaskHistory(task.task_id)
+            history.apply(task)
+            cancel = await bus.last_task_event(self.js, task.task_id, "cancel")
+            if cancel is not None:
+                history.apply(cancel)
+            return history
+        history = TaskHistory(task.task_id)
+        for seq, event in await bus.read_task_events(self.js, task.task_id):
+            history.apply(event, seq)
+        if history.submitted is None:
+            history.apply(task)
+        return history
+
+    def _deadline_failure(self, task: TaskSubmitted, attempt: int) -> TaskFailed:
+        return TaskFailed(
+            task_id=task.task_id,
+            error=f"task deadline of {task.deadline_s:g}s passed",
+            error_kind="deadline",
+            attempts=attempt,
+        )
+
+    async def _finish(self, event: TaskCompleted | TaskFailed | TaskCancelled) -> None:
+        kind: subjects.TaskKind = _status(event)
+        await bus.append(self.js, event, kind, key="terminal")
+
+
+def _status(event: TaskCompleted | TaskFailed | TaskCancelled) -> subjects.TaskKind:
+    if isinstance(event, TaskCompleted):
+        return "completed"
+    if isinstance(event, TaskFailed):
+        return "failed"
+    return "cancelled"
+
+
+class _Context:
+    """The workflow's view of the world, backed by the task's history and the bus."""
+
+    def __init__(self, actor: Victoria, task: TaskSubmitted, history: TaskHistory) -> None:
+        self.actor = actor
+        self.task = task
+        self.history = history
+        self.delegate_timeout = actor.config.delegate_timeout
+
+    async def stage(self, stage: str, *, step: int | None = None, detail: str = "") -> None:
+        key = stage_key(stage, step)
+        if key in self.history.stages_seen:
+            return
+        event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail)
+        await bus.append(self.actor.js, event, "stage", key=f"stage:{key}")
+        self.history.apply(event)
+
+    async def llm(
+        self, request_id: str, purpose: str, messages: list[ChatMessage], *, json_mode: bool = False
+    ) -> LLMResult:
+        known = self.history.llm_results.get(request_id)
+        if known is not None:
+            return known
+        key = (self.task.task_id, request_id)
+        future: asyncio.Future[LLMResult] = asyncio.get_running_loop().create_future()
+        self.actor.waiters[key] = future
+        try:
+            if request_id not in self.history.llm_requests:
+                request = LLMRequested(
+                    task_id=self.task.task_id,
+                    request_id=request_id,
+                    purpose=purpose,
+                    messages=messages,
+                    model=self.task.model,
+                    timeout_s=self.actor.config.llm_timeout,
+                    json_mode=json_mode,
+                )
+                await bus.append(self.actor.js, request, "llm_request", key=f"llm_req:{request_id}")
+                self.history.apply(request)
+            while True:
+                try:
+                    result = await asyncio.wait_for(asyncio.shield(future), RESULT_RECHECK)
+                    break
+                except TimeoutError:
+                    # A result published while we were disconnected is in the stream all the same.
+                    last = await bus.last_task_event(self.actor.js, self.task.task_id, "llm_result")
+                    if isinstance(last, LLMResult) and last.request_id == request_id:
+                        result = last
+                        break
+        finally:
+            self.actor.waiters.pop(key, None)
+        self.history.apply(result)
+        return result
+
+    async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult:
+        known = self.history.tool_results.get(call_id)
+        if known is not None:
+            return known
+        tool = "read_file" if request.op == "read" else "list_directory"
+        args: dict[str, object] = {"path": request.path}
+        if request.limit is not None:
+            args["limit"] = request.limit
+        started = time.monotonic()
+        try:
+            reply_msg = await self.actor.nc.request(subjects.VERONICA_FILES, encode(request), timeout=timeout)
+            reply = files_reply_decoder.decode(reply_msg.data)
+            result = ToolResult(
+                task_id=self.task.task_id,
+                call_id=call_id,
+                tool=tool,
+                args=args,
+                ok=reply.ok,
+                output=reply.output,
+                error=reply.error,
+            )
+        except nats.errors.NoRespondersError:
+            result = self._tool_error(call_id, tool, args, "Veronica is not running (no responders)")
+        except TimeoutError:
+            result = self._tool_error(
+                call_id, tool, args, f"Veronica did not answer within {timeout:g}s"
+            )
+        except msgspec.DecodeError as exc:
+            result = self._tool_error(call_id, tool, args, f"Veronica's reply was unreadable: {exc}")
+        log.info(
+            "task %s %s %s: %s in %.3fs",
+            self.task.task_id,
+            call_id,
+            tool,
+            "ok" if result.ok else result.error,
+            time.monotonic() - started,
+        )
+        await bus.append(self.actor.js, result, "tool_result", key=f"tool:{call_id}")
+        self.history.apply(result)
+        return result
+
+    def _tool_error(self, call_id: str, tool: str, args: dict[str, object], error: str) -> ToolResult:
+        return ToolResult(task_id=self.task.task_id, call_id=call_id, tool=tool, args=args, ok=False, error=error)

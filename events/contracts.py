@@ -1,0 +1,240 @@
+"""Message contracts: tagged, frozen msgspec Structs, one per message type.
+
+Every message on the bus is JSON, readable with ``nats sub``. Each carries ``type`` (the tag),
+``v`` (the schema version) and ``ts`` (when it was made, RFC 3339 UTC). Contracts evolve only by
+adding fields with defaults at the end; unknown fields are ignored on decode, so an older actor
+reads a newer event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+TaskStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
+TASK_TYPES: Final[frozenset[str]] = frozenset({"capabilities", "files", "agent"})
+"""Explicit routes a client may ask for; without ``task_type`` Victoria's classifier chooses."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
+    """Base of every message. ``v`` is the schema version, ``ts`` the time it was made."""
+
+    v: int = SCHEMA_VERSION
+    ts: datetime = msgspec.field(default_factory=utcnow)
+
+
+# --- task events: victoria.task.<task_id>.<kind> -------------------------------------------------
+
+
+class TaskEvent(Message, kw_only=True, frozen=True):
+    task_id: str
+
+
+class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
+    goal: str
+    task_type: str | None = None
+    project_context: Any = None
+    session_id: str | None = None
+    max_steps: int = 8
+    model: str | None = None
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    deadline_s: float = 900.0
+    """Seconds from ``ts`` after which the task fails with a deadline error."""
+
+
+class TaskStarted(TaskEvent, tag="task_started", kw_only=True, frozen=True):
+    attempt: int
+    instance: str
+    route: str = ""
+
+
+class TaskStage(TaskEvent, tag="task_stage", kw_only=True, frozen=True):
+    stage: str
+    step: int | None = None
+    detail: str = ""
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
+    request_id: str
+    """Unique within the task, and the same on every attempt (``understand``, ``plan``, ``step-3``)."""
+    purpose: str
+    messages: list[ChatMessage]
+    model: str | None = None
+    timeout_s: float = 300.0
+    json_mode: bool = False
+
+
+LLMErrorKind = Literal["unavailable", "timeout", "http_status", "protocol", "cancelled"]
+
+
+class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
+    request_id: str
+    ok: bool
+    content: str = ""
+    model: str = ""
+    error: str | None = None
+    error_kind: LLMErrorKind | None = None
+    url: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    duration_s: float = 0.0
+    instance: str = ""
+
+
+class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):
+    call_id: str
+    tool: str
+    args: dict[str, Any] = {}
+    ok: bool = True
+    output: str = ""
+    error: str | None = None
+
+
+class TaskCancelRequested(TaskEvent, tag="task_cancel_requested", kw_only=True, frozen=True):
+    reason: str = "cancelled by request"
+
+
+class TaskCompleted(TaskEvent, tag="task_completed", kw_only=True, frozen=True):
+    output: str
+    attempts: int = 1
+
+
+class TaskFailed(TaskEvent, tag="task_failed", kw_only=True, frozen=True):
+    error: str
+    error_kind: str = "error"
+    attempts: int = 1
+
+
+class TaskCancelled(TaskEvent, tag="task_cancelled", kw_only=True, frozen=True):
+    reason: str = "cancelled by request"
+    attempts: int = 0
+
+
+AnyTaskEvent = (
+    TaskSubmitted
+    | TaskStarted
+    | TaskStage
+    | LLMRequested
+    | LLMResult
+    | ToolResult
+    | TaskCancelRequested
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled
+)
+
+TERMINAL_EVENTS: Final = (TaskCompleted, TaskFailed, TaskCancelled)
+
+
+# --- service events: victoria.svc.<name>.<instance>.<kind>, heartbeats -----------------------------
+
+
+class ServiceEvent(Message, kw_only=True, frozen=True):
+    name: str
+    instance: str
+
+
+class ServiceStarted(ServiceEvent, tag="service_started", kw_only=True, frozen=True):
+    pid: int
+    version: str = ""
+    restarts: int = 0
+
+
+class ServiceDown(ServiceEvent, tag="service_down", kw_only=True, frozen=True):
+    reason: str
+    source: Literal["supervisor", "heartbeat", "probe"] = "heartbeat"
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    likely_oom: bool = False
+    restarts: int = 0
+    url: str | None = None
+    error: str | None = None
+
+
+class ServiceUp(ServiceEvent, tag="service_up", kw_only=True, frozen=True):
+    reason: str
+    source: Literal["supervisor", "heartbeat", "probe"] = "heartbeat"
+    pid: int | None = None
+    url: str | None = None
+
+
+class Heartbeat(ServiceEvent, tag="heartbeat", kw_only=True, frozen=True):
+    pid: int
+    rss_bytes: int
+    in_flight: int
+    version: str
+    interval_s: float
+    started_at: datetime
+    status: Literal["up", "degraded"] = "up"
+    detail: str = ""
+    restarts: int = 0
+
+
+AnyServiceEvent = ServiceStarted | ServiceDown | ServiceUp | Heartbeat
+
+
+# --- request/reply contracts ---------------------------------------------------------------------
+
+
+class FilesRequest(Message, tag="files_request", kw_only=True, frozen=True):
+    """Ask Veronica to list a directory or read a file inside her workspace."""
+
+    op: Literal["list", "read", "auto"]
+    path: str = "."
+    limit: int | None = None
+    goal: str = ""
+    task_id: str | None = None
+
+
+class FilesReply(Message, tag="files_reply", kw_only=True, frozen=True):
+    ok: bool
+    output: str = ""
+    error: str | None = None
+    entries: list[str] = []
+
+
+class ServicesRequest(Message, tag="services_request", kw_only=True, frozen=True):
+    pass
+
+
+class ServiceEntry(msgspec.Struct, kw_only=True, frozen=True):
+    name: str
+    instance: str
+    pid: int | None
+    status: Literal["up", "down", "degraded"]
+    reason: str
+    restarts: int
+    last_seen: datetime | None
+    rss_bytes: int | None = None
+    in_flight: int | None = None
+    version: str | None = None
+
+
+class ServicesReply(Message, tag="services_reply", kw_only=True, frozen=True):
+    services: list[ServiceEntry]
+
+
+class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
+    consumer: str
+    subject: str
+    reason: str
+    data: str
+    """The original payload, as text (bytes that are not UTF-8 are replaced)."""
+    deliveries: int = 0
+    task_id: str | None = None

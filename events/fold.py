@@ -1,0 +1,180 @@
+"""A task's state is the fold of its events. Pure code: no I/O, no clock.
+
+``TaskHistory`` serves two readers: the gateway (the public status object) and Victoria (which
+replays the history to resume a task after a crash: model results, tool results and stages it
+already recorded are taken from here instead of being produced again).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from events.contracts import (
+    AnyTaskEvent,
+    LLMRequested,
+    LLMResult,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskStage,
+    TaskStarted,
+    TaskStatusName,
+    TaskSubmitted,
+    ToolResult,
+)
+
+
+class TaskStatus(msgspec.Struct, kw_only=True):
+    """The public status object of ``GET /run/status/{task_id}``."""
+
+    task_id: str
+    status: TaskStatusName
+    stage: str | None
+    output: str | None
+    error: str | None
+    attempts: int
+    created_at: datetime | None
+    updated_at: datetime | None
+    goal: str | None = None
+    task_type: str | None = None
+    step: int | None = None
+    correlation_id: str | None = None
+    session_id: str | None = None
+    error_kind: str | None = None
+
+
+class TaskHistory:
+    """Everything known about one task, built by applying its events in stream order."""
+
+    __slots__ = (
+        "attempts",
+        "cancel_reason",
+        "created_at",
+        "error",
+        "error_kind",
+        "last_seq",
+        "llm_requests",
+        "llm_results",
+        "output",
+        "stage",
+        "stages_seen",
+        "status",
+        "step",
+        "submitted",
+        "task_id",
+        "tool_results",
+        "updated_at",
+    )
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.submitted: TaskSubmitted | None = None
+        self.status: TaskStatusName = "queued"
+        self.stage: str | None = None
+        self.step: int | None = None
+        self.output: str | None = None
+        self.error: str | None = None
+        self.error_kind: str | None = None
+        self.attempts = 0
+        self.created_at: datetime | None = None
+        self.updated_at: datetime | None = None
+        self.cancel_reason: str | None = None
+        self.llm_requests: dict[str, LLMRequested] = {}
+        self.llm_results: dict[str, LLMResult] = {}
+        self.tool_results: dict[str, ToolResult] = {}
+        self.stages_seen: set[str] = set()
+        self.last_seq = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+    def apply(self, event: AnyTaskEvent, seq: int = 0) -> bool:
+        """Apply one event. Returns False (and changes nothing) for an event already applied."""
+        if seq:
+            if seq <= self.last_seq:
+                return False
+            self.last_seq = seq
+        if self.created_at is None:
+            self.created_at = event.ts
+        self.updated_at = event.ts
+        if self.terminal and not isinstance(event, TaskSubmitted):
+            # A late event (an in-flight model result, a duplicate) never reopens a finished task.
+            return True
+        match event:
+            case TaskSubmitted():
+                self.submitted = event
+                self.created_at = event.ts
+            case TaskStarted(attempt=attempt):
+                self.status = "running"
+                self.attempts = max(self.attempts, attempt)
+            case TaskStage(stage=stage, step=step):
+                self.stage = stage
+                self.step = step
+                self.stages_seen.add(stage_key(stage, step))
+                if self.status == "queued":
+                    self.status = "running"
+            case LLMRequested():
+                self.llm_requests[event.request_id] = event
+            case LLMResult():
+                self.llm_results.setdefault(event.request_id, event)
+            case ToolResult():
+                self.tool_results.setdefault(event.call_id, event)
+            case TaskCancelRequested(reason=reason):
+                self.cancel_reason = reason
+            case TaskCompleted(output=output, attempts=attempts):
+                self.status = "completed"
+                self.stage = "done"
+                self.output = output
+                self.attempts = max(self.attempts, attempts)
+            case TaskFailed(error=error, error_kind=kind, attempts=attempts):
+                self.status = "failed"
+                self.stage = "failed"
+                self.error = error
+                self.error_kind = kind
+                self.attempts = max(self.attempts, attempts)
+            case TaskCancelled(reason=reason, attempts=attempts):
+                self.status = "cancelled"
+                self.stage = "cancelled"
+                self.error = reason
+                self.attempts = max(self.attempts, attempts)
+        return True
+
+    def view(self) -> TaskStatus:
+        sub = self.submitted
+        return TaskStatus(
+            task_id=self.task_id,
+            status=self.status,
+            stage=self.stage,
+            output=self.output,
+            error=self.error,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            goal=sub.goal if sub else None,
+            task_type=sub.task_type if sub else None,
+            step=self.step,
+            correlation_id=sub.correlation_id if sub else None,
+            session_id=sub.session_id if sub else None,
+            error_kind=self.error_kind,
+        )
+
+
+def stage_key(stage: str, step: int | None) -> str:
+    return stage if step is None else f"{stage}:{step}"
+
+
+def fold(task_id: str, events: list[AnyTaskEvent]) -> TaskHistory:
+    history = TaskHistory(task_id)
+    for event in events:
+        history.apply(event)
+    return history
+
+
+def status_dict(history: TaskHistory) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(history.view())
+    return result

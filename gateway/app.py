@@ -1,0 +1,252 @@
+"""The HTTP layer: thin. It turns requests into task events and folds of events into answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from events import subjects
+from events.codec import encode
+from events.contracts import ServicesRequest, TaskCancelRequested, TaskSubmitted
+from events.fold import TaskHistory
+from gateway.requests import BadRequest, clean_header, parse_bool, parse_run_request, parse_wait
+from gateway.views import TaskViews
+from victoria import bus
+from victoria.config import DEFAULT_MAX_STEPS, Config
+
+log = logging.getLogger(__name__)
+
+SSE_KEEPALIVE: Final = 10.0  # seconds between keep-alive comments while nothing happens
+READY_CACHE: Final = 1.0  # seconds a /ready answer is reused
+SERVICES_TIMEOUT: Final = 1.0  # seconds to wait for the monitor
+_json: Final = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def unavailable(detail: str) -> Response:
+    return json_response({"error": "unavailable", "detail": detail}, 503, {"Retry-After": "1"})
+
+
+class Backend:
+    """What the HTTP handlers need: set once NATS is connected, None before (and answers 503)."""
+
+    def __init__(self, nc: NATS, views: TaskViews, config: Config) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.views = views
+        self.config = config
+        self._ready_at = 0.0
+        self._ready = False
+
+    async def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._ready_at < READY_CACHE:
+            return self._ready
+        ok = False
+        if self.nc.is_connected:
+            try:
+                await self.js.stream_info(subjects.TASK_STREAM)
+                ok = True
+            except Exception:  # any failure means "not ready"; the reason is in the NATS log
+                ok = False
+        self._ready, self._ready_at = ok, now
+        return ok
+
+
+class GatewayState:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backend: Backend | None = None
+        self.actor: object | None = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(state: GatewayState) -> Starlette:
+    def needs_backend(handler: Callable[[Request, Backend], Awaitable[Response]]) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            backend = state.backend
+            if backend is None or not backend.nc.is_connected:
+                return unavailable("NATS is not connected; retry shortly")
+            try:
+                return await handler(request, backend)
+            except BadRequest as exc:
+                return json_response(exc.body(), exc.status)
+            except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+                log.warning("%s %s: NATS trouble: %s", request.method, request.url.path, exc)
+                return unavailable(f"NATS did not answer: {type(exc).__name__}")
+
+        return wrapped
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        backend = state.backend
+        if backend is not None and await backend.ready():
+            return json_response({"status": "ready"})
+        return json_response({"status": "not ready"}, 503, {"Retry-After": "1"})
+
+    @needs_backend
+    async def run(request: Request, backend: Backend) -> Response:
+        async_mode = parse_bool("async_mode", request.query_params.get("async_mode"))
+        wait = parse_wait(request.query_params.get("wait"))
+        body = parse_run_request(await request.body())
+        task_id = uuid.uuid4().hex
+        cfg = backend.config
+        event = TaskSubmitted(
+            task_id=task_id,
+            goal=body.goal,
+            task_type=body.task_type,
+            project_context=body.project_context,
+            session_id=body.session_id,
+            max_steps=body.max_steps or DEFAULT_MAX_STEPS,
+            model=body.model,
+            correlation_id=clean_header(request.headers.get("x-correlation-id")),
+            deadline_s=cfg.task_deadline,
+        )
+        ack = await bus.append(backend.js, event, "submitted", key="submitted")
+        backend.views.record(event, ack.seq)
+        log.info("task %s submitted", task_id)
+        accepted = {"task_id": task_id, "status": "queued", "status_url": f"/run/status/{task_id}"}
+        if async_mode:
+            return json_response(accepted, 202)
+        history = await wait_terminal(backend.views, task_id, wait)
+        if history is not None and history.terminal:
+            return json_response(history.view(), 200)
+        if history is not None:
+            accepted["status"] = history.status
+        return json_response(accepted, 202)
+
+    @needs_backend
+    async def status(request: Request, backend: Backend) -> Response:
+        history = await lookup(backend, request.path_params["task_id"])
+        if history is None:
+            return not_found(request.path_params["task_id"])
+        return json_response(history.view())
+
+    @needs_backend
+    async def cancel(request: Request, backend: Backend) -> Response:
+        task_id = request.path_params["task_id"]
+        history = await lookup(backend, task_id)
+        if history is None:
+            return not_found(task_id)
+        if history.terminal:
+            return json_response(history.view(), 200)
+        reason = "cancelled by request"
+        await bus.append(backend.js, TaskCancelRequested(task_id=task_id, reason=reason), "cancel", key="cancel")
+        return json_response({"task_id": task_id, "status": history.status, "cancel": "requested"}, 202)
+
+    @needs_backend
+    async def task_events(request: Request, backend: Backend) -> Response:
+        task_id = request.path_params["task_id"]
+        if await lookup(backend, task_id) is None:
+            return not_found(task_id)
+        return StreamingResponse(
+            sse_stream(backend.js, task_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @needs_backend
+    async def services(request: Request, backend: Backend) -> Response:
+        try:
+            reply = await backend.nc.request(
+                subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=SERVICES_TIMEOUT
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return unavailable("the service monitor does not answer")
+        data = msgspec.json.decode(reply.data)
+        return json_response({"services": data.get("services", [])})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return json_response({"error": "http_error", "detail": exc.detail}, exc.status_code)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_response({"error": "internal", "detail": type(exc).__name__}, 500)
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/run", run, methods=["POST"]),
+            Route("/run/status/{task_id}", status, methods=["GET"]),
+            Route("/run/{task_id}/cancel", cancel, methods=["POST"]),
+            Route("/run/{task_id}/events", task_events, methods=["GET"]),
+            Route("/services", services, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+
+
+def not_found(task_id: str) -> Response:
+    return json_response({"error": "not_found", "detail": f"no task {task_id!r}", "field": "task_id"}, 404)
+
+
+async def lookup(backend: Backend, task_id: str) -> TaskHistory | None:
+    if not subjects.is_token(task_id):
+        return None
+    return await backend.views.get(task_id)
+
+
+async def wait_terminal(views: TaskViews, task_id: str, wait: float) -> TaskHistory | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        history = await views.get(task_id)
+        remaining = deadline - loop.time()
+        if history is None or history.terminal or remaining <= 0:
+            return history
+        await views.wait_change(task_id, min(remaining, 5.0))
+
+
+async def sse_stream(js: JetStreamContext, task_id: str) -> AsyncIterator[bytes]:
+    """The task's events from the first, then live; ends after the terminal event."""
+    sub = await js.subscribe(
+        subjects.task_events(task_id),
+        ordered_consumer=True,
+        deliver_policy=jsapi.DeliverPolicy.ALL,
+        idle_heartbeat=5.0,
+    )
+    try:
+        yield b": connected\n\n"
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=SSE_KEEPALIVE)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            event = bus.decode_task_event(msg.data, msg.subject)
+            if event is None:
+                continue
+            tag = type(event).__struct_config__.tag
+            seq = msg.metadata.sequence.stream
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, str(tag).encode(), bytes(msg.data))
+            if type(event).__name__ in ("TaskCompleted", "TaskFailed", "TaskCancelled"):
+                return
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # the connection may be gone; the consumer expires by itself
+            log.debug("sse unsubscribe: %s", exc)

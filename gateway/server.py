@@ -1,0 +1,93 @@
+"""The gateway process: uvicorn serving the app, NATS connected in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import ClassVar
+
+import uvicorn
+
+from actors.base import Actor
+from gateway.app import Backend, GatewayState, create_app
+from gateway.views import TaskViews
+from victoria import bus
+from victoria.config import Config
+from victoria.runtime import wait_for_stop
+
+log = logging.getLogger(__name__)
+
+
+class GatewayActor(Actor):
+    """The gateway as seen by the monitor: it heartbeats like every actor."""
+
+    name: ClassVar[str] = "gateway"
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals belong to the process, which stops NATS and the server in order.
+        yield
+
+
+async def serve(config: Config, nats_url: str, *, host: str, port: int) -> int:
+    state = GatewayState(config)
+    app = create_app(state)
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=30,
+        backlog=2048,
+    )
+    server = _Server(uv_config)
+    server_task = asyncio.create_task(server.serve(), name="uvicorn")
+    connect_task = asyncio.create_task(_connect(state, config, nats_url), name="connect")
+    stop_reason = asyncio.create_task(wait_for_stop())
+    done, _ = await asyncio.wait({server_task, stop_reason}, return_when=asyncio.FIRST_COMPLETED)
+    if server_task in done and server_task.exception() is not None:
+        log.error("HTTP server failed: %s", server_task.exception())
+    server.should_exit = True
+    connect_task.cancel()
+    stop_reason.cancel()
+    await asyncio.gather(server_task, connect_task, stop_reason, return_exceptions=True)
+    backend = state.backend
+    actor = state.actor
+    if isinstance(actor, Actor):
+        await actor.stop()
+    if backend is not None:
+        await backend.views.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(backend.nc.drain(), 5.0)
+    return 0 if server_task not in done else 1
+
+
+async def _connect(state: GatewayState, config: Config, nats_url: str) -> None:
+    views: TaskViews | None = None
+
+    async def on_reconnect() -> None:
+        if views is not None:
+            views.forget_all()
+
+    while True:
+        try:
+            nc = await bus.connect(nats_url, name=f"gateway:{config.instance}", on_reconnect=on_reconnect)
+            break
+        except ConnectionError as exc:
+            log.warning("%s; retrying", exc)
+    await bus.ensure_streams(nc.jetstream())
+    views = TaskViews(nc.jetstream())
+    await views.start()
+    state.backend = Backend(nc, views, config)
+    restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
+    actor = GatewayActor(nc, config, restarts=restarts)
+    await actor.start()
+    state.actor = actor
+    log.info("gateway connected to NATS at %s", nats_url)

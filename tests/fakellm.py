@@ -1,0 +1,152 @@
+"""A fake model server speaking the Ollama and OpenAI chat protocols over a real socket.
+
+No model runs here: answers are made from the request. It counts calls, so tests can prove that a
+call was not repeated. Run alone with ``python -m tests.fakellm --port 11434 [--delay 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeLLM:
+    """Modes: ``normal``, ``tool`` (first step lists files), ``nonjson``, ``partial``, ``empty``, ``error``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0, mode: str = "normal") -> None:
+        self.delay = delay
+        self.mode = mode
+        self.calls: Counter[str] = Counter()
+        self.prompts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.aborted = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path in ("/api/tags", "/v1/models", "/"):
+                    self._send(200, {"models": [{"name": "fake"}], "data": [{"id": "fake"}]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path not in ("/api/chat", "/v1/chat/completions"):
+                    self._send(404, {"error": "not found"})
+                    return
+                content = fake.answer(body.get("messages") or [])
+                key = json.dumps(body.get("messages"), sort_keys=True)
+                with fake.lock:
+                    fake.calls[self.path] += 1
+                    fake.prompts[key] += 1
+                if fake.delay:
+                    deadline = time.monotonic() + fake.delay
+                    while time.monotonic() < deadline:
+                        time.sleep(min(0.05, fake.delay))
+                if fake.mode == "error":
+                    self._send(500, {"error": "model exploded"})
+                    return
+                model = body.get("model") or "fake"
+                if self.path == "/api/chat":
+                    out = {
+                        "model": model,
+                        "message": {"role": "assistant", "content": content},
+                        "done": True,
+                        "prompt_eval_count": 10,
+                        "eval_count": 5,
+                    }
+                else:
+                    out = {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+                    }
+                try:
+                    self._send(200, out)
+                except (BrokenPipeError, ConnectionResetError):
+                    with fake.lock:
+                        fake.aborted += 1
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    @property
+    def total_calls(self) -> int:
+        with self.lock:
+            return sum(self.calls.values())
+
+    def repeated_prompts(self) -> int:
+        with self.lock:
+            return sum(n - 1 for n in self.prompts.values() if n > 1)
+
+    def answer(self, messages: list[dict[str, Any]]) -> str:
+        system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
+        user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        goal = user.removeprefix("Goal: ").split("\n")[0][:80]
+        if "JSON object" not in system:
+            if self.mode == "empty":
+                return ""
+            if "plan" in system.lower():
+                return "1. Look at the goal.\n2. Answer it."
+            return f"The user wants: {goal}"
+        if self.mode == "nonjson":
+            return f"Sure! Here is my answer about {goal}, in plain words."
+        if self.mode == "partial":
+            return '{"tool": "finish", "args": {"answer": "Partial answer about ' + goal
+        if self.mode == "empty":
+            return ""
+        if self.mode == "tool" and not any(m.get("role") == "assistant" for m in messages):
+            return '{"tool": "list_directory", "args": {"path": "."}}'
+        return json.dumps({"tool": "finish", "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
+
+    def start(self) -> FakeLLM:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="fakellm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--mode", default="normal")
+    args = parser.parse_args()
+    fake = FakeLLM(port=args.port, delay=args.delay, mode=args.mode)
+    print(f"fake model server on {fake.url}", flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from victoria.cli import main
+
+sys.exit(main())

@@ -1,0 +1,253 @@
+"""Transport glue: connecting to NATS, declaring streams, appending and reading task events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import BadRequestError, NotFoundError
+
+from events import subjects
+from events.codec import encode, task_decoder
+from events.contracts import AnyTaskEvent, DeadLetter, TaskEvent
+from victoria.config import Config
+from victoria.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+DAY: Final = 86_400.0  # seconds
+PUBLISH_TIMEOUT: Final = 5.0  # seconds, one JetStream publish
+REPLAY_FETCH_TIMEOUT: Final = 5.0  # seconds, one batch of a task's history
+
+
+def stream_configs() -> list[jsapi.StreamConfig]:
+    """Every stream the system uses. Task and service events are on disk; heartbeats in memory."""
+    return [
+        jsapi.StreamConfig(
+            name=subjects.TASK_STREAM,
+            subjects=[subjects.ALL_TASK_EVENTS],
+            storage=jsapi.StorageType.FILE,
+            retention=jsapi.RetentionPolicy.LIMITS,
+            max_age=30 * DAY,
+            max_bytes=8 * 1024**3,
+            discard=jsapi.DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            allow_direct=True,
+        ),
+        jsapi.StreamConfig(
+            name=subjects.SERVICE_STREAM,
+            subjects=[subjects.ALL_SERVICE_EVENTS],
+            storage=jsapi.StorageType.FILE,
+            max_age=7 * DAY,
+            max_msgs_per_subject=200,
+            allow_direct=True,
+        ),
+        jsapi.StreamConfig(
+            name=subjects.HEARTBEAT_STREAM,
+            subjects=[subjects.ALL_HEARTBEATS],
+            storage=jsapi.StorageType.MEMORY,
+            max_age=3600.0,
+            max_msgs_per_subject=1,
+            allow_direct=True,
+        ),
+        jsapi.StreamConfig(
+            name=subjects.DLQ_STREAM,
+            subjects=[subjects.ALL_DEAD_LETTERS],
+            storage=jsapi.StorageType.FILE,
+            max_age=30 * DAY,
+            max_bytes=512 * 1024**2,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create every stream that is missing. Safe to call from every process at every start.
+
+    An existing stream is left as it is (its operator may have tuned it); only its subjects are
+    checked, since routing depends on them.
+    """
+    for config in stream_configs():
+        try:
+            info = await js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(config=config)
+            except BadRequestError:  # created by another process in the meantime
+                pass
+            continue
+        if sorted(info.config.subjects or []) != sorted(config.subjects or []):
+            log.warning("stream %s has subjects %s; updating", config.name, info.config.subjects)
+            await js.update_stream(config=config)
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    connect_timeout: float = 5.0,
+) -> NATS:
+    """Connect with endless reconnects: a NATS restart is something to ride out, not to die of."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats %s: %s", type(exc).__name__, exc)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats disconnected from %s", url)
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected to %s", url)
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    deadline = asyncio.get_running_loop().time() + connect_timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            return await nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=min(2.0, connect_timeout),
+                reconnect_time_wait=0.5,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+            )
+        except Exception as exc:  # nats raises several unrelated types for "not there yet"
+            last = exc
+            await asyncio.sleep(0.2)
+    raise BrokerUnavailable(f"cannot connect to NATS at {url}: {last}")
+
+
+def resolve_nats_url(config: Config, explicit: str | None = None) -> str:
+    """``--nats-url`` first, then ``NATS_URL``, then the URL that ``victoria up`` recorded."""
+    if explicit:
+        return explicit
+    if config.nats_url:
+        return config.nats_url
+    path: Path = config.nats_url_file
+    try:
+        url = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise BrokerUnavailable(
+            f"no NATS URL: pass --nats-url, set NATS_URL, or start `victoria up` (it records {path})"
+        ) from None
+    if not url:
+        raise BrokerUnavailable(f"{path} is empty")
+    return url
+
+
+def event_headers(task_id: str, key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": f"{task_id}:{key}"}
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+async def append(
+    js: JetStreamContext,
+    event: TaskEvent,
+    kind: subjects.TaskKind,
+    *,
+    key: str,
+    headers: dict[str, str] | None = None,
+) -> jsapi.PubAck:
+    """Append one task event. ``key`` makes the append idempotent inside the duplicate window."""
+    return await js.publish(
+        subjects.task_event(event.task_id, kind),
+        encode(event),
+        timeout=PUBLISH_TIMEOUT,
+        headers=event_headers(event.task_id, key, headers),
+    )
+
+
+async def read_task_events(js: JetStreamContext, task_id: str) -> list[tuple[int, AnyTaskEvent]]:
+    """Every stored event of one task with its stream sequence, oldest first.
+
+    Uses a short-lived pull consumer: its creation reports how many messages match, so an unknown
+    task answers at once instead of after a timeout.
+    """
+    config = jsapi.ConsumerConfig(
+        filter_subject=subjects.task_events(task_id),
+        deliver_policy=jsapi.DeliverPolicy.ALL,
+        ack_policy=jsapi.AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    info = await js.add_consumer(subjects.TASK_STREAM, config=config)
+    pending = info.num_pending or 0
+    out: list[tuple[int, AnyTaskEvent]] = []
+    try:
+        if pending == 0:
+            return out
+        sub = await js.pull_subscribe_bind(stream=subjects.TASK_STREAM, name=info.name)
+        try:
+            while len(out) < pending:
+                msgs = await sub.fetch(batch=min(256, pending - len(out)), timeout=REPLAY_FETCH_TIMEOUT)
+                for msg in msgs:
+                    event = decode_task_event(msg.data, msg.subject)
+                    if event is not None:
+                        out.append((msg.metadata.sequence.stream, event))
+                    else:
+                        pending -= 1
+        finally:
+            await sub.unsubscribe()
+    finally:
+        try:
+            await js.delete_consumer(subjects.TASK_STREAM, info.name or "")
+        except (NotFoundError, asyncio.TimeoutError, nats.errors.Error):
+            pass
+    return out
+
+
+def decode_task_event(data: bytes, subject: str) -> AnyTaskEvent | None:
+    try:
+        return task_decoder.decode(data)
+    except Exception as exc:  # msgspec.DecodeError and friends; a bad message must not be fatal
+        log.warning("undecodable task event on %s: %s", subject, exc)
+        return None
+
+
+async def last_task_event(js: JetStreamContext, task_id: str, kind: subjects.TaskKind) -> Any | None:
+    """The newest event of one kind for a task, or None (one direct get, no consumer)."""
+    try:
+        raw = await js.get_last_msg(subjects.TASK_STREAM, subjects.task_event(task_id, kind), direct=True)
+    except NotFoundError:
+        return None
+    if raw.data is None:
+        return None
+    return decode_task_event(raw.data, raw.subject or "")
+
+
+async def dead_letter(
+    js: JetStreamContext, consumer: str, msg: Any, reason: str, *, task_id: str | None = None
+) -> None:
+    """Keep a message nobody can handle in the dead-letter stream, with the reason. Never raises."""
+    try:
+        letter = DeadLetter(
+            consumer=consumer,
+            subject=msg.subject,
+            reason=reason,
+            data=bytes(msg.data).decode("utf-8", errors="replace"),
+            deliveries=getattr(getattr(msg, "metadata", None), "num_delivered", 0) or 0,
+            task_id=task_id,
+        )
+        subject = (
+            subjects.dead_letter_task(task_id) if task_id else subjects.dead_letter_bad(consumer)
+        )
+        await js.publish(subject, encode(letter), timeout=PUBLISH_TIMEOUT)
+        log.warning("dead-lettered a message from %s on %s: %s", consumer, msg.subject, reason)
+    except Exception as exc:  # the dead-letter path must not take the actor down
+        log.error("could not dead-letter a message from %s: %s", consumer, exc)

@@ -1,0 +1,153 @@
+"""The ``victoria`` command: run the system, one actor, or talk to a running system."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from victoria.config import Config
+from victoria.errors import VictoriaError
+
+ACTOR_NAMES = ("victoria", "veronica", "monitor", "llm-runner")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="victoria", description="A crash-proof runtime for LLM agent tasks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start NATS, the gateway and every actor, in the foreground")
+    up.add_argument("--host", default=None, help="gateway listen address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, help="gateway port (default 8010)")
+    up.add_argument("--data-dir", type=Path, default=None, help="JetStream store and NATS URL file")
+    up.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
+
+    actor = sub.add_parser("actor", help="run one actor alone")
+    actor.add_argument("name", choices=ACTOR_NAMES)
+    actor.add_argument("--nats-url", default=None)
+    actor.add_argument("--data-dir", type=Path, default=None)
+
+    gateway = sub.add_parser("gateway", help="run the HTTP gateway alone")
+    gateway.add_argument("--host", default=None)
+    gateway.add_argument("--port", type=int, default=None)
+    gateway.add_argument("--nats-url", default=None)
+    gateway.add_argument("--data-dir", type=Path, default=None)
+
+    run = sub.add_parser("run", help="submit a goal, follow its stages, print the result")
+    run.add_argument("goal")
+    run.add_argument("--url", default=None, help="gateway URL (default VICTORIA_URL or http://127.0.0.1:8010)")
+    run.add_argument("--task-type", default=None, choices=("capabilities", "files", "agent"))
+    run.add_argument("--max-steps", type=int, default=None)
+    run.add_argument("--model", default=None)
+    run.add_argument("--no-follow", action="store_true", help="print the task id and return")
+    run.add_argument("--json", action="store_true", help="print the final status object as JSON")
+
+    status = sub.add_parser("status", help="print a task's status")
+    status.add_argument("task_id")
+    status.add_argument("--url", default=None)
+
+    cancel = sub.add_parser("cancel", help="cancel a task")
+    cancel.add_argument("task_id")
+    cancel.add_argument("--url", default=None)
+
+    watch = sub.add_parser("watch", help="print events as they arrive (like nats sub, readable)")
+    watch.add_argument("subject", nargs="?", default="victoria.>")
+    watch.add_argument("--nats-url", default=None)
+    watch.add_argument("--data-dir", type=Path, default=None)
+    watch.add_argument("--raw", action="store_true", help="print payloads as they are")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config.from_env()
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir is not None:
+            config = dataclasses.replace(config, data_dir=data_dir.expanduser().resolve())
+        return _dispatch(args, config)
+    except VictoriaError as exc:
+        print(f"victoria: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    from victoria import logs, runtime
+
+    command = args.command
+    if command == "up":
+        from victoria.supervisor import Supervisor
+
+        logs.setup("up", config.log_level)
+        host = args.host or config.host
+        port = args.port if args.port is not None else config.port
+        nats_url = args.nats_url or config.nats_url
+        return runtime.run(Supervisor(config, nats_url=nats_url, host=host, port=port).run())
+    if command == "gateway":
+        from gateway.server import serve
+        from victoria import bus
+
+        logs.setup("gateway", config.log_level)
+        url = bus.resolve_nats_url(config, args.nats_url)
+        host = args.host or config.host
+        port = args.port if args.port is not None else config.port
+        return runtime.run(serve(config, url, host=host, port=port))
+    if command == "actor":
+        from victoria import bus
+
+        logs.setup(args.name, config.log_level)
+        url = bus.resolve_nats_url(config, args.nats_url)
+        factory = _actor_factory(args.name)
+        return runtime.run(runtime.serve_actor(factory, config, url, name=args.name))
+    if command in ("run", "status", "cancel"):
+        from victoria import client
+
+        base = (args.url or config.gateway_url).rstrip("/")
+        if command == "run":
+            body: dict[str, object] = {"goal": args.goal}
+            if args.task_type:
+                body["task_type"] = args.task_type
+            if args.max_steps is not None:
+                body["max_steps"] = args.max_steps
+            if args.model:
+                body["model"] = args.model
+            return client.run(base, body, follow=not args.no_follow, as_json=args.json)
+        if command == "status":
+            return client.status(base, args.task_id)
+        return client.cancel(base, args.task_id)
+    if command == "watch":
+        from victoria import bus, watch
+
+        url = bus.resolve_nats_url(config, args.nats_url)
+        return runtime.run(watch.watch(url, args.subject, raw=args.raw))
+    raise AssertionError(command)
+
+
+def _actor_factory(name: str):  # type: ignore[no-untyped-def]
+    if name == "victoria":
+        from actors.victoria.actor import Victoria
+
+        return Victoria
+    if name == "veronica":
+        from actors.veronica.actor import Veronica
+
+        return Veronica
+    if name == "monitor":
+        from actors.monitor.actor import Monitor
+
+        return Monitor
+    from actors.llm_runner.actor import LLMRunner
+
+    return LLMRunner
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

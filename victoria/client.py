@@ -1,0 +1,126 @@
+"""``victoria run``, ``status`` and ``cancel``: small HTTP clients of the gateway."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Final
+
+import httpx
+
+CONNECT_TIMEOUT: Final = 5.0  # seconds
+SSE_READ_TIMEOUT: Final = 60.0  # seconds; the gateway sends a keep-alive every 10 s
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _error(response: httpx.Response) -> int:
+    try:
+        body = response.json()
+        detail = body.get("detail") or body
+    except ValueError:
+        detail = response.text
+    print(f"victoria: HTTP {response.status_code}: {detail}", file=sys.stderr)
+    return 1
+
+
+def _unreachable(base: str, exc: Exception) -> int:
+    print(f"victoria: cannot reach the gateway at {base}: {exc}", file=sys.stderr)
+    return 1
+
+
+def run(base: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
+    started = time.monotonic()
+    try:
+        with httpx.Client(timeout=httpx.Timeout(CONNECT_TIMEOUT, read=SSE_READ_TIMEOUT)) as http:
+            response = http.post(f"{base}/run", params={"async_mode": "true"}, json=body)
+            if response.status_code != 202:
+                return _error(response)
+            task_id = response.json()["task_id"]
+            if not follow:
+                _print(task_id)
+                return 0
+            if not as_json:
+                _print(f"task {task_id}")
+            _follow(http, base, task_id, started, quiet=as_json)
+            final = http.get(f"{base}/run/status/{task_id}")
+            if final.status_code != 200:
+                return _error(final)
+            status = final.json()
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if as_json:
+        _print(json.dumps(status, ensure_ascii=False, indent=2))
+    else:
+        _print("")
+        if status["status"] == "completed":
+            _print(status.get("output") or "")
+        else:
+            _print(f"{status['status']}: {status.get('error') or ''}")
+    return 0 if status["status"] == "completed" else 1
+
+
+def _follow(http: httpx.Client, base: str, task_id: str, started: float, *, quiet: bool) -> None:
+    """Print each stage as it happens, until the terminal event."""
+    with http.stream("GET", f"{base}/run/{task_id}/events") as response:
+        if response.status_code != 200:
+            return
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if not quiet:
+                text = describe(event)
+                if text:
+                    _print(f"{time.monotonic() - started:7.1f}s  {text}")
+            if event.get("type") in ("task_completed", "task_failed", "task_cancelled"):
+                return
+
+
+def describe(event: dict[str, Any]) -> str | None:
+    kind = event.get("type")
+    if kind == "task_submitted":
+        return "queued"
+    if kind == "task_started":
+        return f"running (attempt {event.get('attempt')}, {event.get('instance')})"
+    if kind == "task_stage":
+        step = event.get("step")
+        stage = f"step {step}" if step is not None else str(event.get("stage"))
+        detail = event.get("detail")
+        return f"{stage}" + (f": {detail}" if detail else "")
+    if kind == "llm_result":
+        if event.get("ok"):
+            return f"  model answered in {event.get('duration_s', 0):.2f}s ({event.get('model')})"
+        return f"  model call failed: {event.get('error')}"
+    if kind == "tool_result":
+        return f"  {event.get('tool')} {event.get('args', {}).get('path', '')}: {'ok' if event.get('ok') else event.get('error')}"
+    if kind == "task_cancel_requested":
+        return "cancel requested"
+    if kind in ("task_completed", "task_failed", "task_cancelled"):
+        return kind.removeprefix("task_")
+    return None
+
+
+def status(base: str, task_id: str) -> int:
+    try:
+        response = httpx.get(f"{base}/run/status/{task_id}", timeout=CONNECT_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if response.status_code != 200:
+        return _error(response)
+    _print(json.dumps(response.json(), ensure_ascii=False, indent=2))
+    return 0
+
+
+def cancel(base: str, task_id: str) -> int:
+    try:
+        response = httpx.post(f"{base}/run/{task_id}/cancel", timeout=CONNECT_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if response.status_code not in (200, 202):
+        return _error(response)
+    _print(json.dumps(response.json(), ensure_ascii=False, indent=2))
+    return 0

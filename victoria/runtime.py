@@ -1,0 +1,85 @@
+"""Run one actor as a process: connect, start, wait for a signal, a crash or the parent's death."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from actors.base import Actor
+from victoria import bus
+from victoria.config import Config
+
+log = logging.getLogger(__name__)
+
+PARENT_CHECK_INTERVAL: Final = 1.0  # seconds
+EXIT_CRASHED: Final = 70  # EX_SOFTWARE: the supervisor restarts the actor
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it exists (not on Windows), else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def wait_for_stop(extra: asyncio.Event | None = None) -> str:
+    """Wait for SIGINT/SIGTERM, the death of the parent supervisor, or ``extra``."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reason = "signal"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if extra is not None:
+        waiters.append(asyncio.ensure_future(extra.wait()))
+    parent = os.environ.get("VICTORIA_PARENT_PID")
+    if parent and parent.isdigit():
+        waiters.append(asyncio.ensure_future(_parent_gone(int(parent))))
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    if extra is not None and extra.is_set():
+        reason = "crashed"
+    elif not stop.is_set():
+        reason = "parent gone"
+    return reason
+
+
+async def _parent_gone(pid: int) -> None:
+    while os.getppid() == pid:
+        await asyncio.sleep(PARENT_CHECK_INTERVAL)
+
+
+async def serve_actor(
+    factory: Callable[..., Actor], config: Config, nats_url: str, *, name: str
+) -> int:
+    restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
+    nc = await bus.connect(nats_url, name=f"{name}:{config.instance}", connect_timeout=15.0)
+    try:
+        await bus.ensure_streams(nc.jetstream())
+        actor = factory(nc, config, restarts=restarts)
+        await actor.start()
+        reason = await wait_for_stop(actor.crashed)
+        log.info("%s stopping: %s", name, reason)
+        await actor.stop()
+        return EXIT_CRASHED if reason == "crashed" else 0
+    finally:
+        try:
+            await asyncio.wait_for(nc.drain(), 5.0)
+        except Exception:  # closing anyway
+            await nc.close()
+
+
+def exit_with(code: int) -> None:
+    sys.stdout.flush()
+    sys.exit(code)
