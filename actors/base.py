@@ -137,4 +137,3 @@ class Actor:
             except Exception as exc:  # a missed beat is reported by the monitor, not fatal here
                 log.warning("heartbeat not sent: %s", exc)
             await asyncio.sleep(self.config.heartbeat_interval)
-

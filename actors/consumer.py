@@ -8,6 +8,7 @@ JetStream redelivers after ``ack_wait``. The handler acks, naks or terms the mes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -129,15 +130,11 @@ class WorkConsumer:
                     except nats.errors.Error as exc:
                         log.warning("consumer %s pull failed: %s", self.durable, exc)
                 wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(0.05, expires_at - loop.time()))
-                except TimeoutError:
-                    pass
         finally:
-            try:
+            with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.active.pop(task, None)

@@ -153,7 +153,9 @@ def create_app(state: GatewayState) -> Starlette:
         if history.terminal:
             return json_response(history.view(), 200)
         reason = "cancelled by request"
-        await bus.append(backend.js, TaskCancelRequested(task_id=task_id, reason=reason), "cancel", key="cancel")
+        await bus.append(
+            backend.js, TaskCancelRequested(task_id=task_id, reason=reason), "cancel", key="cancel"
+        )
         return json_response({"task_id": task_id, "status": history.status, "cancel": "requested"}, 202)
 
     @needs_backend

@@ -90,7 +90,9 @@ def parse_wait(raw: str | None) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise BadRequest(422, "invalid_parameter", f"wait must be a number of seconds, got {raw!r}", "wait") from None
+        raise BadRequest(
+            422, "invalid_parameter", f"wait must be a number of seconds, got {raw!r}", "wait"
+        ) from None
     if not 0 <= value <= MAX_WAIT:
         raise BadRequest(422, "invalid_parameter", f"wait must be between 0 and {MAX_WAIT:g} seconds", "wait")
     return value

@@ -7,6 +7,7 @@ call was not repeated. Run alone with ``python -m tests.fakellm --port 11434 [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -18,7 +19,9 @@ from typing import Any
 class FakeLLM:
     """Modes: ``normal``, ``tool`` (first step lists files), ``nonjson``, ``partial``, ``empty``, ``error``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0, mode: str = "normal") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0, mode: str = "normal"
+    ) -> None:
         self.delay = delay
         self.mode = mode
         self.calls: Counter[str] = Counter()
@@ -142,10 +145,8 @@ def main() -> None:
     args = parser.parse_args()
     fake = FakeLLM(port=args.port, delay=args.delay, mode=args.mode)
     print(f"fake model server on {fake.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         fake.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

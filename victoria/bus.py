@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -77,10 +78,8 @@ async def ensure_streams(js: JetStreamContext) -> None:
         try:
             info = await js.stream_info(config.name or "")
         except NotFoundError:
-            try:
+            with contextlib.suppress(BadRequestError):  # another process made it in the meantime
                 await js.add_stream(config=config)
-            except BadRequestError:  # created by another process in the meantime
-                pass
             continue
         if sorted(info.config.subjects or []) != sorted(config.subjects or []):
             log.warning("stream %s has subjects %s; updating", config.name, info.config.subjects)
@@ -205,19 +204,18 @@ async def read_task_events(js: JetStreamContext, task_id: str) -> list[tuple[int
         finally:
             await sub.unsubscribe()
     finally:
-        try:
+        with contextlib.suppress(NotFoundError, TimeoutError, nats.errors.Error):
             await js.delete_consumer(subjects.TASK_STREAM, info.name or "")
-        except (NotFoundError, asyncio.TimeoutError, nats.errors.Error):
-            pass
     return out
 
 
 def decode_task_event(data: bytes, subject: str) -> AnyTaskEvent | None:
     try:
-        return task_decoder.decode(data)
+        event: AnyTaskEvent = task_decoder.decode(data)
     except Exception as exc:  # msgspec.DecodeError and friends; a bad message must not be fatal
         log.warning("undecodable task event on %s: %s", subject, exc)
         return None
+    return event
 
 
 async def last_task_event(js: JetStreamContext, task_id: str, kind: subjects.TaskKind) -> Any | None:
@@ -228,7 +226,8 @@ async def last_task_event(js: JetStreamContext, task_id: str, kind: subjects.Tas
         return None
     if raw.data is None:
         return None
-    return decode_task_event(raw.data, raw.subject or "")
+    event: AnyTaskEvent | None = decode_task_event(raw.data, raw.subject or "")
+    return event
 
 
 async def dead_letter(
@@ -244,9 +243,7 @@ async def dead_letter(
             deliveries=getattr(getattr(msg, "metadata", None), "num_delivered", 0) or 0,
             task_id=task_id,
         )
-        subject = (
-            subjects.dead_letter_task(task_id) if task_id else subjects.dead_letter_bad(consumer)
-        )
+        subject = subjects.dead_letter_task(task_id) if task_id else subjects.dead_letter_bad(consumer)
         await js.publish(subject, encode(letter), timeout=PUBLISH_TIMEOUT)
         log.warning("dead-lettered a message from %s on %s: %s", consumer, msg.subject, reason)
     except Exception as exc:  # the dead-letter path must not take the actor down

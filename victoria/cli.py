@@ -15,7 +15,9 @@ ACTOR_NAMES = ("victoria", "veronica", "monitor", "llm-runner")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="victoria", description="A crash-proof runtime for LLM agent tasks.")
+    parser = argparse.ArgumentParser(
+        prog="victoria", description="A crash-proof runtime for LLM agent tasks."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start NATS, the gateway and every actor, in the foreground")
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="submit a goal, follow its stages, print the result")
     run.add_argument("goal")
-    run.add_argument("--url", default=None, help="gateway URL (default VICTORIA_URL or http://127.0.0.1:8010)")
+    run.add_argument(
+        "--url", default=None, help="gateway URL (default VICTORIA_URL or http://127.0.0.1:8010)"
+    )
     run.add_argument("--task-type", default=None, choices=("capabilities", "files", "agent"))
     run.add_argument("--max-steps", type=int, default=None)
     run.add_argument("--model", default=None)

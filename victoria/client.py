@@ -100,7 +100,7 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "task_cancel_requested":
         return "cancel requested"
     if kind in ("task_completed", "task_failed", "task_cancelled"):
-        return kind.removeprefix("task_")
+        return str(kind).removeprefix("task_")
     return None
 
 

@@ -37,13 +37,13 @@ async def wait_for_stop(extra: asyncio.Event | None = None) -> str:
     reason = "signal"
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    waiters = [asyncio.ensure_future(stop.wait())]
+    waiters: list[asyncio.Task[object]] = [asyncio.create_task(_wait(stop))]
     if extra is not None:
-        waiters.append(asyncio.ensure_future(extra.wait()))
+        waiters.append(asyncio.create_task(_wait(extra)))
     parent = os.environ.get("VICTORIA_PARENT_PID")
     if parent and parent.isdigit():
-        waiters.append(asyncio.ensure_future(_parent_gone(int(parent))))
-    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        waiters.append(asyncio.create_task(_parent_gone(int(parent))))
+    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -55,14 +55,18 @@ async def wait_for_stop(extra: asyncio.Event | None = None) -> str:
     return reason
 
 
-async def _parent_gone(pid: int) -> None:
-    while os.getppid() == pid:
+async def _wait(event: asyncio.Event) -> object:
+    return await event.wait()
+
+
+async def _parent_gone(pid: int) -> object:
+    # No event tells a child that its parent died (short of Linux-only prctl): poll, portably.
+    while os.getppid() == pid:  # noqa: ASYNC110
         await asyncio.sleep(PARENT_CHECK_INTERVAL)
+    return None
 
 
-async def serve_actor(
-    factory: Callable[..., Actor], config: Config, nats_url: str, *, name: str
-) -> int:
+async def serve_actor(factory: Callable[..., Actor], config: Config, nats_url: str, *, name: str) -> int:
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
     nc = await bus.connect(nats_url, name=f"{name}:{config.instance}", connect_timeout=15.0)
     try:

@@ -215,9 +215,7 @@ class Supervisor:
         for process in running:
             process.send_signal(signal.SIGTERM)
         if running:
-            _, pending = await asyncio.wait(
-                [asyncio.create_task(p.wait()) for p in running], timeout=STOP_TIMEOUT
-            )
+            await asyncio.wait([asyncio.create_task(p.wait()) for p in running], timeout=STOP_TIMEOUT)
             for process in running:
                 if process.returncode is None:
                     process.kill()
@@ -231,5 +229,5 @@ class Supervisor:
                 log.debug("close: %s", exc)
         if self.nats is not None:
             await self.nats.stop()
-            url_file: Path = self.config.nats_url_file
-            url_file.unlink(missing_ok=True)
+        url_file: Path = self.config.nats_url_file
+        await asyncio.to_thread(url_file.unlink, missing_ok=True)

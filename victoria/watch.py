@@ -44,7 +44,9 @@ async def watch(url: str, subject: str, *, raw: bool) -> int:
     nc = await bus.connect(url, name="watch")
 
     async def on_msg(msg: Msg) -> None:
-        line = f"[{msg.subject}] {msg.data.decode(errors='replace')}" if raw else render(msg.subject, msg.data)
+        line = (
+            f"[{msg.subject}] {msg.data.decode(errors='replace')}" if raw else render(msg.subject, msg.data)
+        )
         print(line, flush=True)
 
     await nc.subscribe(subject, cb=on_msg)

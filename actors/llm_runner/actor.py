@@ -193,7 +193,9 @@ class LLMRunner(Actor):
 
     def _failed(self, base: LLMResult, error: LLMError, started: float) -> LLMResult:
         log.warning("task %s request %s failed: %s", base.task_id, base.request_id, error)
-        kind = error.kind if error.kind in ("unavailable", "timeout", "http_status", "protocol") else "protocol"
+        kind = (
+            error.kind if error.kind in ("unavailable", "timeout", "http_status", "protocol") else "protocol"
+        )
         return LLMResult(
             task_id=base.task_id,
             request_id=base.request_id,

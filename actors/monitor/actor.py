@@ -160,7 +160,9 @@ class Monitor(Actor):
                         f"no heartbeat for {silence:.1f}s (expected every {entry.interval:g}s)",
                     )
 
-    async def _transition(self, entry: _Entry, status: Literal["up", "down", "degraded"], reason: str) -> None:
+    async def _transition(
+        self, entry: _Entry, status: Literal["up", "down", "degraded"], reason: str
+    ) -> None:
         if entry.status == status and entry.reason == reason:
             return
         previous = entry.status
@@ -172,7 +174,11 @@ class Monitor(Actor):
         event: ServiceDown | ServiceUp
         if status == "down":
             event = ServiceDown(
-                name=entry.name, instance=entry.instance, reason=reason, pid=entry.pid, restarts=entry.restarts
+                name=entry.name,
+                instance=entry.instance,
+                reason=reason,
+                pid=entry.pid,
+                restarts=entry.restarts,
             )
             kind: Literal["down", "up"] = "down"
         else:

@@ -23,7 +23,9 @@ def resolve_inside(workspace: Path, relative: str) -> Path:
         raise ToolError("path contains a NUL byte")
     candidate = Path(text)
     if candidate.is_absolute() or text.startswith("~"):
-        raise OutsideWorkspace(f"{relative!r}: absolute paths are not allowed; give a path inside the workspace")
+        raise OutsideWorkspace(
+            f"{relative!r}: absolute paths are not allowed; give a path inside the workspace"
+        )
     resolved = (root / candidate).resolve()
     if resolved != root and root not in resolved.parents:
         raise OutsideWorkspace(f"{relative!r} is outside the workspace")

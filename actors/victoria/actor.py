@@ -57,7 +57,9 @@ class Victoria(Actor):
         self._subs: list[Subscription] = []
 
     async def on_start(self) -> None:
-        self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("llm_result"), cb=self._on_result))
+        self._subs.append(
+            await self.nc.subscribe(subjects.all_tasks_of_kind("llm_result"), cb=self._on_result)
+        )
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
         self.consumer = WorkConsumer(
             self.js,
@@ -123,7 +125,9 @@ class Victoria(Actor):
             await msg.term()
             return
         if history.cancel_reason is not None:
-            await self._finish(TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt))
+            await self._finish(
+                TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt)
+            )
             await msg.ack()
             return
         remaining = task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
@@ -152,7 +156,9 @@ class Victoria(Actor):
                     raise
                 terminal = self._deadline_failure(task, attempt)
             except TaskAborted as exc:
-                terminal = TaskFailed(task_id=task.task_id, error=exc.reason, error_kind=exc.kind, attempts=attempt)
+                terminal = TaskFailed(
+                    task_id=task.task_id, error=exc.reason, error_kind=exc.kind, attempts=attempt
+                )
             except asyncio.CancelledError:
                 reason = self.cancel_reasons.get(task.task_id)
                 current = asyncio.current_task()
@@ -283,9 +289,7 @@ class _Context:
         except nats.errors.NoRespondersError:
             result = self._tool_error(call_id, tool, args, "Veronica is not running (no responders)")
         except TimeoutError:
-            result = self._tool_error(
-                call_id, tool, args, f"Veronica did not answer within {timeout:g}s"
-            )
+            result = self._tool_error(call_id, tool, args, f"Veronica did not answer within {timeout:g}s")
         except msgspec.DecodeError as exc:
             result = self._tool_error(call_id, tool, args, f"Veronica's reply was unreadable: {exc}")
         log.info(
@@ -301,4 +305,6 @@ class _Context:
         return result
 
     def _tool_error(self, call_id: str, tool: str, args: dict[str, object], error: str) -> ToolResult:
-        return ToolResult(task_id=self.task.task_id, call_id=call_id, tool=tool, args=args, ok=False, error=error)
+        return ToolResult(
+            task_id=self.task.task_id, call_id=call_id, tool=tool, args=args, ok=False, error=error
+        )

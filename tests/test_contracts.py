@@ -1,0 +1,238 @@
+"""Message contracts (events/contracts.py) and their codec (events/codec.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import events
+from events.codec import encode, service_decoder, task_decoder
+from events.contracts import (
+    SCHEMA_VERSION,
+    ChatMessage,
+    LLMRequested,
+    LLMResult,
+    Message,
+    ServiceDown,
+    ServiceUp,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskStage,
+    TaskStarted,
+    TaskSubmitted,
+    ToolResult,
+)
+from victoria.bus import decode_task_event
+
+TS = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
+
+TASK_EVENTS: list[Message] = [
+    TaskSubmitted(
+        task_id="t1",
+        goal="Выведи список файлов",
+        task_type="files",
+        project_context={"repo": "x", "n": [1, 2]},
+        session_id="s1",
+        max_steps=5,
+        model="llama3.2",
+        correlation_id="c1",
+        idempotency_key="k1",
+        deadline_s=60.0,
+        ts=TS,
+    ),
+    TaskStarted(task_id="t1", attempt=2, instance="host-1", route="files", ts=TS),
+    TaskStage(task_id="t1", stage="plan", step=3, detail="thinking", ts=TS),
+    LLMRequested(
+        task_id="t1",
+        request_id="step-3",
+        purpose="step",
+        messages=[ChatMessage("system", "be brief"), ChatMessage("user", "привет")],
+        model="m",
+        timeout_s=12.5,
+        json_mode=True,
+        ts=TS,
+    ),
+    LLMResult(
+        task_id="t1",
+        request_id="step-3",
+        ok=False,
+        content="",
+        model="m",
+        error="boom",
+        error_kind="timeout",
+        url="http://127.0.0.1:11434",
+        prompt_tokens=10,
+        completion_tokens=0,
+        duration_s=1.5,
+        instance="r1",
+        ts=TS,
+    ),
+    ToolResult(task_id="t1", call_id="c-1", tool="read_file", args={"path": "a.txt"}, output="hi", ts=TS),
+    TaskCancelRequested(task_id="t1", reason="user asked", ts=TS),
+    TaskCompleted(task_id="t1", output="done", attempts=2, ts=TS),
+    TaskFailed(task_id="t1", error="bad", error_kind="deadline", attempts=3, ts=TS),
+    TaskCancelled(task_id="t1", reason="stop", attempts=1, ts=TS),
+]
+
+TAGS = {
+    TaskSubmitted: "task_submitted",
+    TaskStarted: "task_started",
+    TaskStage: "task_stage",
+    LLMRequested: "llm_requested",
+    LLMResult: "llm_result",
+    ToolResult: "tool_result",
+    TaskCancelRequested: "task_cancel_requested",
+    TaskCompleted: "task_completed",
+    TaskFailed: "task_failed",
+    TaskCancelled: "task_cancelled",
+    ServiceDown: "service_down",
+    ServiceUp: "service_up",
+}
+
+
+@pytest.mark.parametrize("event", TASK_EVENTS, ids=lambda e: type(e).__name__)
+def test_every_task_event_round_trips_through_encode_and_task_decoder(event: Message) -> None:
+    decoded = task_decoder.decode(encode(event))
+    assert type(decoded) is type(event)
+    assert decoded == event
+
+
+@pytest.mark.parametrize("event", TASK_EVENTS, ids=lambda e: type(e).__name__)
+def test_the_json_of_every_task_event_carries_type_version_and_timestamp(event: Message) -> None:
+    obj = msgspec.json.decode(encode(event))
+    assert obj["type"] == TAGS[type(event)]
+    assert obj["v"] == SCHEMA_VERSION
+    assert datetime.fromisoformat(obj["ts"].replace("Z", "+00:00")) == TS
+
+
+@pytest.mark.parametrize(("cls", "tag"), list(TAGS.items()), ids=lambda x: getattr(x, "__name__", x))
+def test_each_message_class_has_its_documented_tag(cls: type[Message], tag: str) -> None:
+    assert cls.__struct_config__.tag == tag
+
+
+def test_a_new_event_gets_the_current_schema_version_and_an_aware_utc_timestamp() -> None:
+    before = datetime.now(UTC)
+    event = TaskCompleted(task_id="t", output="x")
+    assert event.v == SCHEMA_VERSION
+    assert event.ts.tzinfo is not None
+    assert before <= event.ts <= datetime.now(UTC)
+
+
+def test_unknown_extra_fields_are_ignored_on_decode() -> None:
+    raw = (
+        b'{"type":"task_completed","v":2,"ts":"2025-03-01T12:30:45Z","task_id":"t1","output":"ok",'
+        b'"attempts":4,"brand_new_field":{"nested":[1,2]},"another":"x"}'
+    )
+    event = task_decoder.decode(raw)
+    assert isinstance(event, TaskCompleted)
+    assert (event.task_id, event.output, event.attempts, event.v) == ("t1", "ok", 4, 2)
+
+
+def test_a_minimal_event_decodes_with_defaults_for_missing_optional_fields() -> None:
+    event = task_decoder.decode(b'{"type":"task_submitted","task_id":"t1","goal":"hi"}')
+    assert isinstance(event, TaskSubmitted)
+    assert event.v == SCHEMA_VERSION
+    assert event.max_steps == 8
+    assert event.task_type is None
+    assert event.deadline_s == 900.0
+
+
+def test_an_unknown_tag_is_a_decode_error() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        task_decoder.decode(b'{"type":"task_exploded","task_id":"t1"}')
+
+
+def test_a_service_event_is_not_a_task_event() -> None:
+    raw = encode(ServiceDown(name="veronica", instance="h1", reason="gone"))
+    with pytest.raises(msgspec.ValidationError):
+        task_decoder.decode(raw)
+    decoded = service_decoder.decode(raw)
+    assert isinstance(decoded, ServiceDown)
+    assert decoded.reason == "gone"
+
+
+def test_service_events_round_trip_through_service_decoder() -> None:
+    for event in (
+        ServiceDown(name="llm-runner", instance="h1", reason="SIGKILL", likely_oom=True, exit_code=137, ts=TS),
+        ServiceUp(name="llm-runner", instance="h1", reason="restarted", pid=12, ts=TS),
+    ):
+        assert service_decoder.decode(encode(event)) == event
+
+
+def test_decode_task_event_returns_the_event_for_good_bytes() -> None:
+    event = TaskStage(task_id="t1", stage="understand", ts=TS)
+    assert decode_task_event(encode(event), "victoria.task.t1.stage") == event
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"{}", b"[]", b'{"type":"task_completed"}', b"\xff\xfe"])
+def test_decode_task_event_returns_none_for_bad_bytes(raw: bytes) -> None:
+    assert decode_task_event(raw, "victoria.task.t1.x") is None
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_random_bytes_given_to_decode_task_event_never_raise(raw: bytes) -> None:
+    result = decode_task_event(raw, "victoria.task.t1.x")
+    assert result is None or isinstance(result, events.TaskEvent)
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "task_id", "output", "attempts", "ts", "v", "goal", "error", "x"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10), st.sampled_from(list(TAGS.values()))),
+    )
+)
+def test_random_json_objects_given_to_decode_task_event_never_raise(obj: dict[str, object]) -> None:
+    result = decode_task_event(msgspec.json.encode(obj), "victoria.task.t1.x")
+    assert result is None or isinstance(result, events.TaskEvent)
+
+
+def test_the_public_names_of_the_events_package_are_pinned() -> None:
+    assert sorted(events.__all__) == [
+        "AnyServiceEvent",
+        "AnyTaskEvent",
+        "ChatMessage",
+        "DeadLetter",
+        "FilesReply",
+        "FilesRequest",
+        "Heartbeat",
+        "LLMRequested",
+        "LLMResult",
+        "Message",
+        "SCHEMA_VERSION",
+        "ServiceDown",
+        "ServiceEntry",
+        "ServiceStarted",
+        "ServiceUp",
+        "ServicesReply",
+        "ServicesRequest",
+        "TERMINAL_EVENTS",
+        "TERMINAL_STATUSES",
+        "TaskCancelRequested",
+        "TaskCancelled",
+        "TaskCompleted",
+        "TaskEvent",
+        "TaskFailed",
+        "TaskHistory",
+        "TaskStage",
+        "TaskStarted",
+        "TaskStatus",
+        "TaskSubmitted",
+        "ToolResult",
+        "encode",
+        "fold",
+        "service_decoder",
+        "status_dict",
+        "subjects",
+        "task_decoder",
+        "utcnow",
+    ]
+    for name in events.__all__:
+        assert hasattr(events, name), name

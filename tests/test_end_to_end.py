@@ -1,0 +1,261 @@
+"""The whole path through `victoria up`: HTTP in, actors on NATS, a result out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.fakellm import FakeLLM
+from tests.system import System
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_goal_completes_in_sync_mode_through_the_agent_run(system: System, fake_llm: FakeLLM) -> None:
+    before = fake_llm.total_calls
+    response = system.http.post("/run", json={"goal": "Write a haiku about NATS", "task_type": "agent"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "completed"
+    assert body["output"] == "Done: Write a haiku about NATS"
+    assert body["attempts"] == 1
+    assert {"task_id", "status", "stage", "output", "error", "attempts", "created_at", "updated_at"} <= set(
+        body
+    )
+    assert fake_llm.total_calls - before == 3  # understand, plan, one step
+    assert fake_llm.calls["/api/chat"] >= 3  # the Ollama protocol
+
+
+def test_a_goal_completes_in_async_mode_and_its_status_is_readable(system: System) -> None:
+    response = system.http.post(
+        "/run", params={"async_mode": "true"}, json={"goal": "Summarise the idea of NATS"}
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status_url"] == f"/run/status/{body['task_id']}"
+    final = system.wait_terminal(body["task_id"])
+    assert final["status"] == "completed"
+    assert final["output"].startswith("Done:")
+
+
+def test_a_listing_request_is_delegated_to_veronica_without_a_model_call(
+    system: System, fake_llm: FakeLLM
+) -> None:
+    before = fake_llm.total_calls
+    response = system.http.post(
+        "/run", json={"goal": "List the files in the project root. Only names, up to 8."}
+    )
+    body = response.json()
+    assert body["status"] == "completed", body
+    names = body["output"].splitlines()
+    assert names == [
+        "alpha.txt",
+        "beta.md",
+        "delta.json",
+        "docs/",
+        "epsilon.cfg",
+        "eta.txt",
+        "gamma.py",
+        "iota.txt",
+    ]
+    assert fake_llm.total_calls == before
+
+
+def test_a_russian_listing_request_is_delegated_too(system: System, fake_llm: FakeLLM) -> None:
+    before = fake_llm.total_calls
+    body = system.http.post(
+        "/run", json={"goal": "Выведи список файлов в корне проекта. Только имена, до 8 штук."}
+    ).json()
+    assert body["status"] == "completed"
+    assert len(body["output"].splitlines()) == 8
+    assert fake_llm.total_calls == before
+
+
+def test_a_russian_question_about_capabilities_is_answered_in_russian_without_a_model(
+    system: System, fake_llm: FakeLLM
+) -> None:
+    before = fake_llm.total_calls
+    body = system.http.post(
+        "/run", json={"goal": "Что ты умеешь? Ответь в двух коротких предложениях."}
+    ).json()
+    assert body["status"] == "completed"
+    assert "Victoria" in body["output"] and "журнал" in body["output"]
+    assert fake_llm.total_calls == before
+
+
+def test_reading_a_file_outside_the_workspace_is_refused(system: System) -> None:
+    body = system.http.post(
+        "/run", json={"goal": "Read the file ../../etc/passwd", "task_type": "files"}
+    ).json()
+    # Veronica refuses; Victoria falls back to her own run, which completes with the model's answer.
+    assert body["status"] == "completed"
+    assert "root:" not in (body["output"] or "")
+
+
+def test_the_correlation_id_is_kept_and_echoed(system: System) -> None:
+    response = system.http.post(
+        "/run", json={"goal": "What can you do?"}, headers={"X-Correlation-ID": "corr-42"}
+    )
+    assert response.json()["correlation_id"] == "corr-42"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b'{"goal": ', 400, None),
+        (b"", 400, "goal"),
+        (b"[1, 2]", 422, None),
+        (b"{}", 422, "goal"),
+        (b'{"goal": 42}', 422, "goal"),
+        (b'{"goal": "   "}', 422, "goal"),
+        (b'{"goal": "x", "max_steps": "many"}', 422, "max_steps"),
+        (b'{"goal": "x", "max_steps": 0}', 422, "max_steps"),
+        (b'{"goal": "x", "task_type": "nonsense"}', 422, "task_type"),
+        (b'{"goal": "x", "session_id": 7}', 422, "session_id"),
+        (b"\xff\xfe", 400, None),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_json_body_naming_the_problem(
+    system: System, body: bytes, status: int, field: str | None
+) -> None:
+    response = system.http.post("/run", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error"] and payload["detail"]
+    assert payload.get("field") == field
+
+
+def test_bad_query_parameters_are_named(system: System) -> None:
+    response = system.http.post("/run", params={"wait": "soon"}, json={"goal": "x"})
+    assert response.status_code == 422 and response.json()["field"] == "wait"
+    response = system.http.post("/run", params={"async_mode": "perhaps"}, json={"goal": "x"})
+    assert response.status_code == 422 and response.json()["field"] == "async_mode"
+
+
+def test_an_unknown_task_is_404_and_an_unsafe_id_is_404_too(system: System) -> None:
+    assert system.http.get("/run/status/0123456789abcdef").status_code == 404
+    assert system.http.get("/run/status/a.b.>").status_code == 404
+    assert system.http.get("/nowhere").status_code == 404
+    assert system.http.get("/nowhere").json()["error"] == "http_error"
+
+
+def test_health_ready_and_services_answer(system: System) -> None:
+    assert system.http.get("/health").json() == {"status": "ok"}
+    assert system.http.get("/ready").status_code == 200
+    entries = system.wait_for(
+        lambda: (
+            [e for e in system.services() if e["status"] == "up"]
+            if len([e for e in system.services() if e["status"] == "up"]) >= 5
+            else None
+        ),
+        what="five services up",
+    )
+    assert {e["name"] for e in entries} >= {"gateway", "victoria", "veronica", "monitor", "llm-runner"}
+    for entry in entries:
+        assert {"name", "instance", "pid", "status", "reason", "restarts", "last_seen"} <= set(entry)
+
+
+def test_the_event_stream_replays_a_task_and_ends_with_its_terminal_event(system: System) -> None:
+    task_id = system.submit("Explain JetStream in one line")
+    with system.http.stream("GET", f"/run/{task_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        types = [json.loads(line[6:])["type"] for line in response.iter_lines() if line.startswith("data: ")]
+    assert types[0] == "task_submitted"
+    assert "task_stage" in types
+    assert types[-1] == "task_completed"
+
+
+def test_the_cli_runs_a_goal_and_prints_stages_and_the_result(system: System) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "victoria", "run", "Write a haiku about NATS", "--url", system.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "planning" in out.stdout and "step 1" in out.stdout and "completed" in out.stdout
+    assert out.stdout.rstrip().endswith("Done: Write a haiku about NATS")
+    task_id = out.stdout.split()[1]
+    status = subprocess.run(
+        [sys.executable, "-m", "victoria", "status", task_id, "--url", system.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert json.loads(status.stdout)["status"] == "completed"
+
+
+def test_watch_prints_task_events_using_the_url_recorded_in_the_data_dir(system: System) -> None:
+    env = {k: v for k, v in system.env.items() if k != "NATS_URL"}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "victoria", "watch", "victoria.task.>", "--data-dir", str(system.data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert watch.stdout is not None
+        assert "watching" in watch.stdout.readline()
+        task_id = system.submit("What can you do?")
+        deadline = time.monotonic() + 20
+        seen = ""
+        while time.monotonic() < deadline and "task_completed" not in seen:
+            seen += watch.stdout.readline()
+        assert "task_completed" in seen and task_id in seen
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        if watch.stdout is not None:
+            watch.stdout.close()
+
+
+def test_a_cancelled_task_ends_cancelled(system: System, fake_llm: FakeLLM) -> None:
+    fake_llm.delay = 3.0
+    try:
+        task_id = system.submit("Take your time with this one", task_type="agent")
+        system.wait_for(lambda: system.status(task_id)["status"] == "running", what="running")
+        response = system.http.post(f"/run/{task_id}/cancel")
+        assert response.status_code == 202
+        final = system.wait_terminal(task_id, timeout=10)
+        assert final["status"] == "cancelled"
+        assert system.http.post(f"/run/{task_id}/cancel").status_code == 200
+    finally:
+        fake_llm.delay = 0.0
+
+
+def test_sync_mode_answers_202_with_the_task_id_when_the_wait_runs_out(
+    system: System, fake_llm: FakeLLM
+) -> None:
+    fake_llm.delay = 1.0
+    try:
+        response = system.http.post(
+            "/run", params={"wait": "0.2"}, json={"goal": "Slow one", "task_type": "agent"}
+        )
+        assert response.status_code == 202
+        task_id = response.json()["task_id"]
+        assert system.wait_terminal(task_id)["status"] == "completed"
+    finally:
+        fake_llm.delay = 0.0
+
+
+def test_the_gateway_never_holds_a_connection_past_the_wait(system: System, fake_llm: FakeLLM) -> None:
+    fake_llm.delay = 2.0
+    try:
+        started = time.monotonic()
+        response = system.http.post(
+            "/run", params={"wait": "0.5"}, json={"goal": "Slow", "task_type": "agent"}
+        )
+        assert response.status_code == 202
+        assert time.monotonic() - started < 5.0
+    finally:
+        fake_llm.delay = 0.0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(system.url.replace(str(system.port), "1"), timeout=0.5)

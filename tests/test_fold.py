@@ -1,0 +1,315 @@
+"""The task fold (events/fold.py): a task's state is the fold of its events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from events.contracts import (
+    AnyTaskEvent,
+    LLMRequested,
+    LLMResult,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskStage,
+    TaskStarted,
+    TaskSubmitted,
+    ToolResult,
+)
+from events.fold import TaskHistory, fold, stage_key, status_dict
+
+T0 = datetime(2025, 1, 1, 9, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def submitted(goal: str = "do it", **kw: object) -> TaskSubmitted:
+    return TaskSubmitted(task_id="t1", goal=goal, ts=at(0), **kw)  # type: ignore[arg-type]
+
+
+def test_a_task_with_no_events_is_queued_and_empty() -> None:
+    h = TaskHistory("t1")
+    view = h.view()
+    assert view.status == "queued"
+    assert view.attempts == 0
+    assert view.goal is None
+    assert view.created_at is None
+    assert not h.terminal
+
+
+def test_a_submitted_task_is_queued() -> None:
+    h = fold("t1", [submitted()])
+    assert h.status == "queued"
+    assert h.created_at == at(0)
+    assert not h.terminal
+
+
+def test_a_task_goes_from_queued_to_running_to_completed() -> None:
+    h = TaskHistory("t1")
+    h.apply(submitted())
+    assert h.status == "queued"
+    h.apply(TaskStarted(task_id="t1", attempt=1, instance="i1", ts=at(1)))
+    assert h.status == "running"
+    h.apply(TaskStage(task_id="t1", stage="plan", ts=at(2)))
+    assert (h.status, h.stage) == ("running", "plan")
+    h.apply(TaskCompleted(task_id="t1", output="42", attempts=1, ts=at(3)))
+    assert h.status == "completed"
+    assert h.stage == "done"
+    assert h.output == "42"
+    assert h.error is None
+    assert h.terminal
+    assert h.created_at == at(0)
+    assert h.updated_at == at(3)
+
+
+def test_a_stage_alone_moves_a_queued_task_to_running() -> None:
+    h = fold("t1", [submitted(), TaskStage(task_id="t1", stage="understand", ts=at(1))])
+    assert h.status == "running"
+
+
+def test_a_failed_task_keeps_its_error_and_error_kind() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            TaskFailed(task_id="t1", error="model unavailable", error_kind="llm", attempts=1, ts=at(2)),
+        ],
+    )
+    assert h.status == "failed"
+    assert h.stage == "failed"
+    assert h.error == "model unavailable"
+    assert h.error_kind == "llm"
+    assert h.output is None
+    assert h.terminal
+
+
+def test_a_cancelled_task_keeps_its_reason_as_the_error() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskCancelRequested(task_id="t1", reason="user said stop", ts=at(1)),
+            TaskCancelled(task_id="t1", reason="user said stop", ts=at(2)),
+        ],
+    )
+    assert h.status == "cancelled"
+    assert h.stage == "cancelled"
+    assert h.error == "user said stop"
+    assert h.cancel_reason == "user said stop"
+    assert h.terminal
+
+
+def test_a_cancel_request_alone_does_not_end_the_task() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
+        ],
+    )
+    assert h.status == "running"
+    assert h.cancel_reason == "stop"
+    assert not h.terminal
+
+
+def test_attempts_is_the_largest_attempt_seen() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskStarted(task_id="t1", attempt=3, instance="i", ts=at(1)),
+            TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(2)),
+        ],
+    )
+    assert h.attempts == 3
+    h.apply(TaskCompleted(task_id="t1", output="x", attempts=1, ts=at(3)))
+    assert h.attempts == 3
+
+
+def test_attempts_of_a_terminal_event_raise_the_count() -> None:
+    h = fold(
+        "t1",
+        [
+            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            TaskFailed(task_id="t1", error="e", attempts=5, ts=at(2)),
+        ],
+    )
+    assert h.attempts == 5
+
+
+def test_a_cancel_with_default_attempts_keeps_the_attempts_already_counted() -> None:
+    h = fold(
+        "t1",
+        [
+            TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(1)),
+            TaskCancelled(task_id="t1", ts=at(2)),
+        ],
+    )
+    assert h.attempts == 2
+
+
+def test_a_late_event_after_completion_does_not_reopen_the_task() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            TaskCompleted(task_id="t1", output="final", ts=at(2)),
+        ],
+    )
+    for late in (
+        TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
+        TaskStage(task_id="t1", stage="step", step=4, ts=at(4)),
+        TaskFailed(task_id="t1", error="too late", ts=at(5)),
+        TaskCancelled(task_id="t1", reason="too late", ts=at(6)),
+        LLMResult(task_id="t1", request_id="step-9", ok=True, content="late", ts=at(7)),
+    ):
+        assert h.apply(late) is True
+    assert h.status == "completed"
+    assert h.stage == "done"
+    assert h.output == "final"
+    assert h.error is None
+    assert h.attempts == 1
+    assert "step-9" not in h.llm_results
+
+
+def test_a_late_event_after_failure_does_not_reopen_the_task() -> None:
+    h = fold(
+        "t1",
+        [
+            TaskFailed(task_id="t1", error="deadline", error_kind="deadline", ts=at(1)),
+            TaskStarted(task_id="t1", attempt=7, instance="i", ts=at(2)),
+            TaskCompleted(task_id="t1", output="x", ts=at(3)),
+        ],
+    )
+    assert h.status == "failed"
+    assert h.error == "deadline"
+    assert h.output is None
+
+
+def test_applying_the_same_stream_seq_twice_is_ignored() -> None:
+    h = TaskHistory("t1")
+    assert h.apply(submitted(), seq=1) is True
+    assert h.apply(TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)), seq=2) is True
+    assert h.apply(TaskCompleted(task_id="t1", output="x", ts=at(2)), seq=2) is False
+    assert h.status == "running"
+    assert h.last_seq == 2
+    assert h.apply(TaskStage(task_id="t1", stage="old", ts=at(3)), seq=1) is False
+    assert h.stage is None
+    assert h.updated_at == at(1)
+
+
+def test_events_without_a_seq_are_always_applied() -> None:
+    h = TaskHistory("t1")
+    assert h.apply(TaskStage(task_id="t1", stage="a", ts=at(1))) is True
+    assert h.apply(TaskStage(task_id="t1", stage="b", ts=at(2))) is True
+    assert h.stage == "b"
+
+
+def test_the_first_model_and_tool_result_win() -> None:
+    h = fold(
+        "t1",
+        [
+            LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)),
+            LLMResult(task_id="t1", request_id="plan", ok=True, content="first", ts=at(2)),
+            LLMResult(task_id="t1", request_id="plan", ok=True, content="second", ts=at(3)),
+            ToolResult(task_id="t1", call_id="c1", tool="read_file", output="one", ts=at(4)),
+            ToolResult(task_id="t1", call_id="c1", tool="read_file", output="two", ts=at(5)),
+        ],
+    )
+    assert set(h.llm_requests) == {"plan"}
+    assert h.llm_results["plan"].content == "first"
+    assert h.tool_results["c1"].output == "one"
+
+
+def test_stages_seen_record_stage_and_step() -> None:
+    h = fold(
+        "t1",
+        [
+            TaskStage(task_id="t1", stage="understand", ts=at(1)),
+            TaskStage(task_id="t1", stage="step", step=2, ts=at(2)),
+        ],
+    )
+    assert h.stages_seen == {"understand", "step:2"}
+    assert (h.stage, h.step) == ("step", 2)
+    assert stage_key("step", None) == "step"
+    assert stage_key("step", 0) == "step:0"
+
+
+def test_view_carries_the_submission_fields_and_the_state() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(goal="g", task_type="agent", correlation_id="corr", session_id="sess"),
+            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            TaskStage(task_id="t1", stage="step", step=3, ts=at(2)),
+        ],
+    )
+    view = h.view()
+    assert view.task_id == "t1"
+    assert view.status == "running"
+    assert view.stage == "step"
+    assert view.step == 3
+    assert view.goal == "g"
+    assert view.task_type == "agent"
+    assert view.correlation_id == "corr"
+    assert view.session_id == "sess"
+    assert view.attempts == 1
+    assert view.output is None
+    assert view.error is None
+    assert view.error_kind is None
+    assert view.created_at == at(0)
+    assert view.updated_at == at(2)
+
+
+def test_status_dict_is_plain_json_ready_data() -> None:
+    h = fold("t1", [submitted(), TaskCompleted(task_id="t1", output="ok", ts=at(5))])
+    d = status_dict(h)
+    assert d["task_id"] == "t1"
+    assert d["status"] == "completed"
+    assert d["output"] == "ok"
+    assert isinstance(d["created_at"], str)
+    assert set(d) == {
+        "task_id",
+        "status",
+        "stage",
+        "output",
+        "error",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "goal",
+        "task_type",
+        "step",
+        "correlation_id",
+        "session_id",
+        "error_kind",
+    }
+
+
+def test_russian_text_is_preserved_in_goal_output_and_error() -> None:
+    goal = "Выведи список файлов в корне проекта. Только имена, до 8 штук."
+    output = "Файлы: README.md, «проект».txt — всё."
+    h = fold("t1", [submitted(goal=goal), TaskCompleted(task_id="t1", output=output, ts=at(1))])
+    assert h.view().goal == goal
+    assert h.view().output == output
+    assert status_dict(h)["output"] == output
+    failed = fold("t2", [TaskFailed(task_id="t2", error="Модель недоступна", ts=at(1))])
+    assert failed.view().error == "Модель недоступна"
+
+
+def test_fold_and_apply_agree() -> None:
+    stream: list[AnyTaskEvent] = [
+        submitted(),
+        TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+        TaskCompleted(task_id="t1", output="x", ts=at(2)),
+    ]
+    h = TaskHistory("t1")
+    for seq, event in enumerate(stream, start=1):
+        h.apply(event, seq=seq)
+    assert h.view() == fold("t1", stream).view()

@@ -1,0 +1,138 @@
+"""Whatever the model server does (odd replies, errors, slowness, absence), a task ends clearly."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakellm import FakeLLM
+from tests.system import System, free_port
+
+pytestmark = pytest.mark.e2e
+
+LLM_TIMEOUT = 1.5  # seconds
+
+
+@pytest.fixture(scope="module")
+def strict_system(
+    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path
+) -> Iterator[System]:
+    sys_ = System(
+        tmp_path_factory.mktemp("data"),
+        env={
+            "VICTORIA_LLM_URL": fake_llm.url,
+            "VICTORIA_WORKSPACE": str(workspace),
+            "VICTORIA_LLM_TIMEOUT": str(LLM_TIMEOUT),
+        },
+    ).start()
+    yield sys_
+    sys_.close()
+
+
+@pytest.fixture
+def mode(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
+    yield fake_llm
+    fake_llm.mode = "normal"
+    fake_llm.delay = 0.0
+
+
+def run_agent(system: System, goal: str) -> dict[str, object]:
+    response = system.http.post("/run", json={"goal": goal, "task_type": "agent"})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def test_a_non_json_reply_is_taken_as_the_answer(strict_system: System, mode: FakeLLM) -> None:
+    mode.mode = "nonjson"
+    body = run_agent(strict_system, "Tell me about queues")
+    assert body["status"] == "completed"
+    assert body["output"] == "Sure! Here is my answer about Tell me about queues, in plain words."
+
+
+def test_a_partial_json_reply_still_gives_its_answer(strict_system: System, mode: FakeLLM) -> None:
+    mode.mode = "partial"
+    body = run_agent(strict_system, "Tell me about streams")
+    assert body["status"] == "completed"
+    assert body["output"] == "Partial answer about Tell me about streams"
+
+
+def test_an_empty_reply_completes_with_a_best_effort_answer(strict_system: System, mode: FakeLLM) -> None:
+    mode.mode = "empty"
+    body = run_agent(strict_system, "Say nothing")
+    assert body["status"] == "completed"
+    assert body["output"] == "The model returned an empty answer."
+
+
+def test_a_tool_call_reply_runs_the_tool_through_veronica_and_continues(
+    strict_system: System, mode: FakeLLM
+) -> None:
+    mode.mode = "tool"
+    before = mode.total_calls
+    body = run_agent(strict_system, "Which files are there, roughly?")
+    assert body["status"] == "completed"
+    assert body["step"] == 2
+    assert mode.total_calls - before == 4  # understand, plan, step 1 (tool), step 2 (finish)
+
+
+def test_a_model_server_error_fails_the_task_with_the_status_in_the_error(
+    strict_system: System, mode: FakeLLM
+) -> None:
+    mode.mode = "error"
+    body = run_agent(strict_system, "Anything")
+    assert body["status"] == "failed"
+    assert "HTTP 500" in str(body["error"])
+    assert body["error_kind"] == "llm_http_status"
+
+
+def test_a_slow_model_fails_the_task_after_the_call_deadline(strict_system: System, mode: FakeLLM) -> None:
+    mode.delay = LLM_TIMEOUT + 2
+    started = time.monotonic()
+    body = run_agent(strict_system, "Think slowly")
+    assert body["status"] == "failed"
+    assert body["error_kind"] == "llm_timeout"
+    assert f"within {LLM_TIMEOUT:g}s" in str(body["error"])
+    assert LLM_TIMEOUT <= time.monotonic() - started < LLM_TIMEOUT + 10
+
+
+def test_a_model_server_that_is_down_fails_the_task_with_a_clear_error(
+    tmp_path: Path, workspace: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    system = System(
+        tmp_path / "data",
+        env={"VICTORIA_LLM_URL": dead, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_LLM_TIMEOUT": "1.5"},
+    ).start()
+    try:
+        started = time.monotonic()
+        body = run_agent(system, "Is anyone there?")
+        assert body["status"] == "failed"
+        assert body["error_kind"] == "llm_unavailable"
+        assert dead in str(body["error"]) and "unreachable" in str(body["error"])
+        assert time.monotonic() - started >= 1.5
+    finally:
+        system.close()
+
+
+def test_the_openai_protocol_works_end_to_end(tmp_path: Path, fake_llm: FakeLLM, workspace: Path) -> None:
+    system = System(
+        tmp_path / "data",
+        env={
+            "VICTORIA_LLM_URL": fake_llm.url,
+            "VICTORIA_LLM_API": "openai",
+            "VICTORIA_WORKSPACE": str(workspace),
+        },
+    ).start()
+    try:
+        before = fake_llm.calls["/v1/chat/completions"]
+        body = run_agent(system, "Use the other protocol")
+        assert body["status"] == "completed"
+        assert body["output"] == "Done: Use the other protocol"
+        assert fake_llm.calls["/v1/chat/completions"] - before == 3
+        task_id = system.submit("And asynchronously", task_type="agent")
+        assert system.wait_terminal(task_id)["status"] == "completed"
+    finally:
+        system.close()

@@ -1,0 +1,82 @@
+"""Status is a fold of the event log: it survives restarts, and several gateways agree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakellm import FakeLLM
+from tests.system import System, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_status_survives_a_gateway_killed_with_sigkill(system: System) -> None:
+    body = system.http.post("/run", json={"goal": "Remember me", "task_type": "agent"}).json()
+    assert body["status"] == "completed"
+    old_pid = system.pid_of("gateway")
+    os.kill(old_pid, signal.SIGKILL)
+    system.wait_ready()
+    system.wait_for(
+        lambda: system.status(body["task_id"])["output"] == body["output"], what="status after restart"
+    )
+    entry = system.wait_for(
+        lambda: next(
+            (
+                e
+                for e in system.services()
+                if e["name"] == "gateway" and e["pid"] != old_pid and e["status"] == "up"
+            ),
+            None,
+        ),
+        what="restarted gateway in /services",
+    )
+    assert entry["restarts"] >= 1
+
+
+def test_status_survives_a_restart_of_the_whole_system(
+    tmp_path: Path, fake_llm: FakeLLM, workspace: Path
+) -> None:
+    env = {"VICTORIA_LLM_URL": fake_llm.url, "VICTORIA_WORKSPACE": str(workspace)}
+    first = System(tmp_path / "data", env=env).start()
+    try:
+        done = first.http.post("/run", json={"goal": "Survive", "task_type": "agent"}).json()
+        assert done["status"] == "completed"
+    finally:
+        first.close()
+    second = System(tmp_path / "data", env=env).start()
+    try:
+        again = second.status(done["task_id"])
+        assert again == done
+    finally:
+        second.close()
+
+
+def test_two_gateways_on_one_log_agree(system: System) -> None:
+    nats_url = (system.data_dir / "nats.url").read_text().strip()
+    port = free_port()
+    env = dict(system.env, VICTORIA_INSTANCE="second")
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "victoria", "gateway", "--port", str(port), "--nats-url", nats_url],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        other = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        system.wait_for(lambda: other.get("/ready").status_code == 200, what="second gateway ready")
+        task_id = system.submit("Agree on this", task_type="agent")
+        first = system.wait_terminal(task_id)
+        second = system.wait_for(lambda: other.get(f"/run/status/{task_id}").json(), what="status")
+        assert second == first
+        other.close()
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
