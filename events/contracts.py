@@ -62,6 +62,8 @@ class TaskStage(TaskEvent, tag="task_stage", kw_only=True, frozen=True):
     stage: str
     step: int | None = None
     detail: str = ""
+    key: str | None = None
+    """Identity of this stage within the task (defaults to ``stage`` or ``stage:step``)."""
 
 
 class ChatMessage(msgspec.Struct, frozen=True):

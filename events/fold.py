@@ -112,10 +112,10 @@ class TaskHistory:
             case TaskStarted(attempt=attempt):
                 self.status = "running"
                 self.attempts = max(self.attempts, attempt)
-            case TaskStage(stage=stage, step=step):
+            case TaskStage(stage=stage, step=step, key=key):
                 self.stage = stage
                 self.step = step
-                self.stages_seen.add(stage_key(stage, step))
+                self.stages_seen.add(key or stage_key(stage, step))
                 if self.status == "queued":
                     self.status = "running"
             case LLMRequested():

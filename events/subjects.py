@@ -45,12 +45,12 @@ TaskKind = Literal[
     "cancelled",
 ]
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_token(value: str) -> bool:
     """True if ``value`` can stand as one subject token: no ``.``, ``*``, ``>`` or white space."""
-    return bool(_TOKEN.match(value))
+    return _TOKEN.fullmatch(value) is not None
 
 
 def _check(value: str, what: str) -> str:

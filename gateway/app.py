@@ -22,9 +22,17 @@ from starlette.routing import Route
 
 from events import subjects
 from events.codec import encode
-from events.contracts import ServicesRequest, TaskCancelRequested, TaskSubmitted
+from events.contracts import ServicesRequest, TaskCancelled, TaskCancelRequested, TaskSubmitted
 from events.fold import TaskHistory
-from gateway.requests import BadRequest, clean_header, parse_bool, parse_run_request, parse_wait
+from gateway.idempotency import IdempotencyStore
+from gateway.requests import (
+    BadRequest,
+    clean_header,
+    parse_bool,
+    parse_idempotency_key,
+    parse_run_request,
+    parse_wait,
+)
 from gateway.views import TaskViews
 from victoria import bus
 from victoria.config import DEFAULT_MAX_STEPS, Config
@@ -53,6 +61,7 @@ class Backend:
         self.js: JetStreamContext = nc.jetstream()
         self.views = views
         self.config = config
+        self.idempotency = IdempotencyStore(self.js)
         self._ready_at = 0.0
         self._ready = False
 
@@ -110,32 +119,40 @@ def create_app(state: GatewayState) -> Starlette:
     async def run(request: Request, backend: Backend) -> Response:
         async_mode = parse_bool("async_mode", request.query_params.get("async_mode"))
         wait = parse_wait(request.query_params.get("wait"))
+        idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
         body = parse_run_request(await request.body())
         task_id = uuid.uuid4().hex
-        cfg = backend.config
-        event = TaskSubmitted(
-            task_id=task_id,
-            goal=body.goal,
-            task_type=body.task_type,
-            project_context=body.project_context,
-            session_id=body.session_id,
-            max_steps=body.max_steps or DEFAULT_MAX_STEPS,
-            model=body.model,
-            correlation_id=clean_header(request.headers.get("x-correlation-id")),
-            deadline_s=cfg.task_deadline,
-        )
-        ack = await bus.append(backend.js, event, "submitted", key="submitted")
-        backend.views.record(event, ack.seq)
-        log.info("task %s submitted", task_id)
-        accepted = {"task_id": task_id, "status": "queued", "status_url": f"/run/status/{task_id}"}
-        if async_mode:
-            return json_response(accepted, 202)
-        history = await wait_terminal(backend.views, task_id, wait)
-        if history is not None and history.terminal:
-            return json_response(history.view(), 200)
-        if history is not None:
-            accepted["status"] = history.status
-        return json_response(accepted, 202)
+        first = True
+        if idempotency_key is not None:
+            claim = await backend.idempotency.claim(idempotency_key, task_id)
+            if not claim.new:
+                record = claim.record
+                if record.code is not None and record.body is not None:
+                    return Response(record.body, record.code, media_type="application/json")
+                # The first request is still waiting, or died before it answered: same task.
+                task_id, first = record.task_id, False
+        if first or await backend.views.get(task_id) is None:
+            event = TaskSubmitted(
+                task_id=task_id,
+                goal=body.goal,
+                task_type=body.task_type,
+                project_context=body.project_context,
+                session_id=body.session_id,
+                max_steps=body.max_steps or DEFAULT_MAX_STEPS,
+                model=body.model,
+                correlation_id=clean_header(request.headers.get("x-correlation-id")),
+                idempotency_key=idempotency_key,
+                deadline_s=backend.config.task_deadline,
+            )
+            ack = await bus.append(backend.js, event, "submitted", key="submitted")
+            backend.views.record(event, ack.seq)
+            log.info("task %s submitted", task_id)
+        response = await answer_submission(backend.views, task_id, async_mode=async_mode, wait=wait)
+        if idempotency_key is not None and first:
+            await backend.idempotency.remember(
+                idempotency_key, task_id, response.status_code, bytes(response.body)
+            )
+        return response
 
     @needs_backend
     async def status(request: Request, backend: Backend) -> Response:
@@ -210,6 +227,19 @@ async def lookup(backend: Backend, task_id: str) -> TaskHistory | None:
     if not subjects.is_token(task_id):
         return None
     return await backend.views.get(task_id)
+
+
+async def answer_submission(views: TaskViews, task_id: str, *, async_mode: bool, wait: float) -> Response:
+    """202 with the task id at once (async), or the terminal status within ``wait`` seconds."""
+    accepted = {"task_id": task_id, "status": "queued", "status_url": f"/run/status/{task_id}"}
+    if async_mode:
+        return json_response(accepted, 202)
+    history = await wait_terminal(views, task_id, wait)
+    if history is not None and history.terminal:
+        return json_response(history.view(), 200)
+    if history is not None:
+        accepted["status"] = history.status
+    return json_response(accepted, 202)
 
 
 async def wait_terminal(views: TaskViews, task_id: str, wait: float) -> TaskHistory | None:

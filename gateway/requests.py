@@ -61,6 +61,8 @@ def parse_run_request(raw: bytes) -> RunRequest:
         raise BadRequest(422, "invalid_field", text, field) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(400, "invalid_json", "the body is nested too deeply") from None
     if not request.goal.strip():
         raise BadRequest(422, "invalid_field", "goal must not be empty", "goal")
     if request.task_type is not None and request.task_type not in TASK_TYPES:
@@ -103,3 +105,22 @@ def clean_header(value: str | None, limit: int = 200) -> str | None:
         return None
     value = value.strip()
     return value[:limit] if value else None
+
+
+MAX_IDEMPOTENCY_KEY: Final = 255  # characters
+
+
+def parse_idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value:
+        return None
+    if len(value) > MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(
+            422,
+            "invalid_header",
+            f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY} characters",
+            "Idempotency-Key",
+        )
+    return value

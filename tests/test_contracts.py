@@ -159,7 +159,9 @@ def test_a_service_event_is_not_a_task_event() -> None:
 
 def test_service_events_round_trip_through_service_decoder() -> None:
     for event in (
-        ServiceDown(name="llm-runner", instance="h1", reason="SIGKILL", likely_oom=True, exit_code=137, ts=TS),
+        ServiceDown(
+            name="llm-runner", instance="h1", reason="SIGKILL", likely_oom=True, exit_code=137, ts=TS
+        ),
         ServiceUp(name="llm-runner", instance="h1", reason="restarted", pid=12, ts=TS),
     ):
         assert service_decoder.decode(encode(event)) == event
@@ -186,7 +188,13 @@ def test_random_bytes_given_to_decode_task_event_never_raise(raw: bytes) -> None
 @given(
     st.dictionaries(
         st.sampled_from(["type", "task_id", "output", "attempts", "ts", "v", "goal", "error", "x"]),
-        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10), st.sampled_from(list(TAGS.values()))),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.text(max_size=10),
+            st.sampled_from(list(TAGS.values())),
+        ),
     )
 )
 def test_random_json_objects_given_to_decode_task_event_never_raise(obj: dict[str, object]) -> None:

@@ -259,3 +259,27 @@ def test_the_gateway_never_holds_a_connection_past_the_wait(system: System, fake
         fake_llm.delay = 0.0
     with pytest.raises(httpx.HTTPError):
         httpx.get(system.url.replace(str(system.port), "1"), timeout=0.5)
+
+
+def test_a_repeated_idempotency_key_gets_the_first_answer(system: System) -> None:
+    headers = {"Idempotency-Key": "order-7-confirm"}
+    first = system.http.post("/run", json={"goal": "What can you do?"}, headers=headers)
+    again = system.http.post("/run", json={"goal": "What can you do?"}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content
+    queued = system.http.post(
+        "/run", params={"async_mode": "true"}, json={"goal": "x"}, headers={"Idempotency-Key": "async-1"}
+    )
+    repeat = system.http.post(
+        "/run", params={"async_mode": "true"}, json={"goal": "x"}, headers={"Idempotency-Key": "async-1"}
+    )
+    assert queued.status_code == repeat.status_code == 202
+    assert queued.json()["task_id"] == repeat.json()["task_id"]
+    other = system.http.post("/run", json={"goal": "x"}, headers={"Idempotency-Key": "async-2"})
+    assert other.json()["task_id"] != queued.json()["task_id"]
+
+
+def test_an_overlong_idempotency_key_is_rejected_by_name(system: System) -> None:
+    response = system.http.post("/run", json={"goal": "x"}, headers={"Idempotency-Key": "k" * 300})
+    assert response.status_code == 422
+    assert response.json()["field"] == "Idempotency-Key"

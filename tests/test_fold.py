@@ -50,13 +50,13 @@ def test_a_submitted_task_is_queued() -> None:
 def test_a_task_goes_from_queued_to_running_to_completed() -> None:
     h = TaskHistory("t1")
     h.apply(submitted())
-    assert h.status == "queued"
+    assert h.view().status == "queued"
     h.apply(TaskStarted(task_id="t1", attempt=1, instance="i1", ts=at(1)))
-    assert h.status == "running"
+    assert h.view().status == "running"
     h.apply(TaskStage(task_id="t1", stage="plan", ts=at(2)))
-    assert (h.status, h.stage) == ("running", "plan")
+    assert (h.view().status, h.view().stage) == ("running", "plan")
     h.apply(TaskCompleted(task_id="t1", output="42", attempts=1, ts=at(3)))
-    assert h.status == "completed"
+    assert h.view().status == "completed"
     assert h.stage == "done"
     assert h.output == "42"
     assert h.error is None

@@ -98,21 +98,32 @@ def test_a_slow_model_fails_the_task_after_the_call_deadline(strict_system: Syst
     assert LLM_TIMEOUT <= time.monotonic() - started < LLM_TIMEOUT + 10
 
 
-def test_a_model_server_that_is_down_fails_the_task_with_a_clear_error(
+def test_while_the_model_server_is_down_a_task_waits_visibly_then_fails_at_its_deadline(
     tmp_path: Path, workspace: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     system = System(
         tmp_path / "data",
-        env={"VICTORIA_LLM_URL": dead, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_LLM_TIMEOUT": "1.5"},
+        env={
+            "VICTORIA_LLM_URL": dead,
+            "VICTORIA_WORKSPACE": str(workspace),
+            "VICTORIA_LLM_TIMEOUT": "1",
+            "VICTORIA_TASK_DEADLINE": "4",
+        },
     ).start()
     try:
         started = time.monotonic()
-        body = run_agent(system, "Is anyone there?")
+        task_id = system.submit("Is anyone there?", task_type="agent")
+        waiting = system.wait_for(
+            lambda: system.status(task_id)["stage"] == "waiting_for_model", what="waiting stage"
+        )
+        assert waiting
+        body = system.wait_terminal(task_id, timeout=20)
         assert body["status"] == "failed"
-        assert body["error_kind"] == "llm_unavailable"
+        assert body["error_kind"] == "deadline"
+        assert "deadline of 4s" in str(body["error"])
         assert dead in str(body["error"]) and "unreachable" in str(body["error"])
-        assert time.monotonic() - started >= 1.5
+        assert time.monotonic() - started >= 4
     finally:
         system.close()
 

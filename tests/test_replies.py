@@ -143,8 +143,30 @@ def test_any_text_never_raises(text: str) -> None:
 
 _json_ish = st.lists(
     st.sampled_from(
-        ['{', '}', '"', ':', ',', '[', ']', '\\', '"tool"', '"args"', '"path"', '"answer"', '"read_file"',
-         '"list_directory"', '"finish"', "```json", "```", " ", "x", "\n", "1", "null"]
+        [
+            "{",
+            "}",
+            '"',
+            ":",
+            ",",
+            "[",
+            "]",
+            "\\",
+            '"tool"',
+            '"args"',
+            '"path"',
+            '"answer"',
+            '"read_file"',
+            '"list_directory"',
+            '"finish"',
+            "```json",
+            "```",
+            " ",
+            "x",
+            "\n",
+            "1",
+            "null",
+        ]
     ),
     max_size=40,
 ).map("".join)

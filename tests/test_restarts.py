@@ -44,9 +44,11 @@ def test_status_survives_a_restart_of_the_whole_system(
     tmp_path: Path, fake_llm: FakeLLM, workspace: Path
 ) -> None:
     env = {"VICTORIA_LLM_URL": fake_llm.url, "VICTORIA_WORKSPACE": str(workspace)}
+    headers = {"Idempotency-Key": "survivor"}
     first = System(tmp_path / "data", env=env).start()
     try:
-        done = first.http.post("/run", json={"goal": "Survive", "task_type": "agent"}).json()
+        answer = first.http.post("/run", json={"goal": "Survive", "task_type": "agent"}, headers=headers)
+        done = answer.json()
         assert done["status"] == "completed"
     finally:
         first.close()
@@ -54,6 +56,8 @@ def test_status_survives_a_restart_of_the_whole_system(
     try:
         again = second.status(done["task_id"])
         assert again == done
+        repeat = second.http.post("/run", json={"goal": "Survive", "task_type": "agent"}, headers=headers)
+        assert (repeat.status_code, repeat.content) == (answer.status_code, answer.content)
     finally:
         second.close()
 

@@ -13,7 +13,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from events import subjects
 from events.codec import encode, task_decoder
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 DAY: Final = 86_400.0  # seconds
 PUBLISH_TIMEOUT: Final = 5.0  # seconds, one JetStream publish
 REPLAY_FETCH_TIMEOUT: Final = 5.0  # seconds, one batch of a task's history
+IDEMPOTENCY_TTL: Final = 7 * DAY  # how long POST /run remembers an Idempotency-Key
 
 
 def stream_configs() -> list[jsapi.StreamConfig]:
@@ -84,6 +85,17 @@ async def ensure_streams(js: JetStreamContext) -> None:
         if sorted(info.config.subjects or []) != sorted(config.subjects or []):
             log.warning("stream %s has subjects %s; updating", config.name, info.config.subjects)
             await js.update_stream(config=config)
+    try:
+        await js.key_value(subjects.IDEMPOTENCY_BUCKET)
+    except (NotFoundError, BucketNotFoundError):
+        with contextlib.suppress(BadRequestError):
+            await js.create_key_value(
+                bucket=subjects.IDEMPOTENCY_BUCKET,
+                history=1,
+                ttl=IDEMPOTENCY_TTL,
+                storage=jsapi.StorageType.FILE,
+                description="Idempotency-Key of POST /run -> the first answer",
+            )
 
 
 async def connect(

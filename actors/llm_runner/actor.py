@@ -28,7 +28,8 @@ from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout
 
 log = logging.getLogger(__name__)
 
-CONNECT_RETRY_MAX: Final = 5.0  # seconds between attempts to reach a model server that is down
+CONNECT_RETRY_MAX: Final = 1.0  # seconds between attempts to reach a model server that is down
+UNREACHABLE_GRACE: Final = 5.0  # seconds of refused connections before a call reports "unavailable"
 MAX_DELIVER: Final = 5  # deliveries of one request to runners (runner crashes) before giving up
 
 
@@ -143,8 +144,9 @@ class LLMRunner(Actor):
         except TimeoutError:
             err: LLMError = LLMTimeout(f"model server at {url} gave no answer within {timeout:g}s", url=url)
             if unreachable:
+                waited = time.monotonic() - started
                 err = LLMUnavailable(
-                    f"model server at {url} unreachable for {timeout:g}s: {unreachable[-1]}", url=url
+                    f"model server at {url} unreachable for {waited:.1f}s: {unreachable[-1]}", url=url
                 )
             return self._failed(base, err, started)
         except LLMError as exc:
@@ -170,11 +172,14 @@ class LLMRunner(Actor):
         api = self.config.llm_api
         body = protocols.request_body(api, model, event.messages, json_mode=event.json_mode)
         delay = 0.25
+        first_try = time.monotonic()
         while True:
             try:
                 response = await self.http.post(protocols.endpoint(api), json=body)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 unreachable.append(f"{type(exc).__name__}: {exc or 'connection refused'}")
+                if time.monotonic() - first_try + delay > UNREACHABLE_GRACE:
+                    raise TimeoutError from None  # reported as "unavailable": the task decides to wait
                 log.warning("model server %s unreachable (%s); retrying in %.2fs", url, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX)

@@ -26,7 +26,10 @@ def resolve_inside(workspace: Path, relative: str) -> Path:
         raise OutsideWorkspace(
             f"{relative!r}: absolute paths are not allowed; give a path inside the workspace"
         )
-    resolved = (root / candidate).resolve()
+    try:
+        resolved = (root / candidate).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop raises RuntimeError on Python 3.11
+        raise ToolError(f"{relative!r} cannot be resolved: {exc}") from None
     if resolved != root and root not in resolved.parents:
         raise OutsideWorkspace(f"{relative!r} is outside the workspace")
     return resolved
@@ -43,7 +46,7 @@ def list_directory(workspace: Path, relative: str = ".", limit: int | None = Non
             # A link that leads out of the workspace is not shown at all.
             try:
                 target = Path(entry.path).resolve()
-            except OSError:
+            except (OSError, RuntimeError):  # broken or looping link: leave it out
                 continue
             if target != root and root not in target.parents:
                 continue

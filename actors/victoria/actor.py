@@ -154,7 +154,7 @@ class Victoria(Actor):
             except TimeoutError:
                 if not deadline.expired():
                     raise
-                terminal = self._deadline_failure(task, attempt)
+                terminal = self._deadline_failure(task, attempt, ctx.last_model_error)
             except TaskAborted as exc:
                 terminal = TaskFailed(
                     task_id=task.task_id, error=exc.reason, error_kind=exc.kind, attempts=attempt
@@ -190,13 +190,11 @@ class Victoria(Actor):
             history.apply(task)
         return history
 
-    def _deadline_failure(self, task: TaskSubmitted, attempt: int) -> TaskFailed:
-        return TaskFailed(
-            task_id=task.task_id,
-            error=f"task deadline of {task.deadline_s:g}s passed",
-            error_kind="deadline",
-            attempts=attempt,
-        )
+    def _deadline_failure(self, task: TaskSubmitted, attempt: int, cause: str | None = None) -> TaskFailed:
+        error = f"task deadline of {task.deadline_s:g}s passed"
+        if cause:
+            error += f"; last model error: {cause}"
+        return TaskFailed(task_id=task.task_id, error=error, error_kind="deadline", attempts=attempt)
 
     async def _finish(self, event: TaskCompleted | TaskFailed | TaskCancelled) -> None:
         kind: subjects.TaskKind = _status(event)
@@ -219,14 +217,21 @@ class _Context:
         self.task = task
         self.history = history
         self.delegate_timeout = actor.config.delegate_timeout
+        self.last_model_error: str | None = None
 
-    async def stage(self, stage: str, *, step: int | None = None, detail: str = "") -> None:
-        key = stage_key(stage, step)
+    async def stage(
+        self, stage: str, *, step: int | None = None, detail: str = "", key: str | None = None
+    ) -> None:
+        key = key or stage_key(stage, step)
         if key in self.history.stages_seen:
             return
-        event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail)
+        event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail, key=key)
         await bus.append(self.actor.js, event, "stage", key=f"stage:{key}")
         self.history.apply(event)
+
+    async def pause(self, seconds: float, *, before: str) -> None:
+        if before not in self.history.llm_requests:
+            await asyncio.sleep(seconds)
 
     async def llm(
         self, request_id: str, purpose: str, messages: list[ChatMessage], *, json_mode: bool = False
@@ -263,6 +268,8 @@ class _Context:
         finally:
             self.actor.waiters.pop(key, None)
         self.history.apply(result)
+        if not result.ok:
+            self.last_model_error = result.error
         return result
 
     async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult:

@@ -58,7 +58,7 @@ def _find_object(text: str) -> dict[str, Any] | None:
             continue
         try:
             value = _decoder.decode(candidate[start : end + 1])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # msgspec recurses on deep nesting
             continue
         if isinstance(value, dict):
             return value
@@ -115,7 +115,7 @@ def _from_partial(text: str) -> Action | None:
 
 def _unescape(raw: str) -> str:
     try:
-        value = _decoder.decode(f'"{raw}"'.encode())
+        value = _decoder.decode(f'"{raw}"'.encode("utf-8", "surrogatepass"))
         return value if isinstance(value, str) else raw
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeError):
         return raw.replace('\\"', '"').replace("\\n", "\n")

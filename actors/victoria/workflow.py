@@ -7,7 +7,7 @@ code again after a crash continues after the last finished step and repeats noth
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import msgspec
 
@@ -21,7 +21,13 @@ class TaskContext(Protocol):
     task: TaskSubmitted
     delegate_timeout: float
 
-    async def stage(self, stage: str, *, step: int | None = None, detail: str = "") -> None: ...
+    async def stage(
+        self, stage: str, *, step: int | None = None, detail: str = "", key: str | None = None
+    ) -> None: ...
+
+    async def pause(self, seconds: float, *, before: str) -> None:
+        """Sleep, unless the history shows that the model request ``before`` was already made."""
+        ...
 
     async def llm(
         self, request_id: str, purpose: str, messages: list[ChatMessage], *, json_mode: bool = False
@@ -133,17 +139,32 @@ async def agent_run(ctx: TaskContext) -> str:
     return best_effort(understanding, plan, observations)
 
 
+WAIT_FIRST: Final = 1.0  # seconds before asking a model server that was unreachable again
+WAIT_MAX: Final = 30.0  # seconds between tries, at most
+
+
 async def _ask(
     ctx: TaskContext, request_id: str, messages: list[ChatMessage], *, json_mode: bool = False
 ) -> str:
-    result = await ctx.llm(request_id, request_id.split("-")[0], messages, json_mode=json_mode)
-    if not result.ok:
-        raise TaskAborted(
-            ctx.task.task_id,
-            result.error or "model call failed",
-            kind=f"llm_{result.error_kind or 'error'}",
-        )
-    return result.content
+    """One model answer. While the model server is unreachable the task waits in the stage
+    ``waiting_for_model`` and asks again with backoff; the task's deadline ends the wait."""
+    purpose = request_id.split("-")[0]
+    rid, tries, delay = request_id, 0, WAIT_FIRST
+    while True:
+        result = await ctx.llm(rid, purpose, messages, json_mode=json_mode)
+        if result.ok:
+            return result.content
+        if result.error_kind != "unavailable":
+            raise TaskAborted(
+                ctx.task.task_id,
+                result.error or "model call failed",
+                kind=f"llm_{result.error_kind or 'error'}",
+            )
+        tries += 1
+        rid = f"{request_id}.retry{tries}"
+        await ctx.stage("waiting_for_model", detail=result.error or "", key=f"waiting_for_model:{request_id}")
+        await ctx.pause(delay, before=rid)
+        delay = min(delay * 2, WAIT_MAX)
 
 
 def best_effort(understanding: str, plan: str, observations: list[str]) -> str:

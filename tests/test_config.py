@@ -1,0 +1,151 @@
+"""Configuration from the environment (victoria/config.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from victoria.config import Config
+from victoria.errors import ConfigError
+
+
+def test_an_empty_environment_gives_the_documented_defaults() -> None:
+    config = Config.from_env({})
+    assert config.nats_url is None
+    assert config.llm_url == "http://127.0.0.1:11434"
+    assert config.llm_api == "ollama"
+    assert config.model == "llama3.2"
+    assert config.llm_timeout == 300.0
+    assert config.task_deadline == 900.0
+    assert config.delegate_timeout == 90.0
+    assert config.max_attempts == 5
+    assert config.ack_wait == 30.0
+    assert config.heartbeat_interval == 2.0
+    assert config.concurrency == 256
+    assert config.llm_concurrency == 64
+    assert config.host == "127.0.0.1"
+    assert config.port == 8010
+    assert config.gateway_url == "http://127.0.0.1:8010"
+    assert config.log_level == "INFO"
+    assert config.workspace == Path.cwd()
+    assert config.instance
+
+
+def test_the_default_instance_is_a_valid_instance_name() -> None:
+    instance = Config.from_env({}).instance
+    assert Config.from_env({"VICTORIA_INSTANCE": instance}).instance == instance
+
+
+def test_the_data_dir_defaults_under_xdg_data_home(tmp_path: Path) -> None:
+    config = Config.from_env({"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert config.data_dir in (
+        tmp_path / "xdg" / "victoria",
+        tmp_path / "Library/Application Support/victoria",
+    )
+    assert config.nats_url_file == config.data_dir / "nats.url"
+
+
+def test_values_from_the_environment_are_used() -> None:
+    config = Config.from_env(
+        {
+            "NATS_URL": "nats://10.0.0.1:4222",
+            "VICTORIA_DATA_DIR": "/srv/victoria",
+            "VICTORIA_LLM_URL": "https://llm.example.com/",
+            "VICTORIA_LLM_API": "openai",
+            "VICTORIA_MODEL": "qwen",
+            "VICTORIA_LLM_TIMEOUT": "12.5",
+            "VICTORIA_TASK_DEADLINE": "60",
+            "VICTORIA_WORKSPACE": "/tmp/ws",
+            "DELEGATE_VERONICA_TIMEOUT": "7",
+            "VICTORIA_MAX_ATTEMPTS": "2",
+            "VICTORIA_ACK_WAIT": "3",
+            "VICTORIA_INSTANCE": "node_1-a",
+            "VICTORIA_HEARTBEAT_INTERVAL": "0.5",
+            "VICTORIA_CONCURRENCY": "4",
+            "VICTORIA_LLM_CONCURRENCY": "2",
+            "VICTORIA_HOST": "0.0.0.0",
+            "VICTORIA_PORT": "9000",
+            "VICTORIA_URL": "http://gw:9000/",
+            "VICTORIA_LOG_LEVEL": "debug",
+        }
+    )
+    assert config.nats_url == "nats://10.0.0.1:4222"
+    assert config.data_dir == Path("/srv/victoria")
+    assert config.llm_url == "https://llm.example.com"
+    assert config.llm_api == "openai"
+    assert config.model == "qwen"
+    assert config.llm_timeout == 12.5
+    assert config.task_deadline == 60.0
+    assert config.workspace == Path("/tmp/ws")
+    assert config.delegate_timeout == 7.0
+    assert config.max_attempts == 2
+    assert config.ack_wait == 3.0
+    assert config.instance == "node_1-a"
+    assert config.heartbeat_interval == 0.5
+    assert config.concurrency == 4
+    assert config.llm_concurrency == 2
+    assert config.host == "0.0.0.0"
+    assert config.port == 9000
+    assert config.gateway_url == "http://gw:9000"
+    assert config.log_level == "DEBUG"
+
+
+def test_blank_values_fall_back_to_the_defaults() -> None:
+    config = Config.from_env({"VICTORIA_LLM_TIMEOUT": "  ", "VICTORIA_PORT": "", "NATS_URL": ""})
+    assert config.llm_timeout == 300.0
+    assert config.port == 8010
+    assert config.nats_url is None
+
+
+def test_values_are_trimmed() -> None:
+    assert Config.from_env({"VICTORIA_PORT": " 9001 "}).port == 9001
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VICTORIA_LLM_TIMEOUT", "abc"),
+        ("VICTORIA_LLM_TIMEOUT", "-1"),
+        ("VICTORIA_LLM_TIMEOUT", "0"),
+        ("VICTORIA_LLM_TIMEOUT", "nan"),
+        ("VICTORIA_LLM_TIMEOUT", "inf"),
+        ("VICTORIA_TASK_DEADLINE", "soon"),
+        ("DELEGATE_VERONICA_TIMEOUT", "-5"),
+        ("VICTORIA_ACK_WAIT", "0"),
+        ("VICTORIA_HEARTBEAT_INTERVAL", "x"),
+        ("VICTORIA_MAX_ATTEMPTS", "0"),
+        ("VICTORIA_MAX_ATTEMPTS", "2.5"),
+        ("VICTORIA_CONCURRENCY", "-1"),
+        ("VICTORIA_LLM_CONCURRENCY", "many"),
+        ("VICTORIA_LLM_API", "foo"),
+        ("VICTORIA_LLM_API", "Ollama"),
+        ("VICTORIA_LLM_URL", "ftp://x"),
+        ("VICTORIA_LLM_URL", "127.0.0.1:11434"),
+        ("VICTORIA_URL", "gateway"),
+        ("VICTORIA_PORT", "70000"),
+        ("VICTORIA_PORT", "-1"),
+        ("VICTORIA_PORT", "http"),
+        ("NATS_URL", "http://x"),
+        ("NATS_URL", "localhost:4222"),
+        ("VICTORIA_INSTANCE", "a.b"),
+        ("VICTORIA_INSTANCE", "a b"),
+        ("VICTORIA_INSTANCE", "x" * 49),
+        ("VICTORIA_LOG_LEVEL", "verbose"),
+    ],
+)
+def test_an_invalid_value_raises_config_error_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({variable: value})
+    assert info.value.variable == variable
+    assert variable in str(info.value)
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_the_config_is_frozen() -> None:
+    config = Config.from_env({})
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]

@@ -1,0 +1,264 @@
+"""HTTP bodies and query parameters (gateway/requests.py): strict parsing, named fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.requests import (
+    DEFAULT_WAIT,
+    MAX_BODY,
+    MAX_GOAL,
+    MAX_WAIT,
+    BadRequest,
+    RunRequest,
+    clean_header,
+    parse_bool,
+    parse_run_request,
+    parse_wait,
+)
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields, ensure_ascii=False).encode()
+
+
+def bad(raw: bytes) -> BadRequest:
+    with pytest.raises(BadRequest) as info:
+        parse_run_request(raw)
+    return info.value
+
+
+def test_a_minimal_body_with_a_goal_is_accepted() -> None:
+    request = parse_run_request(b'{"goal": "What can you do?"}')
+    assert request.goal == "What can you do?"
+    assert request.task_type is None
+    assert request.max_steps is None
+    assert request.model is None
+    assert request.session_id is None
+    assert request.project_context is None
+
+
+def test_a_full_body_is_accepted() -> None:
+    request = parse_run_request(
+        body(
+            goal="Выведи список файлов",
+            task_type="files",
+            project_context={"repo": "victoria", "files": ["a", "b"]},
+            session_id="s-1",
+            max_steps=50,
+            model="llama3.2",
+        )
+    )
+    assert request == RunRequest(
+        goal="Выведи список файлов",
+        task_type="files",
+        project_context={"repo": "victoria", "files": ["a", "b"]},
+        session_id="s-1",
+        max_steps=50,
+        model="llama3.2",
+    )
+
+
+@pytest.mark.parametrize("task_type", ["capabilities", "files", "agent"])
+def test_each_known_task_type_is_accepted(task_type: str) -> None:
+    assert parse_run_request(body(goal="g", task_type=task_type)).task_type == task_type
+
+
+def test_unknown_fields_in_the_body_are_ignored() -> None:
+    assert parse_run_request(body(goal="g", colour="blue")).goal == "g"
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"\n\t"])
+def test_an_empty_body_is_400(raw: bytes) -> None:
+    exc = bad(raw)
+    assert exc.status == 400
+    assert exc.error == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b'{"goal": "x",}', b"not json", b"\xff\xfe", b'{"goal": "x"} trailing']
+)
+def test_broken_json_is_400(raw: bytes) -> None:
+    exc = bad(raw)
+    assert exc.status == 400
+    assert exc.error == "invalid_json"
+    assert exc.body()["error"] == "invalid_json"
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'["goal"]', b'"goal"', b"42", b"null", b"true"])
+def test_a_body_that_is_not_an_object_is_422(raw: bytes) -> None:
+    exc = bad(raw)
+    assert exc.status == 422
+    assert exc.error == "invalid_body"
+    assert exc.field is None
+    assert "field" not in exc.body()
+
+
+def test_a_missing_goal_is_422_naming_goal() -> None:
+    exc = bad(b'{"task_type": "agent"}')
+    assert exc.status == 422
+    assert exc.field == "goal"
+    assert exc.body()["field"] == "goal"
+
+
+@pytest.mark.parametrize("goal", [1, None, ["x"], {"text": "x"}, True])
+def test_a_goal_of_the_wrong_type_is_422_naming_goal(goal: object) -> None:
+    exc = bad(body(goal=goal))
+    assert exc.status == 422
+    assert exc.field == "goal"
+
+
+@pytest.mark.parametrize("goal", ["", "   ", "\n\t "])
+def test_a_blank_goal_is_422_naming_goal(goal: str) -> None:
+    exc = bad(body(goal=goal))
+    assert exc.status == 422
+    assert exc.field == "goal"
+
+
+def test_a_goal_over_max_goal_characters_is_422_naming_goal() -> None:
+    exc = bad(body(goal="x" * (MAX_GOAL + 1)))
+    assert exc.status == 422
+    assert exc.field == "goal"
+
+
+@pytest.mark.parametrize("max_steps", [0, 51, -1, "x", 2.5, True])
+def test_a_bad_max_steps_is_422_naming_max_steps(max_steps: object) -> None:
+    exc = bad(body(goal="g", max_steps=max_steps))
+    assert exc.status == 422
+    assert exc.field == "max_steps"
+
+
+@pytest.mark.parametrize("max_steps", [1, 50])
+def test_max_steps_at_the_bounds_is_accepted(max_steps: int) -> None:
+    assert parse_run_request(body(goal="g", max_steps=max_steps)).max_steps == max_steps
+
+
+@pytest.mark.parametrize("task_type", ["nope", "AGENT", ""])
+def test_an_unknown_task_type_is_422_naming_task_type(task_type: str) -> None:
+    exc = bad(body(goal="g", task_type=task_type))
+    assert exc.status == 422
+    assert exc.field == "task_type"
+
+
+def test_a_task_type_of_the_wrong_type_is_422_naming_task_type() -> None:
+    exc = bad(body(goal="g", task_type=5))
+    assert exc.status == 422
+    assert exc.field == "task_type"
+
+
+def test_an_empty_model_name_is_422_naming_model() -> None:
+    exc = bad(body(goal="g", model=""))
+    assert exc.status == 422
+    assert exc.field == "model"
+
+
+def test_a_body_over_max_body_is_413() -> None:
+    raw = b'{"goal": "' + b"x" * MAX_BODY + b'"}'
+    exc = bad(raw)
+    assert exc.status == 413
+    assert exc.error == "body_too_large"
+
+
+def test_a_body_of_exactly_max_body_is_not_413() -> None:
+    raw = b'{"goal": "g"}'
+    raw = raw + b" " * (MAX_BODY - len(raw))
+    assert parse_run_request(raw).goal == "g"
+
+
+def test_a_deeply_nested_project_context_is_a_client_error_not_a_crash() -> None:
+    depth = 5000
+    raw = b'{"goal": "g", "project_context": ' + b"[" * depth + b"]" * depth + b"}"
+    assert len(raw) < MAX_BODY
+    try:
+        parse_run_request(raw)
+    except BadRequest as exc:
+        assert 400 <= exc.status < 500
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "TRUE", " yes ", "on"])
+def test_parse_bool_reads_true_values(raw: str) -> None:
+    assert parse_bool("wait", raw) is True
+
+
+@pytest.mark.parametrize("raw", [None, "", "0", "false", "No", "off"])
+def test_parse_bool_reads_false_values(raw: str | None) -> None:
+    assert parse_bool("wait", raw) is False
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "yess"])
+def test_parse_bool_rejects_other_values_naming_the_parameter(raw: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_bool("stream", raw)
+    assert info.value.status == 422
+    assert info.value.field == "stream"
+    assert "stream" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [(None, DEFAULT_WAIT), ("", DEFAULT_WAIT), ("0", 0.0), ("12.5", 12.5)]
+)
+def test_parse_wait_reads_seconds(raw: str | None, value: float) -> None:
+    assert parse_wait(raw) == value
+
+
+def test_parse_wait_accepts_the_maximum() -> None:
+    assert parse_wait(str(MAX_WAIT)) == MAX_WAIT
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "301", "nan", "inf", "1e9"])
+def test_parse_wait_rejects_bad_values_naming_wait(raw: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_wait(raw)
+    assert info.value.status == 422
+    assert info.value.field == "wait"
+    assert "wait" in info.value.detail
+
+
+def test_clean_header_trims_and_caps() -> None:
+    assert clean_header(None) is None
+    assert clean_header("   ") is None
+    assert clean_header("  abc  ") == "abc"
+    assert clean_header("x" * 300) == "x" * 200
+    assert clean_header("abcdef", limit=3) == "abc"
+
+
+def _assert_request_or_client_error(raw: bytes) -> None:
+    try:
+        result = parse_run_request(raw)
+    except BadRequest as exc:
+        assert 400 <= exc.status <= 499
+    else:
+        assert isinstance(result, RunRequest)
+        assert result.goal.strip()
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_give_a_request_or_a_client_error(raw: bytes) -> None:
+    _assert_request_or_client_error(raw)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["goal", "task_type", "project_context", "session_id", "max_steps", "model", "other"]
+        ),
+        _json_values,
+    )
+)
+def test_arbitrary_json_objects_give_a_request_or_a_client_error(fields: dict[str, object]) -> None:
+    _assert_request_or_client_error(json.dumps(fields).encode())
