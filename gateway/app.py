@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from events import subjects
 from events.codec import encode
-from events.contracts import ServicesRequest, TaskCancelled, TaskCancelRequested, TaskSubmitted
+from events.contracts import ServicesRequest, TaskCancelRequested, TaskSubmitted
 from events.fold import TaskHistory
 from gateway.idempotency import IdempotencyStore
 from gateway.requests import (
