@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from events import subjects
 from events.codec import encode
-from events.contracts import ServicesRequest, TaskCancelRequested, TaskSubmitted
+from events.contracts import ServicesRequest, TaskCancelled, TaskCancelRequested, TaskSubmitted
 from events.fold import TaskHistory
 from gateway.idempotency import IdempotencyStore
 from gateway.requests import (
@@ -66,6 +66,8 @@ class Backend:
         self._ready = False
 
     async def ready(self) -> bool:
+        if not self.nc.is_connected:
+            return False
         now = time.monotonic()
         if now - self._ready_at < READY_CACHE:
             return self._ready
@@ -173,6 +175,11 @@ def create_app(state: GatewayState) -> Starlette:
         await bus.append(
             backend.js, TaskCancelRequested(task_id=task_id, reason=reason), "cancel", key="cancel"
         )
+        if history.status == "queued":
+            # No Victoria has it yet: end it here. If one took it this very moment, both write
+            # the terminal event under one message id, and JetStream keeps only the first.
+            cancelled = TaskCancelled(task_id=task_id, reason=reason, attempts=history.attempts)
+            await bus.append(backend.js, cancelled, "cancelled", key="terminal")
         return json_response({"task_id": task_id, "status": history.status, "cancel": "requested"}, 202)
 
     @needs_backend

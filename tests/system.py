@@ -201,7 +201,35 @@ class System:
                 last = predicate()
                 if last:
                     return last
-            except (httpx.HTTPError, AssertionError, KeyError):
+            except (httpx.HTTPError, AssertionError, KeyError, StopIteration):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"{what} not reached within {timeout}s (last: {last})\n{self.log()}")
+
+
+def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Every stored message matching ``subject_filter``, decoded from JSON, oldest first."""
+    import asyncio
+
+    import nats
+
+    async def read() -> list[dict[str, Any]]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            sub = await js.subscribe(subject_filter, ordered_consumer=True)
+            out: list[dict[str, Any]] = []
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except TimeoutError:
+                    return out
+                data = json.loads(msg.data)
+                data["_subject"] = msg.subject
+                out.append(data)
+                if msg.metadata.num_pending == 0:
+                    return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

@@ -28,6 +28,9 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8010
 DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8010"
 DEFAULT_MAX_STEPS: Final = 8
+DEFAULT_RESTART_BACKOFF: Final = 0.5  # seconds before the first restart of a crashed actor
+DEFAULT_CRASH_LOOP_LIMIT: Final = 6  # restarts ...
+DEFAULT_CRASH_LOOP_WINDOW: Final = 120.0  # ... within this many seconds: the actor is left down
 
 T = TypeVar("T")
 
@@ -143,6 +146,12 @@ class Config:
     """VICTORIA_URL: where ``victoria run`` and ``status`` find the gateway."""
     log_level: str = "INFO"
     """VICTORIA_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+    restart_backoff: float = DEFAULT_RESTART_BACKOFF
+    """VICTORIA_RESTART_BACKOFF: seconds before the first restart of a crashed actor; doubles, to 30 s."""
+    crash_loop_limit: int = DEFAULT_CRASH_LOOP_LIMIT
+    """VICTORIA_CRASH_LOOP_LIMIT: restarts within VICTORIA_CRASH_LOOP_WINDOW after which an actor is left down."""
+    crash_loop_window: float = DEFAULT_CRASH_LOOP_WINDOW
+    """VICTORIA_CRASH_LOOP_WINDOW: seconds over which restarts are counted."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -178,6 +187,15 @@ class Config:
             port=_get(env, "VICTORIA_PORT", DEFAULT_PORT, _port, "a TCP port"),
             gateway_url=_get(env, "VICTORIA_URL", DEFAULT_GATEWAY_URL, _url, "an http(s) URL"),
             log_level=level,
+            restart_backoff=_get(
+                env, "VICTORIA_RESTART_BACKOFF", DEFAULT_RESTART_BACKOFF, _positive_float, "seconds"
+            ),
+            crash_loop_limit=_get(
+                env, "VICTORIA_CRASH_LOOP_LIMIT", DEFAULT_CRASH_LOOP_LIMIT, _positive_int, "a count"
+            ),
+            crash_loop_window=_get(
+                env, "VICTORIA_CRASH_LOOP_WINDOW", DEFAULT_CRASH_LOOP_WINDOW, _positive_float, "seconds"
+            ),
         )
 
     @property

@@ -2,7 +2,7 @@
 
 A child that exits without being asked to is restarted with exponential backoff. Its exit code or
 signal goes into a ``service_down`` event at once (SIGKILL, or exit 137, is reported as a likely OOM
-kill). A child that keeps crashing (``CRASH_LOOP_LIMIT`` restarts within ``CRASH_LOOP_WINDOW``) is
+kill). A child that keeps crashing (``VICTORIA_CRASH_LOOP_LIMIT`` restarts within ``VICTORIA_CRASH_LOOP_WINDOW``) is
 left down and reported, instead of burning the machine. Children exit by themselves when this
 process dies (they watch their parent pid).
 """
@@ -34,11 +34,8 @@ from victoria.natsserver import EmbeddedNats
 log = logging.getLogger(__name__)
 
 ACTORS: Final = ("victoria", "veronica", "monitor", "llm-runner")
-BACKOFF_START: Final = 0.5  # seconds before the first restart
 BACKOFF_MAX: Final = 30.0  # seconds
 STABLE_AFTER: Final = 60.0  # seconds of uptime after which the backoff starts over
-CRASH_LOOP_LIMIT: Final = 6  # restarts ...
-CRASH_LOOP_WINDOW: Final = 120.0  # ... within this many seconds: stop restarting
 STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL on shutdown
 READY_TIMEOUT: Final = 30.0  # seconds to wait for the gateway's /ready at start
 
@@ -145,7 +142,8 @@ class Supervisor:
         child.started_at = time.monotonic()
 
     async def _supervise(self, child: Child) -> None:
-        backoff = BACKOFF_START
+        cfg = self.config
+        backoff = cfg.restart_backoff
         while not self._stopping:
             await self._spawn(child)
             assert child.process is not None
@@ -154,14 +152,12 @@ class Supervisor:
                 return
             now = time.monotonic()
             if now - child.started_at > STABLE_AFTER:
-                backoff = BACKOFF_START
-            child.crash_times = [t for t in child.crash_times if now - t < CRASH_LOOP_WINDOW] + [now]
+                backoff = cfg.restart_backoff
+            child.crash_times = [t for t in child.crash_times if now - t < cfg.crash_loop_window] + [now]
             reason, exit_code, sig, oom = describe_exit(code)
-            give_up = len(child.crash_times) > CRASH_LOOP_LIMIT
+            give_up = len(child.crash_times) > cfg.crash_loop_limit
             if give_up:
-                reason += (
-                    f"; crash loop: {len(child.crash_times)} exits in {CRASH_LOOP_WINDOW:g}s, not restarting"
-                )
+                reason += f"; crash loop: {len(child.crash_times)} exits in {cfg.crash_loop_window:g}s, not restarting"
             log.warning("%s (pid %s) exited: %s", child.name, child.process.pid, reason)
             await self._report_down(child, reason, exit_code, sig, oom)
             if give_up:

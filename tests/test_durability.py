@@ -1,0 +1,183 @@
+"""Attempts, dead letters, cancelling queued work, supervision with its events, NATS restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakellm import FakeLLM
+from tests.system import NatsServer, System, stream_messages
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLLM]:
+    llm = FakeLLM(delay=1.0).start()
+    yield llm
+    llm.stop()
+
+
+def make_system(tmp_path: Path, fake: FakeLLM, workspace: Path, **env: str) -> System:
+    base = {"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_ACK_WAIT": "2"}
+    base.update(env)
+    return System(tmp_path / "data", env=base)
+
+
+def nats_url(system: System) -> str:
+    return (system.data_dir / "nats.url").read_text().strip()
+
+
+def test_a_task_past_its_attempts_fails_with_the_reason_and_goes_to_the_dead_letters(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    system = make_system(tmp_path, fake, workspace, VICTORIA_MAX_ATTEMPTS="1").start()
+    try:
+        task_id = system.submit("Doomed to crash", task_type="agent")
+        system.wait_for(lambda: system.status(task_id)["status"] == "running", what="running")
+        os.kill(system.pid_of("victoria"), signal.SIGKILL)
+        final = system.wait_terminal(task_id, timeout=30)
+        assert final["status"] == "failed"
+        assert final["error_kind"] == "max_attempts"
+        assert "1 attempts" in final["error"]
+        assert final["attempts"] == 1
+        letters = stream_messages(nats_url(system), f"victoria.dlq.task.{task_id}")
+        assert letters and letters[0]["type"] == "dead_letter" and letters[0]["task_id"] == task_id
+    finally:
+        system.close()
+
+
+def test_cancelling_a_queued_task_ends_it_at_once(tmp_path: Path, fake: FakeLLM, workspace: Path) -> None:
+    system = make_system(tmp_path, fake, workspace, VICTORIA_CONCURRENCY="1").start()
+    try:
+        busy = system.submit("Keeps Victoria busy", task_type="agent")
+        waiting = system.submit("Waits its turn", task_type="agent")
+        system.wait_for(lambda: system.status(busy)["status"] == "running", what="first running")
+        assert system.status(waiting)["status"] == "queued"
+        assert system.http.post(f"/run/{waiting}/cancel").status_code == 202
+        assert system.wait_terminal(waiting, timeout=3)["status"] == "cancelled"
+        assert system.wait_terminal(busy)["status"] == "completed"
+        assert system.status(waiting)["status"] == "cancelled"
+    finally:
+        system.close()
+
+
+def test_a_killed_actor_is_restarted_and_its_death_is_an_event_with_the_reason(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    system = make_system(tmp_path, fake, workspace).start()
+    try:
+        pid = system.pid_of("veronica")
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        downs = system.wait_for(
+            lambda: [
+                e
+                for e in stream_messages(nats_url(system), "victoria.svc.veronica.*.down")
+                if e["pid"] == pid
+            ],
+            what="service_down",
+        )
+        assert time.monotonic() - killed_at < 5
+        down = downs[0]
+        assert down["type"] == "service_down" and down["source"] == "supervisor"
+        assert down["signal"] == "SIGKILL" and down["likely_oom"] is True
+        assert "likely OOM" in down["reason"]
+        entry = system.wait_for(
+            lambda: next(
+                e
+                for e in system.services()
+                if e["name"] == "veronica" and e["status"] == "up" and e["pid"] != pid
+            ),
+            what="veronica back up",
+        )
+        assert entry["restarts"] == 1
+        ups = stream_messages(nats_url(system), "victoria.svc.veronica.*.up")
+        assert ups and ups[-1]["type"] == "service_up" and ups[-1]["reason"]
+    finally:
+        system.close()
+
+
+def test_an_actor_in_a_crash_loop_is_left_down_and_reported(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    system = make_system(
+        tmp_path,
+        fake,
+        workspace,
+        VICTORIA_RESTART_BACKOFF="0.1",
+        VICTORIA_CRASH_LOOP_LIMIT="2",
+        VICTORIA_CRASH_LOOP_WINDOW="60",
+    ).start()
+    try:
+        for _ in range(3):
+            pid = system.wait_for(lambda: system.pid_of("veronica"), what="veronica up")
+            os.kill(pid, signal.SIGKILL)
+            system.wait_for(
+                lambda pid=pid: all(e["pid"] != pid or e["status"] == "down" for e in system.services()),
+                what="death noticed",
+            )
+        entry = system.wait_for(
+            lambda: next(
+                (e for e in system.services() if e["name"] == "veronica" and "crash loop" in e["reason"]),
+                None,
+            ),
+            what="crash loop reported",
+        )
+        assert entry["status"] == "down"
+        time.sleep(1.0)
+        assert next(e for e in system.services() if e["name"] == "veronica")["status"] == "down"
+        # The rest of the system keeps working; file requests fall back to Victoria's own run.
+        body = system.http.post("/run", json={"goal": "List the files in the project root."}).json()
+        assert body["status"] == "completed"
+    finally:
+        system.close()
+
+
+def test_a_nats_restart_under_load_loses_no_accepted_task(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    broker = NatsServer(tmp_path / "nats").start()
+    system = System(
+        tmp_path / "data",
+        env={"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_ACK_WAIT": "3"},
+        nats_url=broker.url,
+    ).start()
+    try:
+        ids = [system.submit(f"Before the restart {n}", task_type="agent") for n in range(10)]
+        time.sleep(0.5)
+        broker.stop()
+        response = system.http.post("/run", json={"goal": "While NATS is away"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert system.http.get("/ready").status_code == 503
+        assert system.http.get("/health").status_code == 200
+        broker.start()  # same port, same store
+        system.wait_ready()
+        ids += [system.submit(f"After the restart {n}", task_type="agent") for n in range(5)]
+        finals = [system.wait_terminal(t, timeout=60) for t in ids]
+        assert [f["status"] for f in finals] == ["completed"] * len(ids)
+    finally:
+        system.close()
+        broker.stop()
+
+
+def test_the_gateway_answers_health_while_nats_is_down(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    broker = NatsServer(tmp_path / "nats").start()
+    system = System(tmp_path / "data", env={"VICTORIA_LLM_URL": fake.url}, nats_url=broker.url).start()
+    try:
+        broker.stop()
+        started = time.monotonic()
+        assert httpx.get(f"{system.url}/health", timeout=2).status_code == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        system.close()
+        broker.stop()
