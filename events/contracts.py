@@ -228,8 +228,19 @@ class ServiceEntry(msgspec.Struct, kw_only=True, frozen=True):
     version: str | None = None
 
 
+class DependencyEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """A dependency outside the system (the model server, PostgreSQL), as its probe sees it."""
+
+    name: str
+    target: str
+    status: Literal["unknown", "up", "down"]
+    reason: str
+    last_checked: datetime | None
+
+
 class ServicesReply(Message, tag="services_reply", kw_only=True, frozen=True):
     services: list[ServiceEntry]
+    dependencies: list[DependencyEntry] = []
 
 
 class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):

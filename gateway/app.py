@@ -202,7 +202,9 @@ def create_app(state: GatewayState) -> Starlette:
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             return unavailable("the service monitor does not answer")
         data = msgspec.json.decode(reply.data)
-        return json_response({"services": data.get("services", [])})
+        return json_response(
+            {"services": data.get("services", []), "dependencies": data.get("dependencies", [])}
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -188,10 +188,14 @@ class System:
         return result
 
     def pid_of(self, name: str) -> int:
-        for entry in self.services():
-            if entry["name"] == name and entry["status"] == "up":
-                return int(entry["pid"])
-        raise AssertionError(f"{name} is not up: {self.services()}")
+        def up() -> int | None:
+            for entry in self.services():
+                if entry["name"] == name and entry["status"] == "up":
+                    return int(entry["pid"])
+            return None
+
+        pid: int = self.wait_for(up, what=f"{name} up")
+        return pid
 
     def wait_for(self, predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout

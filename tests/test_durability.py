@@ -181,3 +181,93 @@ def test_the_gateway_answers_health_while_nats_is_down(
     finally:
         system.close()
         broker.stop()
+
+
+def test_a_hung_veronica_is_declared_down_and_victoria_stops_waiting_for_her(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    fake.delay = 0.0
+    system = make_system(tmp_path, fake, workspace, DELEGATE_VERONICA_TIMEOUT="30").start()
+    pid = system.pid_of("veronica")
+    os.kill(pid, signal.SIGSTOP)  # alive, silent: no heartbeats, no answers
+    try:
+        system.wait_for(
+            lambda: next(e for e in system.services() if e["name"] == "veronica")["status"] == "down",
+            what="veronica down",
+        )
+        downs = stream_messages(nats_url(system), "victoria.svc.veronica.*.down")
+        assert downs[-1]["source"] == "heartbeat" and "no heartbeat" in downs[-1]["reason"]
+        started = time.monotonic()
+        body = system.http.post("/run", json={"goal": "List the files in the project root."}).json()
+        assert body["status"] == "completed"
+        assert time.monotonic() - started < 10  # not the 30 s delegation deadline
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        system.close()
+    fake.delay = 1.0
+
+
+def test_the_model_server_probe_reports_down_and_up_with_the_url_and_the_error(
+    tmp_path: Path, workspace: Path
+) -> None:
+    from tests.system import free_port
+
+    port = free_port()
+    system = System(
+        tmp_path / "data",
+        env={
+            "VICTORIA_LLM_URL": f"http://127.0.0.1:{port}",
+            "VICTORIA_WORKSPACE": str(workspace),
+            "VICTORIA_PROBE_INTERVAL": "0.2",
+            "VICTORIA_PROBE_FAILURES": "2",
+        },
+    ).start()
+    late: FakeLLM | None = None
+    try:
+        dependency = system.wait_for(
+            lambda: next(
+                d for d in system.http.get("/services").json()["dependencies"] if d["status"] == "down"
+            ),
+            what="model server down",
+        )
+        assert dependency["name"] == "model-server" and str(port) in dependency["target"]
+        down = stream_messages(nats_url(system), "victoria.svc.model-server.*.down")[-1]
+        assert (
+            down["source"] == "probe" and str(port) in down["url"] and "connection refused" in down["error"]
+        )
+        late = FakeLLM(port=port).start()
+        system.wait_for(
+            lambda: system.http.get("/services").json()["dependencies"][0]["status"] == "up",
+            what="model server up",
+        )
+        up = stream_messages(nats_url(system), "victoria.svc.model-server.*.up")[-1]
+        assert up["type"] == "service_up" and str(port) in up["url"]
+    finally:
+        system.close()
+        if late is not None:
+            late.stop()
+
+
+def test_the_postgres_probe_reports_a_reachable_database(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    system = make_system(
+        tmp_path,
+        fake,
+        workspace,
+        VICTORIA_POSTGRES_DSN="postgresql://postgres:secret@127.0.0.1:5432/test",
+        VICTORIA_PROBE_INTERVAL="0.2",
+    ).start()
+    try:
+        entry = system.wait_for(
+            lambda: next(
+                d
+                for d in system.http.get("/services").json()["dependencies"]
+                if d["name"] == "postgres" and d["status"] != "unknown"
+            ),
+            what="postgres probed",
+        )
+        assert entry["status"] == "up", entry
+        assert "secret" not in entry["target"]
+    finally:
+        system.close()

@@ -31,6 +31,10 @@ DEFAULT_MAX_STEPS: Final = 8
 DEFAULT_RESTART_BACKOFF: Final = 0.5  # seconds before the first restart of a crashed actor
 DEFAULT_CRASH_LOOP_LIMIT: Final = 6  # restarts ...
 DEFAULT_CRASH_LOOP_WINDOW: Final = 120.0  # ... within this many seconds: the actor is left down
+DEFAULT_PROBE_INTERVAL: Final = 10.0  # seconds
+DEFAULT_PROBE_TIMEOUT: Final = 3.0  # seconds
+DEFAULT_PROBE_FAILURES: Final = 3  # in a row
+DEFAULT_PROBE_SUCCESSES: Final = 1  # in a row
 
 T = TypeVar("T")
 
@@ -88,6 +92,12 @@ def _url(raw: str) -> str:
 
 def _nats_url(raw: str) -> str:
     if not re.match(r"^(nats|tls|ws|wss)://\S+$", raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _dsn(raw: str) -> str:
+    if not re.match(r"^postgres(ql)?://\S+$", raw):
         raise ValueError(raw)
     return raw
 
@@ -152,6 +162,16 @@ class Config:
     """VICTORIA_CRASH_LOOP_LIMIT: restarts within VICTORIA_CRASH_LOOP_WINDOW after which an actor is left down."""
     crash_loop_window: float = DEFAULT_CRASH_LOOP_WINDOW
     """VICTORIA_CRASH_LOOP_WINDOW: seconds over which restarts are counted."""
+    postgres_dsn: str | None = None
+    """VICTORIA_POSTGRES_DSN: PostgreSQL to probe (and, later, to keep history in); none by default."""
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
+    """VICTORIA_PROBE_INTERVAL: seconds between probes of the model server (and PostgreSQL)."""
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    """VICTORIA_PROBE_TIMEOUT: seconds one probe may take."""
+    probe_failures: int = DEFAULT_PROBE_FAILURES
+    """VICTORIA_PROBE_FAILURES: failures in a row before a dependency is down."""
+    probe_successes: int = DEFAULT_PROBE_SUCCESSES
+    """VICTORIA_PROBE_SUCCESSES: successes in a row before it is up again."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -195,6 +215,19 @@ class Config:
             ),
             crash_loop_window=_get(
                 env, "VICTORIA_CRASH_LOOP_WINDOW", DEFAULT_CRASH_LOOP_WINDOW, _positive_float, "seconds"
+            ),
+            postgres_dsn=_get(env, "VICTORIA_POSTGRES_DSN", None, _dsn, "a postgresql:// DSN"),
+            probe_interval=_get(
+                env, "VICTORIA_PROBE_INTERVAL", DEFAULT_PROBE_INTERVAL, _positive_float, "seconds"
+            ),
+            probe_timeout=_get(
+                env, "VICTORIA_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT, _positive_float, "seconds"
+            ),
+            probe_failures=_get(
+                env, "VICTORIA_PROBE_FAILURES", DEFAULT_PROBE_FAILURES, _positive_int, "a count"
+            ),
+            probe_successes=_get(
+                env, "VICTORIA_PROBE_SUCCESSES", DEFAULT_PROBE_SUCCESSES, _positive_int, "a count"
             ),
         )
 

@@ -20,9 +20,11 @@ from nats.aio.subscription import Subscription
 from nats.js import api as jsapi
 
 from actors.base import Actor
+from actors.monitor.probes import ProbeSpec, ProbeState, check_http, check_postgres, redact
 from events import subjects
 from events.codec import encode, service_decoder
 from events.contracts import (
+    DependencyEntry,
     Heartbeat,
     ServiceDown,
     ServiceEntry,
@@ -72,7 +74,23 @@ class Monitor(Actor):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.entries: dict[tuple[str, str], _Entry] = {}
+        self.probes: dict[str, ProbeState] = {}
         self._subs: list[Subscription] = []
+
+    def probe_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        common = {
+            "initial_delay": min(1.0, cfg.probe_interval),
+            "interval": cfg.probe_interval,
+            "timeout": cfg.probe_timeout,
+            "failure_threshold": cfg.probe_failures,
+            "success_threshold": cfg.probe_successes,
+        }
+        health = "/api/tags" if cfg.llm_api == "ollama" else "/v1/models"
+        specs = [ProbeSpec(name="model-server", target=cfg.llm_url + health, kind="http", **common)]  # type: ignore[arg-type]
+        if cfg.postgres_dsn:
+            specs.append(ProbeSpec(name="postgres", target=cfg.postgres_dsn, kind="postgres", **common))  # type: ignore[arg-type]
+        return specs
 
     async def on_start(self) -> None:
         # The last beat of every instance first (the stream keeps one per subject), then live ones.
@@ -89,6 +107,9 @@ class Monitor(Actor):
             await self.nc.subscribe(subjects.MONITOR_SERVICES, queue="monitor", cb=self._on_services_request)
         )
         self.spawn(self._check_loop(), critical=True)
+        for spec in self.probe_specs():
+            state = self.probes[spec.name] = ProbeState(spec)
+            self.spawn(self._probe_loop(state), critical=True)
 
     async def on_stop(self) -> None:
         for sub in self._subs:
@@ -97,9 +118,64 @@ class Monitor(Actor):
     def snapshot(self) -> list[ServiceEntry]:
         return [entry.view() for _, entry in sorted(self.entries.items())]
 
+    def dependencies(self) -> list[DependencyEntry]:
+        return [
+            DependencyEntry(
+                name=state.spec.name,
+                target=redact(state.spec.target),
+                status=state.status,
+                reason=state.last_error or ("" if state.status != "unknown" else "not checked yet"),
+                last_checked=state.last_checked,
+            )
+            for state in self.probes.values()
+        ]
+
     async def _on_services_request(self, msg: Msg) -> None:
         if msg.reply:
-            await msg.respond(encode(ServicesReply(services=self.snapshot())))
+            reply = ServicesReply(services=self.snapshot(), dependencies=self.dependencies())
+            await msg.respond(encode(reply))
+
+    async def _probe_loop(self, state: ProbeState) -> None:
+        import httpx  # loaded when the first probe runs
+
+        spec = state.spec
+        target = redact(spec.target)
+        await asyncio.sleep(spec.initial_delay)
+        async with httpx.AsyncClient() as client:
+            while True:
+                if spec.kind == "http":
+                    error = await check_http(client, spec.target, spec.timeout)
+                else:
+                    error = await check_postgres(spec.target, spec.timeout)
+                state.last_checked = utcnow()
+                flipped = state.record(error)
+                if flipped is not None:
+                    await self._publish_probe(state, flipped, target)
+                await asyncio.sleep(spec.interval)
+
+    async def _publish_probe(self, state: ProbeState, status: Literal["up", "down"], target: str) -> None:
+        spec = state.spec
+        event: ServiceDown | ServiceUp
+        if status == "down":
+            reason = f"{spec.failure_threshold} failed probes of {target}: {state.last_error}"
+            event = ServiceDown(
+                name=spec.name,
+                instance=self.instance,
+                reason=reason,
+                source="probe",
+                url=target,
+                error=state.last_error,
+            )
+            log.warning("%s is down: %s", spec.name, reason)
+        else:
+            event = ServiceUp(
+                name=spec.name, instance=self.instance, reason="probe succeeded", source="probe", url=target
+            )
+            log.info("%s is up (%s)", spec.name, target)
+        try:
+            await self.js.publish(subjects.service_event(spec.name, self.instance, status), encode(event))
+        except Exception as exc:  # NATS away: the state is right, the event is lost; log it
+            log.warning("could not publish %s for %s: %s", status, spec.name, exc)
 
     async def _on_service_message(self, msg: Msg) -> None:
         try:

@@ -22,12 +22,15 @@ from actors.base import Actor
 from actors.consumer import WorkConsumer
 from actors.victoria import workflow
 from events import subjects
-from events.codec import encode, files_reply_decoder
+from events.codec import encode, files_reply_decoder, service_decoder
 from events.contracts import (
     ChatMessage,
     FilesRequest,
     LLMRequested,
     LLMResult,
+    ServiceDown,
+    ServiceStarted,
+    ServiceUp,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -55,12 +58,15 @@ class Victoria(Actor):
         self.cancel_reasons: dict[str, str] = {}
         self.waiters: dict[tuple[str, str], asyncio.Future[LLMResult]] = {}
         self._subs: list[Subscription] = []
+        self.veronica: dict[str, str | None] = {}
+        """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
 
     async def on_start(self) -> None:
         self._subs.append(
             await self.nc.subscribe(subjects.all_tasks_of_kind("llm_result"), cb=self._on_result)
         )
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
+        self._subs.append(await self.nc.subscribe(f"{subjects.PREFIX}.svc.veronica.>", cb=self._on_veronica))
         self.consumer = WorkConsumer(
             self.js,
             stream=subjects.TASK_STREAM,
@@ -102,6 +108,22 @@ class Victoria(Actor):
             self.cancel_reasons[task_id] = getattr(event, "reason", None) or "cancelled by request"
             log.info("task %s cancel requested", task_id)
             running.cancel()
+
+    async def _on_veronica(self, msg: Msg) -> None:
+        try:
+            event = service_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(event, ServiceDown):
+            self.veronica[event.instance] = event.reason
+        elif isinstance(event, ServiceUp | ServiceStarted):
+            self.veronica[event.instance] = None
+
+    def veronica_down(self) -> str | None:
+        """Why Veronica cannot answer, when every known instance of hers is down; else None."""
+        if self.veronica and all(reason is not None for reason in self.veronica.values()):
+            return "; ".join(f"{inst}: {reason}" for inst, reason in sorted(self.veronica.items()))
+        return None
 
     # --- one delivery --------------------------------------------------------------------------
     async def _handle(self, msg: Msg) -> None:
@@ -209,6 +231,10 @@ def _status(event: TaskCompleted | TaskFailed | TaskCancelled) -> subjects.TaskK
     return "cancelled"
 
 
+class _VeronicaDown(Exception):
+    pass
+
+
 class _Context:
     """The workflow's view of the world, backed by the task's history and the bus."""
 
@@ -281,7 +307,10 @@ class _Context:
         if request.limit is not None:
             args["limit"] = request.limit
         started = time.monotonic()
+        down = self.actor.veronica_down()
         try:
+            if down is not None:
+                raise _VeronicaDown(down)
             reply_msg = await self.actor.nc.request(subjects.VERONICA_FILES, encode(request), timeout=timeout)
             reply = files_reply_decoder.decode(reply_msg.data)
             result = ToolResult(
@@ -293,6 +322,8 @@ class _Context:
                 output=reply.output,
                 error=reply.error,
             )
+        except _VeronicaDown as exc:
+            result = self._tool_error(call_id, tool, args, f"Veronica is down ({exc}); not waiting for her")
         except nats.errors.NoRespondersError:
             result = self._tool_error(call_id, tool, args, "Veronica is not running (no responders)")
         except TimeoutError:
