@@ -251,3 +251,29 @@ class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
     """The original payload, as text (bytes that are not UTF-8 are replaced)."""
     deliveries: int = 0
     task_id: str | None = None
+
+
+# --- logs and token chunks (plain JSON, best effort) ----------------------------------------------
+
+
+class LogRecord(Message, tag="log_record", kw_only=True, frozen=True):
+    """One log line of one actor, on ``victoria.log.<actor>.<level>``."""
+
+    actor: str
+    instance: str
+    pid: int
+    level: str
+    logger: str
+    message: str
+    task_id: str | None = None
+    trace_id: str | None = None
+
+
+class TokenChunk(Message, tag="token_chunk", kw_only=True, frozen=True):
+    """Model output as it is written, on ``victoria.tokens.<task_id>``; not stored."""
+
+    task_id: str
+    request_id: str
+    seq: int
+    text: str
+    done: bool = False

@@ -60,6 +60,15 @@ def stream_configs() -> list[jsapi.StreamConfig]:
             allow_direct=True,
         ),
         jsapi.StreamConfig(
+            # Logs are many and cheap: memory storage, so they never wait for an fsync.
+            name=subjects.LOG_STREAM,
+            subjects=[subjects.ALL_LOGS],
+            storage=jsapi.StorageType.MEMORY,
+            max_age=DAY,
+            max_bytes=64 * 1024**2,
+            discard=jsapi.DiscardPolicy.OLD,
+        ),
+        jsapi.StreamConfig(
             name=subjects.DLQ_STREAM,
             subjects=[subjects.ALL_DEAD_LETTERS],
             storage=jsapi.StorageType.FILE,
