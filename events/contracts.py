@@ -50,6 +50,10 @@ class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
     idempotency_key: str | None = None
     deadline_s: float = 900.0
     """Seconds from ``ts`` after which the task fails with a deadline error."""
+    trace_id: str | None = None
+    """The task's trace (32 hex digits): every attempt of the task joins it."""
+    traceparent: str | None = None
+    """W3C traceparent of the gateway's request span, the parent of each attempt's span."""
 
 
 class TaskStarted(TaskEvent, tag="task_started", kw_only=True, frozen=True):
@@ -96,6 +100,7 @@ class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
     completion_tokens: int | None = None
     duration_s: float = 0.0
     instance: str = ""
+    time_to_first_token_s: float | None = None
 
 
 class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):

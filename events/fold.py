@@ -45,6 +45,7 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     correlation_id: str | None = None
     session_id: str | None = None
     error_kind: str | None = None
+    trace_id: str | None = None
 
 
 class TaskHistory:
@@ -161,6 +162,7 @@ class TaskHistory:
             correlation_id=sub.correlation_id if sub else None,
             session_id=sub.session_id if sub else None,
             error_kind=self.error_kind,
+            trace_id=sub.trace_id if sub else None,
         )
 
 

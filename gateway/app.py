@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -12,8 +13,10 @@ from typing import Any, Final
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
+from opentelemetry.trace import Span, SpanKind
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,7 +25,13 @@ from starlette.routing import Route
 
 from events import subjects
 from events.codec import encode
-from events.contracts import ServicesRequest, TaskCancelled, TaskCancelRequested, TaskSubmitted
+from events.contracts import (
+    TERMINAL_EVENTS,
+    ServicesRequest,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskSubmitted,
+)
 from events.fold import TaskHistory
 from gateway.idempotency import IdempotencyStore
 from gateway.requests import (
@@ -34,7 +43,7 @@ from gateway.requests import (
     parse_wait,
 )
 from gateway.views import TaskViews
-from victoria import bus
+from victoria import bus, tracing
 from victoria.config import DEFAULT_MAX_STEPS, Config
 
 log = logging.getLogger(__name__)
@@ -119,11 +128,26 @@ def create_app(state: GatewayState) -> Starlette:
 
     @needs_backend
     async def run(request: Request, backend: Backend) -> Response:
+        span = tracing.tracer().start_span(
+            "POST /run",
+            context=tracing.root_context(),
+            kind=SpanKind.SERVER,
+            attributes={"http.route": "/run"},
+        )
+        try:
+            response = await submit(request, backend, span)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+        finally:
+            span.end()
+
+    async def submit(request: Request, backend: Backend, span: Span) -> Response:
         async_mode = parse_bool("async_mode", request.query_params.get("async_mode"))
         wait = parse_wait(request.query_params.get("wait"))
         idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
         body = parse_run_request(await request.body())
         task_id = uuid.uuid4().hex
+        span.set_attribute("victoria.task_id", task_id)
         first = True
         if idempotency_key is not None:
             claim = await backend.idempotency.claim(idempotency_key, task_id)
@@ -133,7 +157,10 @@ def create_app(state: GatewayState) -> Starlette:
                     return Response(record.body, record.code, media_type="application/json")
                 # The first request is still waiting, or died before it answered: same task.
                 task_id, first = record.task_id, False
+                span.set_attribute("victoria.task_id", task_id)
+                span.set_attribute("victoria.idempotent_repeat", True)
         if first or await backend.views.get(task_id) is None:
+            trace_headers = tracing.headers_for(span)
             event = TaskSubmitted(
                 task_id=task_id,
                 goal=body.goal,
@@ -145,8 +172,10 @@ def create_app(state: GatewayState) -> Starlette:
                 correlation_id=clean_header(request.headers.get("x-correlation-id")),
                 idempotency_key=idempotency_key,
                 deadline_s=backend.config.task_deadline,
+                trace_id=tracing.trace_id_of(span),
+                traceparent=trace_headers.get("traceparent"),
             )
-            ack = await bus.append(backend.js, event, "submitted", key="submitted")
+            ack = await bus.append(backend.js, event, "submitted", key="submitted", headers=trace_headers)
             backend.views.record(event, ack.seq)
             log.info("task %s submitted", task_id)
         response = await answer_submission(backend.views, task_id, async_mode=async_mode, wait=wait)
@@ -188,7 +217,7 @@ def create_app(state: GatewayState) -> Starlette:
         if await lookup(backend, task_id) is None:
             return not_found(task_id)
         return StreamingResponse(
-            sse_stream(backend.js, task_id),
+            sse_stream(backend.js, backend.nc, task_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -262,21 +291,33 @@ async def wait_terminal(views: TaskViews, task_id: str, wait: float) -> TaskHist
         await views.wait_change(task_id, min(remaining, 5.0))
 
 
-async def sse_stream(js: JetStreamContext, task_id: str) -> AsyncIterator[bytes]:
-    """The task's events from the first, then live; ends after the terminal event."""
-    sub = await js.subscribe(
+async def sse_stream(js: JetStreamContext, nc: NATS, task_id: str) -> AsyncIterator[bytes]:
+    """The task's events from the first, then live, with model tokens as they are written in
+    between (``event: token_chunk``); ends after the terminal event."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+
+    async def put(msg: Msg) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a reader this slow loses tokens, not events
+            queue.put_nowait(msg)
+
+    tokens = await nc.subscribe(subjects.tokens(task_id), cb=put)
+    events = await js.subscribe(
         subjects.task_events(task_id),
         ordered_consumer=True,
         deliver_policy=jsapi.DeliverPolicy.ALL,
         idle_heartbeat=5.0,
+        cb=put,
     )
     try:
         yield b": connected\n\n"
         while True:
             try:
-                msg = await sub.next_msg(timeout=SSE_KEEPALIVE)
+                msg = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE)
             except TimeoutError:
                 yield b": keep-alive\n\n"
+                continue
+            if msg.subject.startswith(f"{subjects.PREFIX}.tokens."):
+                yield b"event: token_chunk\ndata: %s\n\n" % bytes(msg.data)
                 continue
             event = bus.decode_task_event(msg.data, msg.subject)
             if event is None:
@@ -284,10 +325,11 @@ async def sse_stream(js: JetStreamContext, task_id: str) -> AsyncIterator[bytes]
             tag = type(event).__struct_config__.tag
             seq = msg.metadata.sequence.stream
             yield b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, str(tag).encode(), bytes(msg.data))
-            if type(event).__name__ in ("TaskCompleted", "TaskFailed", "TaskCancelled"):
+            if isinstance(event, TERMINAL_EVENTS):
                 return
     finally:
-        try:
-            await sub.unsubscribe()
-        except Exception as exc:  # the connection may be gone; the consumer expires by itself
-            log.debug("sse unsubscribe: %s", exc)
+        for sub in (tokens, events):
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be gone; the consumer expires by itself
+                log.debug("sse unsubscribe: %s", exc)

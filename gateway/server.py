@@ -17,6 +17,7 @@ from gateway.views import TaskViews
 from victoria import bus
 from victoria.config import Config
 from victoria.runtime import wait_for_stop
+from victoria.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: Config, nats_url: str, *, host: str, port: int) -> int:
+    tracing = Tracing("gateway", config.instance)
+    tracing.start()
     state = GatewayState(config)
     app = create_app(state)
     uv_config = uvicorn.Config(
@@ -66,6 +69,7 @@ async def serve(config: Config, nats_url: str, *, host: str, port: int) -> int:
         await backend.views.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(backend.nc.drain(), 5.0)
+    await asyncio.to_thread(tracing.shutdown)
     return 0 if server_task not in done else 1
 
 

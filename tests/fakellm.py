@@ -24,6 +24,7 @@ class FakeLLM:
     ) -> None:
         self.delay = delay
         self.mode = mode
+        self.chunk_delay = 0.0
         self.calls: Counter[str] = Counter()
         self.prompts: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -62,6 +63,13 @@ class FakeLLM:
                     self._send(500, {"error": "model exploded"})
                     return
                 model = body.get("model") or "fake"
+                if body.get("stream"):
+                    try:
+                        self._stream(model, content)
+                    except (BrokenPipeError, ConnectionResetError):
+                        with fake.lock:
+                            fake.aborted += 1
+                    return
                 if self.path == "/api/chat":
                     out = {
                         "model": model,
@@ -83,6 +91,60 @@ class FakeLLM:
                 except (BrokenPipeError, ConnectionResetError):
                     with fake.lock:
                         fake.aborted += 1
+
+            def _stream(self, model: str, content: str) -> None:
+                """Chunked transfer: Ollama NDJSON or OpenAI server-sent events, a few words each."""
+                ollama = self.path == "/api/chat"
+                self.send_response(200)
+                self.send_header("content-type", "application/x-ndjson" if ollama else "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                words = content.split(" ")
+                pieces = [
+                    " ".join(words[i : i + 3]) + (" " if i + 3 < len(words) else "")
+                    for i in range(0, len(words), 3)
+                ]
+                for n, piece in enumerate(pieces or [""]):
+                    if n and fake.chunk_delay:
+                        time.sleep(fake.chunk_delay)
+                    if ollama:
+                        line = {
+                            "model": model,
+                            "message": {"role": "assistant", "content": piece},
+                            "done": False,
+                        }
+                        self._chunk(json.dumps(line) + "\n")
+                    else:
+                        line = {
+                            "object": "chat.completion.chunk",
+                            "model": model,
+                            "choices": [{"index": 0, "delta": {"content": piece}}],
+                        }
+                        self._chunk("data: " + json.dumps(line) + "\n\n")
+                if ollama:
+                    end = {
+                        "model": model,
+                        "message": {"role": "assistant", "content": ""},
+                        "done": True,
+                        "prompt_eval_count": 10,
+                        "eval_count": 5,
+                    }
+                    self._chunk(json.dumps(end) + "\n")
+                else:
+                    usage = {
+                        "object": "chat.completion.chunk",
+                        "model": model,
+                        "choices": [],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+                    }
+                    self._chunk("data: " + json.dumps(usage) + "\n\n")
+                    self._chunk("data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+
+            def _chunk(self, text: str) -> None:
+                data = text.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
 
             def _send(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()

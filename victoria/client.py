@@ -64,14 +64,35 @@ def run(base: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
 
 
 def _follow(http: httpx.Client, base: str, task_id: str, started: float, *, quiet: bool) -> None:
-    """Print each stage as it happens, until the terminal event."""
+    """Print each stage as it happens, and the model's words as they are written, until the end."""
     with http.stream("GET", f"{base}/run/{task_id}/events") as response:
         if response.status_code != 200:
             return
+        kind = "message"
+        in_tokens = False
         for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:].strip()
+                continue
             if not line.startswith("data: "):
+                if not line:
+                    kind = "message"
                 continue
             event = json.loads(line[6:])
+            if kind == "token_chunk":
+                if not quiet and event.get("text"):
+                    if not in_tokens:
+                        sys.stdout.write(f"{time.monotonic() - started:7.1f}s    ")
+                        in_tokens = True
+                    sys.stdout.write(str(event["text"]).replace("\n", " "))
+                    sys.stdout.flush()
+                if event.get("done") and in_tokens:
+                    sys.stdout.write("\n")
+                    in_tokens = False
+                continue
+            if in_tokens:
+                sys.stdout.write("\n")
+                in_tokens = False
             if not quiet:
                 text = describe(event)
                 if text:

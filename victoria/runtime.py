@@ -13,6 +13,7 @@ from typing import Any, Final
 from actors.base import Actor
 from victoria import bus
 from victoria.config import Config
+from victoria.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ async def _parent_gone(pid: int) -> object:
 
 async def serve_actor(factory: Callable[..., Actor], config: Config, nats_url: str, *, name: str) -> int:
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
+    tracing = Tracing(name, config.instance)
+    tracing.start()
     nc = await bus.connect(nats_url, name=f"{name}:{config.instance}", connect_timeout=15.0)
     try:
         await bus.ensure_streams(nc.jetstream())
@@ -82,6 +85,7 @@ async def serve_actor(factory: Callable[..., Actor], config: Config, nats_url: s
             await asyncio.wait_for(nc.drain(), 5.0)
         except Exception:  # closing anyway
             await nc.close()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def exit_with(code: int) -> None:

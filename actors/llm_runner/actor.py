@@ -9,21 +9,26 @@ model is not asked twice. A redelivered request whose result is already stored i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from typing import ClassVar, Final
 
 import httpx
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import Actor
 from actors.consumer import WorkConsumer
 from actors.llm_runner import protocols
 from events import subjects
-from events.contracts import LLMRequested, LLMResult
-from victoria import bus
+from events.codec import encode
+from events.contracts import LLMRequested, LLMResult, TokenChunk
+from victoria import bus, tracing
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
 
 log = logging.getLogger(__name__)
@@ -106,7 +111,7 @@ class LLMRunner(Actor):
                 instance=self.instance,
             )
         else:
-            call = asyncio.ensure_future(self.call(event))
+            call = asyncio.ensure_future(self.call(event, tracing.context_from(msg.headers)))
             calls = self._calls[event.task_id]
             calls.add(call)
             try:
@@ -120,7 +125,9 @@ class LLMRunner(Actor):
                 calls.discard(call)
                 if not calls:
                     self._calls.pop(event.task_id, None)
-        await bus.append(self.js, result, "llm_result", key=f"llm_res:{event.request_id}")
+        await bus.append(
+            self.js, result, "llm_result", key=f"llm_res:{event.request_id}", headers=_trace_headers(msg)
+        )
         await msg.ack()
 
     async def _already_answered(self, event: LLMRequested) -> bool:
@@ -130,43 +137,82 @@ class LLMRunner(Actor):
         done = await bus.last_task_event(self.js, event.task_id, "completed")
         return done is not None
 
-    async def call(self, event: LLMRequested) -> LLMResult:
-        """One model call with a deadline; connection failures are retried until the deadline."""
+    async def call(self, event: LLMRequested, parent: Context | None = None) -> LLMResult:
+        """One model call with a deadline, streamed; its tokens go out as they arrive."""
         model = event.model or self.config.model
         timeout = min(event.timeout_s, self.config.llm_timeout)
         started = time.monotonic()
         base = LLMResult(task_id=event.task_id, request_id=event.request_id, ok=False, model=model)
         url = self.config.llm_url + protocols.endpoint(self.config.llm_api)
         unreachable: list[str] = []
-        try:
-            async with asyncio.timeout(timeout):
-                completion = await self._call_until_reachable(event, model, url, unreachable)
-        except TimeoutError:
-            err: LLMError = LLMTimeout(f"model server at {url} gave no answer within {timeout:g}s", url=url)
-            if unreachable:
-                waited = time.monotonic() - started
-                err = LLMUnavailable(
-                    f"model server at {url} unreachable for {waited:.1f}s: {unreachable[-1]}", url=url
-                )
-            return self._failed(base, err, started)
-        except LLMError as exc:
-            return self._failed(base, exc, started)
-        self.calls_made += 1
-        return LLMResult(
-            task_id=event.task_id,
-            request_id=event.request_id,
-            ok=True,
-            content=completion.content,
-            model=completion.model,
-            url=url,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            duration_s=round(time.monotonic() - started, 4),
-            instance=self.instance,
+        span = tracing.tracer().start_span(
+            f"chat {model}",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": self.config.llm_api,
+                "gen_ai.request.model": model,
+                "server.address": self.config.llm_url,
+                "victoria.task_id": event.task_id,
+                "victoria.request_id": event.request_id,
+            },
         )
+        tokens = _TokenPublisher(self.nc, event.task_id, event.request_id)
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    completion = await self._call_until_reachable(event, model, url, unreachable, tokens)
+            except TimeoutError:
+                err: LLMError = LLMTimeout(
+                    f"model server at {url} gave no answer within {timeout:g}s", url=url
+                )
+                if unreachable:
+                    waited = time.monotonic() - started
+                    err = LLMUnavailable(
+                        f"model server at {url} unreachable for {waited:.1f}s: {unreachable[-1]}", url=url
+                    )
+                span.set_status(Status(StatusCode.ERROR, str(err)))
+                return self._failed(base, err, started)
+            except LLMError as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                return self._failed(base, exc, started)
+            await tokens.close()
+            self.calls_made += 1
+            duration = time.monotonic() - started
+            span.set_attribute("gen_ai.response.model", completion.model)
+            if completion.prompt_tokens is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", completion.prompt_tokens)
+            if completion.completion_tokens is not None:
+                span.set_attribute("gen_ai.usage.output_tokens", completion.completion_tokens)
+            if tokens.first_at is not None:
+                span.set_attribute("victoria.time_to_first_token_s", round(tokens.first_at - started, 4))
+            span.set_attribute("victoria.duration_s", round(duration, 4))
+            log.info(
+                "task %s request %s answered by %s in %.3fs",
+                event.task_id,
+                event.request_id,
+                completion.model,
+                duration,
+            )
+            return LLMResult(
+                task_id=event.task_id,
+                request_id=event.request_id,
+                ok=True,
+                content=completion.content,
+                model=completion.model,
+                url=url,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                duration_s=round(duration, 4),
+                instance=self.instance,
+                time_to_first_token_s=round(tokens.first_at - started, 4) if tokens.first_at else None,
+            )
+        finally:
+            span.end()
 
     async def _call_until_reachable(
-        self, event: LLMRequested, model: str, url: str, unreachable: list[str]
+        self, event: LLMRequested, model: str, url: str, unreachable: list[str], tokens: _TokenPublisher
     ) -> protocols.Completion:
         assert self.http is not None
         api = self.config.llm_api
@@ -175,26 +221,33 @@ class LLMRunner(Actor):
         first_try = time.monotonic()
         while True:
             try:
-                response = await self.http.post(protocols.endpoint(api), json=body)
+                async with self.http.stream("POST", protocols.endpoint(api), json=body) as response:
+                    unreachable.clear()
+                    if response.status_code >= 400:
+                        text = (await response.aread())[:300].decode("utf-8", "replace")
+                        raise LLMHTTPError(
+                            f"model server at {url} answered HTTP {response.status_code}: {text}",
+                            url=url,
+                            status=response.status_code,
+                        )
+                    reader = protocols.StreamReader(api, model)
+                    try:
+                        async for line in response.aiter_lines():
+                            piece = reader.feed(line)
+                            if piece:
+                                await tokens.add(piece)
+                    except LLMProtocolError as exc:
+                        raise LLMProtocolError(f"{url}: {exc}", url=url) from None
+                    return reader.completion()
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if tokens.first_at is not None:
+                    raise LLMProtocolError(f"{url}: the answer broke off: {exc}", url=url) from None
                 unreachable.append(f"{type(exc).__name__}: {exc or 'connection refused'}")
                 if time.monotonic() - first_try + delay > UNREACHABLE_GRACE:
                     raise TimeoutError from None  # reported as "unavailable": the task decides to wait
                 log.warning("model server %s unreachable (%s); retrying in %.2fs", url, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX)
-                continue
-            unreachable.clear()
-            if response.status_code >= 400:
-                raise LLMHTTPError(
-                    f"model server at {url} answered HTTP {response.status_code}: {response.text[:300]}",
-                    url=url,
-                    status=response.status_code,
-                )
-            try:
-                return protocols.parse_response(api, response.content, model)
-            except LLMProtocolError as exc:
-                raise LLMProtocolError(f"{url}: {exc}", url=url) from None
 
     def _failed(self, base: LLMResult, error: LLMError, started: float) -> LLMResult:
         log.warning("task %s request %s failed: %s", base.task_id, base.request_id, error)
@@ -212,3 +265,54 @@ class LLMRunner(Actor):
             duration_s=round(time.monotonic() - started, 4),
             instance=self.instance,
         )
+
+
+def _trace_headers(msg: Msg) -> dict[str, str] | None:
+    if not msg.headers or "traceparent" not in msg.headers:
+        return None
+    return {"traceparent": msg.headers["traceparent"]}
+
+
+class _TokenPublisher:
+    """Sends model output as it is written, in small batches, on plain NATS (best effort)."""
+
+    FLUSH_EVERY: Final = 0.05  # seconds
+    FLUSH_SIZE: Final = 256  # characters
+
+    def __init__(self, nc: NATS, task_id: str, request_id: str) -> None:
+        self.nc = nc
+        self.subject = subjects.tokens(task_id)
+        self.task_id = task_id
+        self.request_id = request_id
+        self.seq = 0
+        self.buffer: list[str] = []
+        self.size = 0
+        self.last_flush = time.monotonic()
+        self.first_at: float | None = None
+
+    async def add(self, text: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        self.buffer.append(text)
+        self.size += len(text)
+        if self.size >= self.FLUSH_SIZE or time.monotonic() - self.last_flush >= self.FLUSH_EVERY:
+            await self._flush(done=False)
+
+    async def close(self) -> None:
+        await self._flush(done=True)
+
+    async def _flush(self, *, done: bool) -> None:
+        if not self.buffer and not done:
+            return
+        chunk = TokenChunk(
+            task_id=self.task_id,
+            request_id=self.request_id,
+            seq=self.seq,
+            text="".join(self.buffer),
+            done=done,
+        )
+        self.seq += 1
+        self.buffer, self.size, self.last_flush = [], 0, time.monotonic()
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):  # tokens are a view; the stored result is the truth
+                await self.nc.publish(self.subject, encode(chunk))

@@ -9,12 +9,14 @@ from typing import ClassVar
 import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import SpanKind
 
 from actors.base import Actor
 from actors.veronica import files
 from events import subjects
 from events.codec import encode, files_request_decoder
 from events.contracts import FilesReply, FilesRequest
+from victoria import tracing
 from victoria.errors import ToolError
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,18 @@ class Veronica(Actor):
                 log.warning("bad files request on %s: %s", msg.subject, exc)
                 reply = FilesReply(ok=False, error=f"bad request: {exc}")
             else:
-                # File I/O is blocking: keep it off the event loop.
-                reply = await asyncio.to_thread(self.handle, request)
+                span = tracing.tracer().start_span(
+                    f"files {request.op}",
+                    context=tracing.context_from(msg.headers),
+                    kind=SpanKind.SERVER,
+                    attributes={"victoria.task_id": request.task_id or "", "victoria.path": request.path},
+                )
+                try:
+                    # File I/O is blocking: keep it off the event loop.
+                    reply = await asyncio.to_thread(self.handle, request)
+                    span.set_attribute("victoria.ok", reply.ok)
+                finally:
+                    span.end()
                 log.info(
                     "files %s %r for task %s: %s",
                     request.op,

@@ -17,6 +17,8 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from actors.base import Actor
 from actors.consumer import WorkConsumer
@@ -40,7 +42,8 @@ from events.contracts import (
     ToolResult,
 )
 from events.fold import TaskHistory, stage_key
-from victoria import bus
+from victoria import bus, tracing
+from victoria.context import current_task_id, current_trace_id
 from victoria.errors import TaskAborted
 
 log = logging.getLogger(__name__)
@@ -134,10 +137,29 @@ class Victoria(Actor):
             return
         task = event
         attempt = msg.metadata.num_delivered or 1
+        parent = tracing.context_from(msg.headers, task.traceparent)
+        span = tracing.tracer().start_span(
+            "task",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={"victoria.task_id": task.task_id, "victoria.attempt": attempt},
+        )
+        task_token = current_task_id.set(task.task_id)
+        trace_token = current_trace_id.set(task.trace_id or tracing.trace_id_of(span))
+        try:
+            outcome = await self._attempt(msg, task, attempt, span)
+            span.set_attribute("victoria.outcome", outcome)
+        finally:
+            span.end()
+            current_task_id.reset(task_token)
+            current_trace_id.reset(trace_token)
+
+    async def _attempt(self, msg: Msg, task: TaskSubmitted, attempt: int, span: Span) -> str:
+        """One delivery of one task; returns what became of it, for the span and the log."""
         history = await self._history(task, attempt)
         if history.terminal:
             await msg.ack()
-            return
+            return "already finished"
         if attempt > self.config.max_attempts:
             error = f"gave up after {self.config.max_attempts} attempts (each a delivery to Victoria)"
             await self._finish(
@@ -145,18 +167,18 @@ class Victoria(Actor):
             )
             await bus.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
             await msg.term()
-            return
+            return "max_attempts"
         if history.cancel_reason is not None:
             await self._finish(
                 TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt)
             )
             await msg.ack()
-            return
+            return "cancelled"
         remaining = task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
         if remaining <= 0:
             await self._finish(self._deadline_failure(task, attempt))
             await msg.ack()
-            return
+            return "deadline"
         await bus.append(
             self.js,
             TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance),
@@ -164,7 +186,7 @@ class Victoria(Actor):
             key=f"started:{attempt}",
         )
         log.info("task %s attempt %d started", task.task_id, attempt)
-        ctx = _Context(self, task, history)
+        ctx = _Context(self, task, history, span)
         run = asyncio.create_task(workflow.run(ctx), name=f"task-{task.task_id}")
         self.running[task.task_id] = run
         terminal: TaskCompleted | TaskFailed | TaskCancelled
@@ -192,9 +214,11 @@ class Victoria(Actor):
                 run.cancel()
             self.running.pop(task.task_id, None)
             self.cancel_reasons.pop(task.task_id, None)
-        await self._finish(terminal)
+            ctx.end_stage()
+        await self._finish(terminal, span)
         await msg.ack()
         log.info("task %s %s after attempt %d", task.task_id, _status(terminal), attempt)
+        return _status(terminal)
 
     async def _history(self, task: TaskSubmitted, attempt: int) -> TaskHistory:
         if attempt == 1:
@@ -218,9 +242,12 @@ class Victoria(Actor):
             error += f"; last model error: {cause}"
         return TaskFailed(task_id=task.task_id, error=error, error_kind="deadline", attempts=attempt)
 
-    async def _finish(self, event: TaskCompleted | TaskFailed | TaskCancelled) -> None:
+    async def _finish(
+        self, event: TaskCompleted | TaskFailed | TaskCancelled, span: Span | None = None
+    ) -> None:
         kind: subjects.TaskKind = _status(event)
-        await bus.append(self.js, event, kind, key="terminal")
+        headers = tracing.headers_for(span) if span is not None else None
+        await bus.append(self.js, event, kind, key="terminal", headers=headers)
 
 
 def _status(event: TaskCompleted | TaskFailed | TaskCancelled) -> subjects.TaskKind:
@@ -238,10 +265,12 @@ class _VeronicaDown(Exception):
 class _Context:
     """The workflow's view of the world, backed by the task's history and the bus."""
 
-    def __init__(self, actor: Victoria, task: TaskSubmitted, history: TaskHistory) -> None:
+    def __init__(self, actor: Victoria, task: TaskSubmitted, history: TaskHistory, span: Span) -> None:
         self.actor = actor
         self.task = task
         self.history = history
+        self.span = span
+        self._stage_span: Span | None = None
         self.delegate_timeout = actor.config.delegate_timeout
         self.last_model_error: str | None = None
 
@@ -249,11 +278,27 @@ class _Context:
         self, stage: str, *, step: int | None = None, detail: str = "", key: str | None = None
     ) -> None:
         key = key or stage_key(stage, step)
+        self.end_stage()
+        name = f"step {step}" if step is not None else stage
+        self._stage_span = tracing.tracer().start_span(
+            name,
+            context=trace.set_span_in_context(self.span),
+            attributes={"victoria.task_id": self.task.task_id, "victoria.stage": stage},
+        )
         if key in self.history.stages_seen:
+            self._stage_span.set_attribute("victoria.replayed", True)
             return
         event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail, key=key)
-        await bus.append(self.actor.js, event, "stage", key=f"stage:{key}")
+        await bus.append(self.actor.js, event, "stage", key=f"stage:{key}", headers=self._headers())
         self.history.apply(event)
+
+    def end_stage(self) -> None:
+        if self._stage_span is not None:
+            self._stage_span.end()
+            self._stage_span = None
+
+    def _headers(self) -> dict[str, str]:
+        return tracing.headers_for(self._stage_span or self.span)
 
     async def pause(self, seconds: float, *, before: str) -> None:
         if before not in self.history.llm_requests:
@@ -279,7 +324,13 @@ class _Context:
                     timeout_s=self.actor.config.llm_timeout,
                     json_mode=json_mode,
                 )
-                await bus.append(self.actor.js, request, "llm_request", key=f"llm_req:{request_id}")
+                await bus.append(
+                    self.actor.js,
+                    request,
+                    "llm_request",
+                    key=f"llm_req:{request_id}",
+                    headers=self._headers(),
+                )
                 self.history.apply(request)
             while True:
                 try:
@@ -311,7 +362,9 @@ class _Context:
         try:
             if down is not None:
                 raise _VeronicaDown(down)
-            reply_msg = await self.actor.nc.request(subjects.VERONICA_FILES, encode(request), timeout=timeout)
+            reply_msg = await self.actor.nc.request(
+                subjects.VERONICA_FILES, encode(request), timeout=timeout, headers=self._headers()
+            )
             reply = files_reply_decoder.decode(reply_msg.data)
             result = ToolResult(
                 task_id=self.task.task_id,
@@ -338,7 +391,7 @@ class _Context:
             "ok" if result.ok else result.error,
             time.monotonic() - started,
         )
-        await bus.append(self.actor.js, result, "tool_result", key=f"tool:{call_id}")
+        await bus.append(self.actor.js, result, "tool_result", key=f"tool:{call_id}", headers=self._headers())
         self.history.apply(result)
         return result
 

@@ -1,0 +1,101 @@
+"""Traces across processes, and the answer streamed as it is written."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakellm import FakeLLM
+from tests.otlp import OTLPReceiver
+from tests.system import System
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OTLPReceiver]:
+    otlp = OTLPReceiver()
+    yield otlp
+    otlp.stop()
+
+
+@pytest.fixture(scope="module")
+def traced(
+    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path, receiver: OTLPReceiver
+) -> Iterator[System]:
+    system = System(
+        tmp_path_factory.mktemp("data"),
+        env={
+            "VICTORIA_LLM_URL": fake_llm.url,
+            "VICTORIA_WORKSPACE": str(workspace),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        },
+    ).start()
+    yield system
+    system.close()
+
+
+def test_one_task_is_one_trace_across_every_process(
+    traced: System, fake_llm: FakeLLM, receiver: OTLPReceiver
+) -> None:
+    fake_llm.mode = "tool"  # step 1 lists files through Veronica, step 2 finishes
+    try:
+        body = traced.http.post("/run", json={"goal": "Look around", "task_type": "agent"}).json()
+    finally:
+        fake_llm.mode = "normal"
+    assert body["status"] == "completed"
+    trace_id = body["trace_id"]
+    assert len(trace_id) == 32 and int(trace_id, 16)
+
+    def complete() -> list[object] | None:
+        spans = receiver.trace(trace_id)
+        services = {s.service for s in spans}
+        return spans if {"gateway", "victoria", "veronica", "llm-runner"} <= services else None
+
+    spans = traced.wait_for(complete, timeout=15, what="spans from every process")
+    roots = [s for s in receiver.trace(trace_id) if not s.parent_id]
+    assert [(r.service, r.name) for r in roots] == [("gateway", "POST /run")]
+    by_id = {s.span_id: s for s in receiver.trace(trace_id)}
+    for span in by_id.values():
+        if span.parent_id:
+            assert span.parent_id in by_id, f"{span.service}/{span.name} has a parent outside the trace"
+    assert spans
+    names = {(s.service, s.name) for s in by_id.values()}
+    assert {("victoria", "task"), ("victoria", "understanding"), ("victoria", "planning")} <= names
+    assert ("victoria", "step 1") in names and ("veronica", "files list") in names
+    chats = [s for s in by_id.values() if s.service == "llm-runner"]
+    assert len(chats) == 4
+    for chat in chats:
+        assert chat.name.startswith("chat ")
+        assert chat.attributes["gen_ai.usage.input_tokens"] == 10
+        assert chat.attributes["gen_ai.usage.output_tokens"] == 5
+        assert chat.attributes["victoria.time_to_first_token_s"] >= 0
+        assert by_id[chat.parent_id].service == "victoria"
+
+
+def test_tokens_stream_over_sse_before_the_task_completes(system: System, fake_llm: FakeLLM) -> None:
+    fake_llm.chunk_delay = 0.3
+    try:
+        task_id = system.submit("Write a sentence with quite a few words in it please", task_type="agent")
+        seen: list[tuple[str, float, dict[str, object]]] = []
+        with system.http.stream("GET", f"/run/{task_id}/events") as response:
+            kind = ""
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((kind, time.monotonic(), json.loads(line[6:])))
+    finally:
+        fake_llm.chunk_delay = 0.0
+    kinds = [kind for kind, _, _ in seen]
+    assert kinds[-1] == "task_completed"
+    chunks = [(at, data) for kind, at, data in seen if kind == "token_chunk"]
+    assert len(chunks) >= 6
+    completed_at = seen[-1][1]
+    assert chunks[0][0] < completed_at - 0.5
+    text = "".join(str(data["text"]) for _, data in chunks if data["request_id"] == "step-1")
+    assert "Done: Write a sentence" in text
