@@ -34,6 +34,8 @@ from events.contracts import (
 )
 from events.fold import TaskHistory
 from gateway.idempotency import IdempotencyStore
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import Metrics
 from gateway.requests import (
     BadRequest,
     clean_header,
@@ -65,8 +67,9 @@ def unavailable(detail: str) -> Response:
 class Backend:
     """What the HTTP handlers need: set once NATS is connected, None before (and answers 503)."""
 
-    def __init__(self, nc: NATS, views: TaskViews, config: Config) -> None:
+    def __init__(self, nc: NATS, views: TaskViews, config: Config, metrics: Metrics | None = None) -> None:
         self.nc = nc
+        self.metrics = metrics or Metrics()
         self.js: JetStreamContext = nc.jetstream()
         self.views = views
         self.config = config
@@ -235,6 +238,11 @@ def create_app(state: GatewayState) -> Starlette:
             {"services": data.get("services", []), "dependencies": data.get("dependencies", [])}
         )
 
+    @needs_backend
+    async def metrics(request: Request, backend: Backend) -> Response:
+        body = await backend.metrics.render(backend.nc, backend.js)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return json_response({"error": "http_error", "detail": exc.detail}, exc.status_code)
@@ -252,6 +260,7 @@ def create_app(state: GatewayState) -> Starlette:
             Route("/run/{task_id}/cancel", cancel, methods=["POST"]),
             Route("/run/{task_id}/events", task_events, methods=["GET"]),
             Route("/services", services, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

@@ -13,6 +13,7 @@ import uvicorn
 
 from actors.base import Actor
 from gateway.app import Backend, GatewayState, create_app
+from gateway.metrics import Metrics
 from gateway.views import TaskViews
 from victoria import bus
 from victoria.config import Config
@@ -87,9 +88,10 @@ async def _connect(state: GatewayState, config: Config, nats_url: str) -> None:
         except ConnectionError as exc:
             log.warning("%s; retrying", exc)
     await bus.ensure_streams(nc.jetstream())
-    views = TaskViews(nc.jetstream())
+    metrics = Metrics()
+    views = TaskViews(nc.jetstream(), observer=metrics.observe)
     await views.start()
-    state.backend = Backend(nc, views, config)
+    state.backend = Backend(nc, views, config, metrics)
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
     actor = GatewayActor(nc, config, restarts=restarts)
     await actor.start()

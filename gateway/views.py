@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 from nats.aio.msg import Msg
@@ -39,8 +40,9 @@ class _Entry:
 
 
 class TaskViews:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, observer: Callable[[AnyTaskEvent], None] | None = None) -> None:
         self.js = js
+        self.observer = observer
         self.cache: OrderedDict[str, _Entry] = OrderedDict()
         self._sub: _JS.PushSubscription | None = None
 
@@ -72,6 +74,11 @@ class TaskViews:
         if event is None:
             return
         seq = msg.metadata.sequence.stream
+        if self.observer is not None:
+            try:
+                self.observer(event)
+            except Exception:  # metrics must never break status
+                log.exception("metrics observer failed")
         entry = self.cache.get(event.task_id)
         if entry is None:
             if not isinstance(event, TaskSubmitted):

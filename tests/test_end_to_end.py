@@ -283,3 +283,26 @@ def test_an_overlong_idempotency_key_is_rejected_by_name(system: System) -> None
     response = system.http.post("/run", json={"goal": "x"}, headers={"Idempotency-Key": "k" * 300})
     assert response.status_code == 422
     assert response.json()["field"] == "Idempotency-Key"
+
+
+def test_metrics_are_served_in_prometheus_text(system: System) -> None:
+    assert (
+        system.http.post("/run", json={"goal": "Count me", "task_type": "agent"}).json()["status"]
+        == "completed"
+    )
+    response = system.http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: dict[str, float] = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['victoria_tasks_finished_total{status="completed"}'] >= 1
+    assert samples['victoria_tasks{state="queued"}'] >= 0
+    assert samples['victoria_tasks{state="running"}'] >= 0
+    assert any(k.startswith("victoria_model_call_duration_seconds_count{") for k in samples)
+    assert any(k.startswith('victoria_stage_duration_seconds_count{stage="planning"}') for k in samples)
+    assert any(k.startswith("victoria_model_tokens_total{") and 'kind="completion"' in k for k in samples)
+    assert any(k.startswith("victoria_actor_up{") and 'name="victoria"' in k for k in samples)
+    assert any(k.startswith("victoria_actor_restarts{") for k in samples)

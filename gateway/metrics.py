@@ -1,0 +1,188 @@
+"""``GET /metrics``: Prometheus text, from the task events the gateway sees and a few live reads.
+
+Counters and histograms are fed by the gateway's live consumer of every task event, so they count
+from this gateway's start (Prometheus handles the reset after a restart). Queue depth and tasks
+running are read from the JetStream consumers at scrape time; actors' liveness and restarts from the
+monitor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from datetime import datetime
+from typing import Final
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from events import subjects
+from events.codec import encode
+from events.contracts import (
+    AnyTaskEvent,
+    LLMResult,
+    ServicesReply,
+    ServicesRequest,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskStage,
+    TaskStarted,
+    TaskSubmitted,
+)
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+TRACKED_TASKS: Final = 50_000  # tasks whose current stage start is remembered
+STAGE_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+MODEL_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_services = msgspec.json.Decoder(ServicesReply)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter("victoria_task_events", "Task events seen, by type.", ["type"], registry=r)
+        self.submitted = Counter("victoria_tasks_submitted", "Tasks submitted.", registry=r)
+        self.finished = Counter(
+            "victoria_tasks_finished",
+            "Tasks that reached a terminal state, by state.",
+            ["status"],
+            registry=r,
+        )
+        self.attempts = Counter("victoria_task_attempts", "Deliveries of tasks to Victoria.", registry=r)
+        self.tasks = Gauge(
+            "victoria_tasks",
+            "Tasks now queued (not yet taken) or running (taken, not finished).",
+            ["state"],
+            registry=r,
+        )
+        self.model_requests = Gauge(
+            "victoria_model_requests",
+            "Model requests now queued or in flight at the runners.",
+            ["state"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "victoria_stage_duration_seconds",
+            "Time spent in each stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "victoria_model_call_duration_seconds",
+            "Model call latency, by model and outcome.",
+            ["model", "outcome"],
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "victoria_model_time_to_first_token_seconds",
+            "Time to the first streamed token.",
+            ["model"],
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "victoria_model_tokens", "Tokens, by model and kind.", ["model", "kind"], registry=r
+        )
+        self.actor_up = Gauge(
+            "victoria_actor_up", "1 if the actor instance is up.", ["name", "instance"], registry=r
+        )
+        self.restarts = Gauge(
+            "victoria_actor_restarts",
+            "Restarts of an actor instance by its supervisor.",
+            ["name", "instance"],
+            registry=r,
+        )
+        self.resident = Gauge(
+            "victoria_actor_resident_bytes",
+            "Resident memory of an actor instance.",
+            ["name", "instance"],
+            registry=r,
+        )
+        self._stage: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+
+    def observe(self, event: AnyTaskEvent) -> None:
+        """Count one live task event (called for every event the gateway's consumer sees)."""
+        tag = str(type(event).__struct_config__.tag)
+        self.events.labels(tag).inc()
+        match event:
+            case TaskSubmitted():
+                self.submitted.inc()
+                self._enter(event.task_id, "queued", event.ts)
+            case TaskStarted():
+                self.attempts.inc()
+                self._enter(event.task_id, "started", event.ts)
+            case TaskStage():
+                self._enter(event.task_id, event.stage, event.ts)
+            case LLMResult():
+                model = event.model or "unknown"
+                self.model_seconds.labels(model, "ok" if event.ok else event.error_kind or "error").observe(
+                    event.duration_s
+                )
+                if event.time_to_first_token_s is not None:
+                    self.first_token.labels(model).observe(event.time_to_first_token_s)
+                if event.prompt_tokens:
+                    self.tokens.labels(model, "prompt").inc(event.prompt_tokens)
+                if event.completion_tokens:
+                    self.tokens.labels(model, "completion").inc(event.completion_tokens)
+            case TaskCompleted() | TaskFailed() | TaskCancelled():
+                self._enter(event.task_id, None, event.ts)
+                status = (
+                    "completed"
+                    if isinstance(event, TaskCompleted)
+                    else ("failed" if isinstance(event, TaskFailed) else "cancelled")
+                )
+                self.finished.labels(status).inc()
+            case _:
+                pass
+
+    def _enter(self, task_id: str, stage: str | None, at: datetime) -> None:
+        previous = self._stage.pop(task_id, None)
+        if previous is not None:
+            name, since = previous
+            self.stage_seconds.labels(name).observe(max(0.0, (at - since).total_seconds()))
+        if stage is not None:
+            self._stage[task_id] = (stage, at)
+            while len(self._stage) > TRACKED_TASKS:
+                self._stage.popitem(last=False)
+
+    async def render(self, nc: NATS, js: JetStreamContext) -> bytes:
+        await self._read_consumers(js)
+        await self._read_services(nc)
+        return generate_latest(self.registry)
+
+    async def _read_consumers(self, js: JetStreamContext) -> None:
+        for durable, gauge in (("victoria", self.tasks), ("llm-runner", self.model_requests)):
+            try:
+                info = await js.consumer_info(subjects.TASK_STREAM, durable, timeout=1.0)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("consumer %s: %s", durable, exc)
+                continue
+            queued_label, running_label = (
+                ("queued", "running") if durable == "victoria" else ("queued", "in_flight")
+            )
+            gauge.labels(queued_label).set(info.num_pending or 0)
+            gauge.labels(running_label).set(info.num_ack_pending or 0)
+
+    async def _read_services(self, nc: NATS) -> None:
+        try:
+            reply = await nc.request(subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=0.5)
+            services = _services.decode(reply.data).services
+        except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
+            log.debug("services for metrics: %s", exc)
+            return
+        for gauge in (self.actor_up, self.restarts, self.resident):
+            gauge.clear()
+        for entry in services:
+            self.actor_up.labels(entry.name, entry.instance).set(1 if entry.status == "up" else 0)
+            self.restarts.labels(entry.name, entry.instance).set(entry.restarts)
+            if entry.rss_bytes is not None:
+                self.resident.labels(entry.name, entry.instance).set(entry.rss_bytes)
