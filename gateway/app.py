@@ -180,7 +180,7 @@ def create_app(state: GatewayState) -> Starlette:
             )
             ack = await bus.append(backend.js, event, "submitted", key="submitted", headers=trace_headers)
             backend.views.record(event, ack.seq)
-            log.info("task %s submitted", task_id)
+            log.info("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
         response = await answer_submission(backend.views, task_id, async_mode=async_mode, wait=wait)
         if idempotency_key is not None and first:
             await backend.idempotency.remember(

@@ -17,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.views import TaskViews
 from victoria import bus
 from victoria.config import Config
+from victoria.logbus import BusLogHandler
 from victoria.runtime import wait_for_stop
 from victoria.tracing import Tracing
 
@@ -36,7 +37,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(config: Config, nats_url: str, *, host: str, port: int) -> int:
+async def serve(
+    config: Config, nats_url: str, *, host: str, port: int, log_handler: BusLogHandler | None = None
+) -> int:
     tracing = Tracing("gateway", config.instance)
     tracing.start()
     state = GatewayState(config)
@@ -47,17 +50,23 @@ async def serve(config: Config, nats_url: str, *, host: str, port: int) -> int:
         port=port,
         lifespan="off",
         access_log=False,
+        log_config=None,  # uvicorn's dictConfig would close the handlers this process set up
         log_level="warning",
         timeout_keep_alive=30,
         backlog=2048,
     )
     server = _Server(uv_config)
     server_task = asyncio.create_task(server.serve(), name="uvicorn")
-    connect_task = asyncio.create_task(_connect(state, config, nats_url), name="connect")
+    connect_task = asyncio.create_task(_connect(state, config, nats_url, log_handler), name="connect")
     stop_reason = asyncio.create_task(wait_for_stop())
-    done, _ = await asyncio.wait({server_task, stop_reason}, return_when=asyncio.FIRST_COMPLETED)
-    if server_task in done and server_task.exception() is not None:
-        log.error("HTTP server failed: %s", server_task.exception())
+    done, _ = await asyncio.wait(
+        {server_task, stop_reason, connect_task}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if connect_task in done and connect_task.exception() is None:
+        done, _ = await asyncio.wait({server_task, stop_reason}, return_when=asyncio.FIRST_COMPLETED)
+    failed = next((t for t in (server_task, connect_task) if t in done and t.exception() is not None), None)
+    if failed is not None:
+        log.error("gateway %s failed", failed.get_name(), exc_info=failed.exception())
     server.should_exit = True
     connect_task.cancel()
     stop_reason.cancel()
@@ -66,15 +75,19 @@ async def serve(config: Config, nats_url: str, *, host: str, port: int) -> int:
     actor = state.actor
     if isinstance(actor, Actor):
         await actor.stop()
+    if log_handler is not None:
+        await log_handler.aclose()
     if backend is not None:
         await backend.views.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(backend.nc.drain(), 5.0)
     await asyncio.to_thread(tracing.shutdown)
-    return 0 if server_task not in done else 1
+    return 1 if failed is not None or server_task in done else 0
 
 
-async def _connect(state: GatewayState, config: Config, nats_url: str) -> None:
+async def _connect(
+    state: GatewayState, config: Config, nats_url: str, log_handler: BusLogHandler | None
+) -> None:
     views: TaskViews | None = None
 
     async def on_reconnect() -> None:
@@ -87,6 +100,8 @@ async def _connect(state: GatewayState, config: Config, nats_url: str) -> None:
             break
         except ConnectionError as exc:
             log.warning("%s; retrying", exc)
+    if log_handler is not None:
+        log_handler.attach(nc)
     await bus.ensure_streams(nc.jetstream())
     metrics = Metrics()
     views = TaskViews(nc.jetstream(), observer=metrics.observe)

@@ -289,6 +289,7 @@ def test_status_dict_is_plain_json_ready_data() -> None:
         "correlation_id",
         "session_id",
         "error_kind",
+        "trace_id",
     }
 
 

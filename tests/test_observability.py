@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakellm import FakeLLM
 from tests.otlp import OTLPReceiver
-from tests.system import System
+from tests.system import System, stream_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -99,3 +99,23 @@ def test_tokens_stream_over_sse_before_the_task_completes(system: System, fake_l
     assert chunks[0][0] < completed_at - 0.5
     text = "".join(str(data["text"]) for _, data in chunks if data["request_id"] == "step-1")
     assert "Done: Write a sentence" in text
+
+
+def test_every_actor_logs_its_start_and_its_tasks_as_events_with_ids(system: System) -> None:
+    body = system.http.post("/run", json={"goal": "Log this one", "task_type": "agent"}).json()
+    assert body["status"] == "completed"
+    url = (system.data_dir / "nats.url").read_text().strip()
+
+    def records() -> list[dict[str, object]] | None:
+        found = stream_messages(url, "victoria.log.>")
+        mine = [r for r in found if r.get("task_id") == body["task_id"]]
+        actors = {r["actor"] for r in mine}
+        return found if {"gateway", "victoria", "llm-runner"} <= actors else None
+
+    found = system.wait_for(records, what="log records of the task")
+    started = {r["actor"] for r in found if "started, pid" in str(r["message"])}
+    assert {"victoria", "veronica", "monitor", "llm-runner", "gateway"} <= started
+    mine = [r for r in found if r.get("task_id") == body["task_id"]]
+    assert all(r["trace_id"] == body["trace_id"] for r in mine)
+    assert all(r["type"] == "log_record" and r["level"] == "INFO" for r in mine)
+    assert all(str(r["_subject"]).startswith(f"victoria.log.{r['actor']}.") for r in mine)

@@ -95,18 +95,18 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from gateway.server import serve
         from victoria import bus
 
-        logs.setup("gateway", config.log_level)
+        log_handler = logs.setup("gateway", config.log_level, instance=config.instance)
         url = bus.resolve_nats_url(config, args.nats_url)
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
-        return runtime.run(serve(config, url, host=host, port=port))
+        return runtime.run(serve(config, url, host=host, port=port, log_handler=log_handler))
     if command == "actor":
         from victoria import bus
 
-        logs.setup(args.name, config.log_level)
+        log_handler = logs.setup(args.name, config.log_level, instance=config.instance)
         url = bus.resolve_nats_url(config, args.nats_url)
         factory = _actor_factory(args.name)
-        return runtime.run(runtime.serve_actor(factory, config, url, name=args.name))
+        return runtime.run(runtime.serve_actor(factory, config, url, name=args.name, log_handler=log_handler))
     if command in ("run", "status", "cancel"):
         from victoria import client
 

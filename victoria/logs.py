@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from victoria.logbus import BusLogHandler
 
-def setup(actor: str, level: str = "INFO") -> None:
+
+def setup(actor: str, level: str = "INFO", *, instance: str | None = None) -> BusLogHandler | None:
+    """Log to stderr; with ``instance``, also as events on ``victoria.log.<actor>.<level>``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)s {actor}[%(process)d] %(name)s: %(message)s")
@@ -17,3 +20,8 @@ def setup(actor: str, level: str = "INFO") -> None:
     # Third-party libraries are quiet unless something is wrong.
     for noisy in ("httpx", "httpcore", "uvicorn.access", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if instance is None:
+        return None
+    bus_handler = BusLogHandler(actor, instance)
+    root.addHandler(bus_handler)
+    return bus_handler

@@ -13,6 +13,7 @@ from typing import Any, Final
 from actors.base import Actor
 from victoria import bus
 from victoria.config import Config
+from victoria.logbus import BusLogHandler
 from victoria.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,20 @@ async def _parent_gone(pid: int) -> object:
     return None
 
 
-async def serve_actor(factory: Callable[..., Actor], config: Config, nats_url: str, *, name: str) -> int:
+async def serve_actor(
+    factory: Callable[..., Actor],
+    config: Config,
+    nats_url: str,
+    *,
+    name: str,
+    log_handler: BusLogHandler | None = None,
+) -> int:
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
     tracing = Tracing(name, config.instance)
     tracing.start()
     nc = await bus.connect(nats_url, name=f"{name}:{config.instance}", connect_timeout=15.0)
+    if log_handler is not None:
+        log_handler.attach(nc)
     try:
         await bus.ensure_streams(nc.jetstream())
         actor = factory(nc, config, restarts=restarts)
@@ -81,6 +91,8 @@ async def serve_actor(factory: Callable[..., Actor], config: Config, nats_url: s
         await actor.stop()
         return EXIT_CRASHED if reason == "crashed" else 0
     finally:
+        if log_handler is not None:
+            await log_handler.aclose()  # before the drain, which makes publishes fail
         try:
             await asyncio.wait_for(nc.drain(), 5.0)
         except Exception:  # closing anyway

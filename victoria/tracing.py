@@ -123,6 +123,12 @@ def headers_for(span: Span) -> dict[str, str]:
     return carrier
 
 
+def trace_id_in(traceparent: str | None) -> str | None:
+    """The trace id (32 hex digits) in a W3C traceparent, or None."""
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
 def trace_id_of(span: Span) -> str | None:
     context = span.get_span_context()
     return f"{context.trace_id:032x}" if context.trace_id else None

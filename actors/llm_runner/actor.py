@@ -29,6 +29,7 @@ from events import subjects
 from events.codec import encode
 from events.contracts import LLMRequested, LLMResult, TokenChunk
 from victoria import bus, tracing
+from victoria.context import current_task_id, current_trace_id
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ class LLMRunner(Actor):
             await bus.dead_letter(self.js, "llm-runner", msg, "not an llm_requested event")
             await msg.term()
             return
+        task_token = current_task_id.set(event.task_id)
+        trace_token = current_trace_id.set(tracing.trace_id_in((msg.headers or {}).get("traceparent")))
+        try:
+            await self._answer(msg, event)
+        finally:
+            current_task_id.reset(task_token)
+            current_trace_id.reset(trace_token)
+
+    async def _answer(self, msg: Msg, event: LLMRequested) -> None:
         deliveries = msg.metadata.num_delivered or 1
         if deliveries > 1 and await self._already_answered(event):
             log.info("task %s request %s already answered; skipping", event.task_id, event.request_id)

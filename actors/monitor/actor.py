@@ -183,6 +183,8 @@ class Monitor(Actor):
         except msgspec.DecodeError as exc:
             log.warning("undecodable service message on %s: %s", msg.subject, exc)
             return
+        if isinstance(event, ServiceDown | ServiceUp) and event.source != "supervisor":
+            return  # transitions the monitor itself published (heartbeats, probes): no news
         key = (event.name, event.instance)
         entry = self.entries.get(key)
         new = entry is None

@@ -17,6 +17,7 @@ from events import subjects
 from events.codec import encode, files_request_decoder
 from events.contracts import FilesReply, FilesRequest
 from victoria import tracing
+from victoria.context import current_task_id, current_trace_id
 from victoria.errors import ToolError
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,25 @@ class Veronica(Actor):
                     kind=SpanKind.SERVER,
                     attributes={"victoria.task_id": request.task_id or "", "victoria.path": request.path},
                 )
+                task_token = current_task_id.set(request.task_id)
+                trace_token = current_trace_id.set(
+                    tracing.trace_id_in((msg.headers or {}).get("traceparent"))
+                )
                 try:
                     # File I/O is blocking: keep it off the event loop.
                     reply = await asyncio.to_thread(self.handle, request)
                     span.set_attribute("victoria.ok", reply.ok)
+                    log.info(
+                        "files %s %r for task %s: %s",
+                        request.op,
+                        request.path,
+                        request.task_id,
+                        "ok" if reply.ok else reply.error,
+                    )
                 finally:
                     span.end()
-                log.info(
-                    "files %s %r for task %s: %s",
-                    request.op,
-                    request.path,
-                    request.task_id,
-                    "ok" if reply.ok else reply.error,
-                )
+                    current_task_id.reset(task_token)
+                    current_trace_id.reset(trace_token)
             if msg.reply:
                 await msg.respond(encode(reply))
         finally:
