@@ -204,8 +204,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--mode", default="normal")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed pieces")
     args = parser.parse_args()
     fake = FakeLLM(port=args.port, delay=args.delay, mode=args.mode)
+    fake.chunk_delay = args.chunk_delay
     print(f"fake model server on {fake.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         fake.server.serve_forever()

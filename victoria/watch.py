@@ -34,6 +34,7 @@ def render(subject: str, data: bytes) -> str:
         if key in _SKIP or value is None or value == "" or value == []:
             continue
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = text.replace("\n", "\\n")
         if len(text) > 120:
             text = text[:117] + "..."
         fields.append(f"{key}={text}")
