@@ -306,3 +306,20 @@ def test_metrics_are_served_in_prometheus_text(system: System) -> None:
     assert any(k.startswith("victoria_model_tokens_total{") and 'kind="completion"' in k for k in samples)
     assert any(k.startswith("victoria_actor_up{") and 'name="victoria"' in k for k in samples)
     assert any(k.startswith("victoria_actor_restarts{") for k in samples)
+
+
+def test_cancel_aborts_the_model_call_in_flight(system: System, fake_llm: FakeLLM) -> None:
+    fake_llm.chunk_delay = 0.5
+    aborted = fake_llm.aborted
+    try:
+        goal = "Please think about all of these many words one by one and slowly " * 3
+        task_id = system.submit(goal, task_type="agent")
+        system.wait_for(lambda: system.status(task_id)["stage"] == "understanding", what="understanding")
+        time.sleep(0.6)  # the answer is streaming now
+        started = time.monotonic()
+        assert system.http.post(f"/run/{task_id}/cancel").status_code == 202
+        assert system.wait_terminal(task_id, timeout=5)["status"] == "cancelled"
+        assert time.monotonic() - started < 2.0
+        system.wait_for(lambda: fake_llm.aborted > aborted, timeout=3, what="the model server saw the abort")
+    finally:
+        fake_llm.chunk_delay = 0.0

@@ -119,3 +119,40 @@ def test_every_actor_logs_its_start_and_its_tasks_as_events_with_ids(system: Sys
     assert all(r["trace_id"] == body["trace_id"] for r in mine)
     assert all(r["type"] == "log_record" and r["level"] == "INFO" for r in mine)
     assert all(str(r["_subject"]).startswith(f"victoria.log.{r['actor']}.") for r in mine)
+
+
+def test_a_task_resumed_after_a_crash_stays_in_its_trace(
+    tmp_path: Path, fake_llm: FakeLLM, workspace: Path, receiver: OTLPReceiver
+) -> None:
+    import os
+    import signal
+
+    system = System(
+        tmp_path / "data",
+        env={
+            "VICTORIA_LLM_URL": fake_llm.url,
+            "VICTORIA_WORKSPACE": str(workspace),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "VICTORIA_ACK_WAIT": "2",
+        },
+    ).start()
+    fake_llm.delay = 1.5
+    try:
+        task_id = system.submit("Survive in one trace", task_type="agent")
+        system.wait_for(lambda: system.status(task_id)["stage"] == "understanding", what="running")
+        os.kill(system.pid_of("victoria"), signal.SIGKILL)
+        final = system.wait_terminal(task_id, timeout=30)
+        assert final["status"] == "completed" and final["attempts"] == 2
+
+        def attempts() -> set[object] | None:
+            found = {
+                s.attributes.get("victoria.attempt")
+                for s in receiver.trace(final["trace_id"])
+                if s.service == "victoria" and s.name == "task"
+            }
+            return found if 2 in found else None
+
+        assert system.wait_for(attempts, timeout=15, what="the second attempt's span") >= {2}
+    finally:
+        fake_llm.delay = 0.0
+        system.close()
