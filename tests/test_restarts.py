@@ -84,3 +84,26 @@ def test_two_gateways_on_one_log_agree(system: System) -> None:
     finally:
         gateway.terminate()
         gateway.wait(10)
+
+
+def test_a_second_victoria_up_on_the_same_data_dir_is_refused(system: System) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "victoria",
+            "up",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(system.data_dir),
+        ],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "another `victoria up`" in out.stderr
+    assert system.http.get("/ready").status_code == 200  # the first one is untouched

@@ -10,6 +10,7 @@ process dies (they watch their parent pid).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 import httpx
 from nats.aio.client import Client as NATS
@@ -79,6 +80,7 @@ class Supervisor:
         self.children: list[Child] = []
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
+        self._lock: TextIO | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -87,6 +89,7 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         started = time.monotonic()
         try:
+            self._lock_data_dir()
             await self._start_broker()
             self._start_children()
             if await self._wait_ready(stop):
@@ -104,9 +107,29 @@ class Supervisor:
         finally:
             await self._shutdown()
 
-    async def _start_broker(self) -> None:
+    def _lock_data_dir(self) -> None:
+        """One ``victoria up`` per data dir: a second one would fight the first over the store."""
         data_dir = self.config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        lock = (data_dir / "up.lock").open("a+")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            other = lock.read().strip() or "?"
+            lock.close()
+            raise VictoriaError(
+                f"another `victoria up` (pid {other}) is running with the data dir {data_dir}; "
+                "stop it, or pass another --data-dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock  # held (and the lock with it) until this process exits
+
+    async def _start_broker(self) -> None:
+        data_dir = self.config.data_dir
         if self.external_url:
             self.url = self.external_url
             print(f"using NATS at {self.url}", flush=True)
