@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from actors.consumer import WorkConsumer
 from events import subjects
 from events.codec import encode
 from events.contracts import Heartbeat, ServiceStarted, utcnow
@@ -95,6 +96,15 @@ class Actor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def start_consumer(self, consumer: WorkConsumer) -> WorkConsumer:
+        """Start a work consumer whose loop, if it ever fails, takes the actor down with it."""
+        await consumer.start()
+        assert consumer.task is not None
+        consumer.task.add_done_callback(
+            lambda t: None if t.cancelled() or self._stopped else self.crashed.set()
+        )
+        return consumer
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, critical: bool = False) -> asyncio.Task[None]:
         """Run ``coro`` in the background; if ``critical`` and it fails, the actor crashes."""

@@ -57,19 +57,18 @@ class LLMRunner(Actor):
         )
         self.http = httpx.AsyncClient(base_url=self.config.llm_url, limits=limits, timeout=None)
         self._cancel_sub = await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel)
-        self.consumer = WorkConsumer(
-            self.js,
-            stream=subjects.TASK_STREAM,
-            durable="llm-runner",
-            filter_subject=subjects.all_tasks_of_kind("llm_request"),
-            ack_wait=self.config.ack_wait,
-            concurrency=self.config.llm_concurrency,
-            handler=self._handle,
-            max_deliver=MAX_DELIVER + 1,
+        self.consumer = await self.start_consumer(
+            WorkConsumer(
+                self.js,
+                stream=subjects.TASK_STREAM,
+                durable="llm-runner",
+                filter_subject=subjects.all_tasks_of_kind("llm_request"),
+                ack_wait=self.config.ack_wait,
+                concurrency=self.config.llm_concurrency,
+                handler=self._handle,
+                max_deliver=MAX_DELIVER + 1,
+            )
         )
-        await self.consumer.start()
-        assert self.consumer.task is not None
-        self.consumer.task.add_done_callback(lambda t: self.crashed.set() if not t.cancelled() else None)
 
     async def on_stop(self) -> None:
         if self.consumer is not None:

@@ -70,18 +70,17 @@ class Victoria(Actor):
         )
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
         self._subs.append(await self.nc.subscribe(f"{subjects.PREFIX}.svc.veronica.>", cb=self._on_veronica))
-        self.consumer = WorkConsumer(
-            self.js,
-            stream=subjects.TASK_STREAM,
-            durable="victoria",
-            filter_subject=subjects.all_tasks_of_kind("submitted"),
-            ack_wait=self.config.ack_wait,
-            concurrency=self.config.concurrency,
-            handler=self._handle,
+        self.consumer = await self.start_consumer(
+            WorkConsumer(
+                self.js,
+                stream=subjects.TASK_STREAM,
+                durable="victoria",
+                filter_subject=subjects.all_tasks_of_kind("submitted"),
+                ack_wait=self.config.ack_wait,
+                concurrency=self.config.concurrency,
+                handler=self._handle,
+            )
         )
-        await self.consumer.start()
-        assert self.consumer.task is not None
-        self.consumer.task.add_done_callback(lambda t: self.crashed.set() if not t.cancelled() else None)
 
     async def on_stop(self) -> None:
         if self.consumer is not None:
