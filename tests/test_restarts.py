@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.fakellm import FakeLLM
@@ -50,6 +51,11 @@ def test_status_survives_a_restart_of_the_whole_system(
         answer = first.http.post("/run", json={"goal": "Survive", "task_type": "agent"}, headers=headers)
         done = answer.json()
         assert done["status"] == "completed"
+        children = psutil.Process(first.process.pid).children(recursive=True) if first.process else []
+        assert len(children) == 6  # nats-server, gateway and four actors
+        assert first.stop() == 0  # SIGTERM: a clean stop
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"left running after a clean stop: {alive}"
     finally:
         first.close()
     second = System(tmp_path / "data", env=env).start()
