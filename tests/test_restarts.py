@@ -54,7 +54,7 @@ def test_status_survives_a_restart_of_the_whole_system(
         children = psutil.Process(first.process.pid).children(recursive=True) if first.process else []
         assert len(children) == 6  # nats-server, gateway and four actors
         assert first.stop() == 0  # SIGTERM: a clean stop
-        gone, alive = psutil.wait_procs(children, timeout=5)
+        _, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"left running after a clean stop: {alive}"
     finally:
         first.close()
