@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from actors.consumer import WorkConsumer
+from actors.consumer import Handler, WorkConsumer
 from events import subjects
 from events.codec import encode
 from events.contracts import Heartbeat, ServiceStarted, utcnow
@@ -96,6 +96,35 @@ class Actor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def consume_tasks(
+        self,
+        *,
+        durable: str,
+        kind: subjects.TaskKind,
+        concurrency: int,
+        handler: Handler,
+        max_deliver: int = -1,
+    ) -> list[WorkConsumer]:
+        """One durable consumer of ``kind`` events per task shard, ``concurrency`` handlers in all."""
+        gate = asyncio.Semaphore(concurrency)
+        per_shard = max(1, -(-concurrency // subjects.TASK_SHARDS))
+        return [
+            await self.start_consumer(
+                WorkConsumer(
+                    self.js,
+                    stream=subjects.task_stream(shard),
+                    durable=durable,
+                    filter_subject=subjects.shard_events_of_kind(shard, kind),
+                    ack_wait=self.config.ack_wait,
+                    concurrency=per_shard,
+                    handler=handler,
+                    max_deliver=max_deliver,
+                    gate=gate,
+                )
+            )
+            for shard in range(subjects.TASK_SHARDS)
+        ]
 
     async def start_consumer(self, consumer: WorkConsumer) -> WorkConsumer:
         """Start a work consumer whose loop, if it ever fails, takes the actor down with it."""

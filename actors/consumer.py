@@ -42,6 +42,7 @@ class WorkConsumer:
         handler: Handler,
         max_deliver: int = -1,
         max_ack_pending: int = 20_000,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.js = js
         self.stream = stream
@@ -59,6 +60,8 @@ class WorkConsumer:
         self.ack_wait = ack_wait
         self.concurrency = concurrency
         self.handler = handler
+        self.gate = gate
+        """Shared by the consumers of one actor (one per shard): handlers running at once."""
         self.active: dict[asyncio.Task[None], Msg] = {}
         self._slot_free = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -145,7 +148,11 @@ class WorkConsumer:
     async def _run(self, msg: Msg) -> None:
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self.handler(msg)
+            if self.gate is None:
+                await self.handler(msg)
+            else:
+                async with self.gate:
+                    await self.handler(msg)
         except asyncio.CancelledError:
             # Stopping: hand the message back at once instead of waiting out ack_wait.
             await _quietly(msg.nak())

@@ -60,6 +60,7 @@ class TaskHistory:
         "last_seq",
         "llm_requests",
         "llm_results",
+        "memo",
         "output",
         "stage",
         "stages_seen",
@@ -71,8 +72,10 @@ class TaskHistory:
         "updated_at",
     )
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, *, memo: bool = True) -> None:
         self.task_id = task_id
+        self.memo = memo
+        """Keep model requests, results and tool results (Victoria needs them; a status view not)."""
         self.submitted: TaskSubmitted | None = None
         self.status: TaskStatusName = "queued"
         self.stage: str | None = None
@@ -120,11 +123,14 @@ class TaskHistory:
                 if self.status == "queued":
                     self.status = "running"
             case LLMRequested():
-                self.llm_requests[event.request_id] = event
+                if self.memo:
+                    self.llm_requests[event.request_id] = event
             case LLMResult():
-                self.llm_results.setdefault(event.request_id, event)
+                if self.memo:
+                    self.llm_results.setdefault(event.request_id, event)
             case ToolResult():
-                self.tool_results.setdefault(event.call_id, event)
+                if self.memo:
+                    self.tool_results.setdefault(event.call_id, event)
             case TaskCancelRequested(reason=reason):
                 self.cancel_reason = reason
             case TaskCompleted(output=output, attempts=attempts):

@@ -1,13 +1,13 @@
 """Subject names, built by small pure functions.
 
 Every subject starts with ``PREFIX``. The second token names the family, so that NATS permissions
-can be cut along it (a gateway may publish ``victoria.task.*.submitted`` and
-``victoria.task.*.cancel`` and nothing else of the task family, for instance):
+can be cut along it (a gateway may publish ``victoria.task.*.*.submitted`` and
+``victoria.task.*.*.cancel`` and nothing else of the task family, for instance):
 
-=====================================  =============================================  ==========
-subject                                what travels on it                             stored in
-=====================================  =============================================  ==========
-``victoria.task.<task_id>.<kind>``     every fact about one task (see ``TaskKind``)   TASKS
+======================================  =============================================  ==========
+subject                                 what travels on it                             stored in
+======================================  =============================================  ==========
+``victoria.task.<s>.<task_id>.<kind>``  every fact about one task (see ``TaskKind``)   TASKS_<s>
 ``victoria.svc.<name>.<instance>.<k>`` service lifecycle: started, down, up           SERVICES
 ``victoria.heartbeat.<name>.<inst>``   one actor instance's heartbeat                 HEARTBEATS
 ``victoria.dlq.task.<task_id>``        a task message that exhausted its attempts     DLQ
@@ -21,11 +21,16 @@ subject                                what travels on it                       
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Final, Literal
 
 PREFIX: Final = "victoria"
 
-TASK_STREAM: Final = "VICTORIA_TASKS"
+TASK_SHARDS: Final = 4
+"""Task events are spread over this many streams, ``VICTORIA_TASKS_0`` ... ``_3``, by a hash of the
+task id (the shard ``<s>`` in the subject). Each stream fsyncs on its own, so four of them take about
+twice the appends of one; on a cluster their leaders spread over the servers. All of one task's
+events are in one stream, in order. Changing the number moves tasks between streams: a migration."""
 SERVICE_STREAM: Final = "VICTORIA_SERVICES"
 HEARTBEAT_STREAM: Final = "VICTORIA_HEARTBEATS"
 DLQ_STREAM: Final = "VICTORIA_DLQ"
@@ -59,28 +64,58 @@ def _check(value: str, what: str) -> str:
     return value
 
 
+def shard_of(task_id: str) -> int:
+    """The shard (and so the stream) of a task: CRC-32 of its id, modulo ``TASK_SHARDS``."""
+    return zlib.crc32(_check(task_id, "task id").encode()) % TASK_SHARDS
+
+
+def task_stream(shard: int) -> str:
+    if not 0 <= shard < TASK_SHARDS:
+        raise ValueError(f"shard {shard} is not in 0..{TASK_SHARDS - 1}")
+    return f"VICTORIA_TASKS_{shard}"
+
+
+TASK_STREAMS: Final = tuple(f"VICTORIA_TASKS_{n}" for n in range(TASK_SHARDS))
+
+
+def task_stream_of(task_id: str) -> str:
+    return task_stream(shard_of(task_id))
+
+
 def task_event(task_id: str, kind: TaskKind) -> str:
-    return f"{PREFIX}.task.{_check(task_id, 'task id')}.{kind}"
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.{kind}"
 
 
 def task_events(task_id: str) -> str:
     """Filter for every event of one task."""
-    return f"{PREFIX}.task.{_check(task_id, 'task id')}.>"
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.>"
 
 
 def all_tasks_of_kind(kind: TaskKind) -> str:
-    return f"{PREFIX}.task.*.{kind}"
+    """Filter for one kind of event of every task, in every shard (for core subscriptions)."""
+    return f"{PREFIX}.task.*.*.{kind}"
+
+
+def shard_events(shard: int) -> str:
+    """Filter for every event stored in one shard's stream."""
+    task_stream(shard)
+    return f"{PREFIX}.task.{shard}.>"
+
+
+def shard_events_of_kind(shard: int, kind: TaskKind) -> str:
+    task_stream(shard)
+    return f"{PREFIX}.task.{shard}.*.{kind}"
 
 
 ALL_TASK_EVENTS: Final = f"{PREFIX}.task.>"
 
 
 def task_id_of(subject: str) -> str:
-    """The task id in a ``victoria.task.<task_id>.<kind>`` subject."""
+    """The task id in a ``victoria.task.<shard>.<task_id>.<kind>`` subject."""
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != PREFIX or parts[1] != "task":
+    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "task" or not is_token(parts[3]):
         raise ValueError(f"not a task subject: {subject!r}")
-    return parts[2]
+    return parts[3]
 
 
 def service_event(name: str, instance: str, kind: Literal["started", "down", "up"]) -> str:

@@ -86,7 +86,8 @@ class Backend:
         ok = False
         if self.nc.is_connected:
             try:
-                await self.js.stream_info(subjects.TASK_STREAM)
+                for stream in subjects.TASK_STREAMS:
+                    await self.js.stream_info(stream)
                 ok = True
             except Exception:  # any failure means "not ready"; the reason is in the NATS log
                 ok = False
@@ -312,6 +313,7 @@ async def sse_stream(js: JetStreamContext, nc: NATS, task_id: str) -> AsyncItera
     tokens = await nc.subscribe(subjects.tokens(task_id), cb=put)
     events = await js.subscribe(
         subjects.task_events(task_id),
+        stream=subjects.task_stream_of(task_id),
         ordered_consumer=True,
         deliver_policy=jsapi.DeliverPolicy.ALL,
         idle_heartbeat=5.0,

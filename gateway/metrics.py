@@ -41,6 +41,7 @@ TRACKED_TASKS: Final = 50_000  # tasks whose current stage start is remembered
 STAGE_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 MODEL_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 _services = msgspec.json.Decoder(ServicesReply)
+_TAGS: Final = {"llm_request": "llm_requested", "tool_result": "tool_result"}
 
 
 class Metrics:
@@ -109,6 +110,10 @@ class Metrics:
         )
         self._stage: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
 
+    def count(self, kind: str) -> None:
+        """Count a live task event that was not decoded (only its subject's kind is known)."""
+        self.events.labels(_TAGS.get(kind, kind)).inc()
+
     def observe(self, event: AnyTaskEvent) -> None:
         """Count one live task event (called for every event the gateway's consumer sees)."""
         tag = str(type(event).__struct_config__.tag)
@@ -160,17 +165,21 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def _read_consumers(self, js: JetStreamContext) -> None:
-        for durable, gauge in (("victoria", self.tasks), ("llm-runner", self.model_requests)):
-            try:
-                info = await js.consumer_info(subjects.TASK_STREAM, durable, timeout=1.0)
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.debug("consumer %s: %s", durable, exc)
-                continue
-            queued_label, running_label = (
-                ("queued", "running") if durable == "victoria" else ("queued", "in_flight")
-            )
-            gauge.labels(queued_label).set(info.num_pending or 0)
-            gauge.labels(running_label).set(info.num_ack_pending or 0)
+        for durable, gauge, running in (
+            ("victoria", self.tasks, "running"),
+            ("llm-runner", self.model_requests, "in_flight"),
+        ):
+            queued = in_flight = 0
+            for stream in subjects.TASK_STREAMS:
+                try:
+                    info = await js.consumer_info(stream, durable, timeout=1.0)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.debug("consumer %s on %s: %s", durable, stream, exc)
+                    continue
+                queued += info.num_pending or 0
+                in_flight += info.num_ack_pending or 0
+            gauge.labels("queued").set(queued)
+            gauge.labels(running).set(in_flight)
 
     async def _read_services(self, nc: NATS) -> None:
         try:

@@ -26,42 +26,53 @@ from victoria import bus
 
 log = logging.getLogger(__name__)
 
-MAX_CACHED: Final = 50_000  # task folds kept in memory
+MAX_CACHED: Final = 20_000  # task folds kept in memory (about 1-2 KB each)
+_NOT_FOR_STATUS: Final = (".llm_request", ".tool_result")
 
 
 class _Entry:
     __slots__ = ("buffer", "history", "loading", "waiters")
 
     def __init__(self, task_id: str) -> None:
-        self.history = TaskHistory(task_id)
+        self.history = TaskHistory(task_id, memo=False)
         self.loading: asyncio.Future[None] | None = None
         self.buffer: list[tuple[int, AnyTaskEvent]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
 
 class TaskViews:
-    def __init__(self, js: JetStreamContext, observer: Callable[[AnyTaskEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        observer: Callable[[AnyTaskEvent], None] | None = None,
+        counter: Callable[[str], None] | None = None,
+    ) -> None:
         self.js = js
         self.observer = observer
+        self.counter = counter
         self.cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._sub: _JS.PushSubscription | None = None
+        self._subs: list[_JS.PushSubscription] = []
 
     async def start(self) -> None:
-        self._sub = await self.js.subscribe(
-            subjects.ALL_TASK_EVENTS,
-            ordered_consumer=True,
-            deliver_policy=jsapi.DeliverPolicy.NEW,
-            idle_heartbeat=2.0,
-            cb=self._on_event,
-        )
+        for shard in range(subjects.TASK_SHARDS):
+            self._subs.append(
+                await self.js.subscribe(
+                    subjects.shard_events(shard),
+                    stream=subjects.task_stream(shard),
+                    ordered_consumer=True,
+                    deliver_policy=jsapi.DeliverPolicy.NEW,
+                    idle_heartbeat=2.0,
+                    cb=self._on_event,
+                )
+            )
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
             try:
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
             except Exception as exc:  # the connection may already be gone
                 log.debug("unsubscribe: %s", exc)
-            self._sub = None
 
     def forget_all(self) -> None:
         """After a reconnect the cache may have missed events: drop it; reads replay."""
@@ -70,6 +81,12 @@ class TaskViews:
                 del self.cache[task_id]
 
     async def _on_event(self, msg: Msg) -> None:
+        if msg.subject.endswith(_NOT_FOR_STATUS):
+            # Model requests (the largest events) and tool results change no status field:
+            # counted, not decoded.
+            if self.counter is not None:
+                self.counter(msg.subject.rsplit(".", 1)[-1])
+            return
         event = bus.decode_task_event(msg.data, msg.subject)
         if event is None:
             return

@@ -212,27 +212,45 @@ class System:
 
 
 def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Every stored message matching ``subject_filter``, decoded from JSON, oldest first."""
+    """Every stored message matching ``subject_filter``, decoded from JSON, oldest first in each stream.
+
+    A filter over task events of every shard (``victoria.task.*.*.completed``) reads each shard's
+    stream in turn."""
     import asyncio
 
     import nats
 
+    from events import subjects
+
+    filters: list[tuple[str | None, str]] = [(None, subject_filter)]
+    parts = subject_filter.split(".")
+    if parts[:3] == ["victoria", "task", "*"]:
+        filters = [
+            (subjects.task_stream(shard), ".".join([*parts[:2], str(shard), *parts[3:]]))
+            for shard in range(subjects.TASK_SHARDS)
+        ]
+    elif subject_filter == "victoria.task.>":
+        filters = [(subjects.task_stream(n), subjects.shard_events(n)) for n in range(subjects.TASK_SHARDS)]
+
     async def read() -> list[dict[str, Any]]:
         nc = await nats.connect(nats_url)
+        out: list[dict[str, Any]] = []
         try:
             js = nc.jetstream()
-            sub = await js.subscribe(subject_filter, ordered_consumer=True)
-            out: list[dict[str, Any]] = []
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except TimeoutError:
-                    return out
-                data = json.loads(msg.data)
-                data["_subject"] = msg.subject
-                out.append(data)
-                if msg.metadata.num_pending == 0:
-                    return out
+            for stream, one_filter in filters:
+                sub = await js.subscribe(one_filter, stream=stream, ordered_consumer=True)
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=timeout)
+                    except TimeoutError:
+                        break
+                    data = json.loads(msg.data)
+                    data["_subject"] = msg.subject
+                    out.append(data)
+                    if msg.metadata.num_pending == 0:
+                        break
+                await sub.unsubscribe()
+            return out
         finally:
             await nc.close()
 

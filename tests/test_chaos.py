@@ -58,7 +58,7 @@ def test_random_kills_during_a_hundred_tasks_lose_none_and_finish_none_twice(
         assert statuses == Counter({"completed": TASKS}), (statuses, killed)
         url = (system.data_dir / "nats.url").read_text().strip()
         terminal = Counter(
-            e["task_id"] for e in stream_messages(url, "victoria.task.*.completed", timeout=10)
+            e["task_id"] for e in stream_messages(url, "victoria.task.*.*.completed", timeout=10)
         )
         assert set(terminal) == set(ids)
         assert max(terminal.values()) == 1, "a task completed twice"

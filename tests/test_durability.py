@@ -271,3 +271,24 @@ def test_the_postgres_probe_reports_a_reachable_database(
         assert "secret" not in entry["target"]
     finally:
         system.close()
+
+
+def test_a_veronica_that_dies_holding_a_request_costs_no_delegation_timeout(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
+    fake.delay = 0.0
+    system = make_system(tmp_path, fake, workspace, DELEGATE_VERONICA_TIMEOUT="60").start()
+    try:
+        pid = system.pid_of("veronica")
+        os.kill(pid, signal.SIGSTOP)  # she takes the request and never answers
+        task_id = system.submit("List the files in the project root.")
+        system.wait_for(lambda: system.status(task_id)["stage"] == "delegating", what="delegating")
+        time.sleep(0.3)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        final = system.wait_terminal(task_id, timeout=20)
+        assert final["status"] == "completed"
+        assert time.monotonic() - killed_at < 10  # not the 60 s delegation deadline
+    finally:
+        system.close()
+    fake.delay = 1.0

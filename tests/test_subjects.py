@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,17 +27,35 @@ INVALID_TOKENS = [
 ]
 
 
-def test_a_task_event_subject_has_prefix_family_id_and_kind() -> None:
-    assert subjects.task_event("t-1", "submitted") == "victoria.task.t-1.submitted"
-    assert subjects.task_event("abc_DEF-9", "completed") == "victoria.task.abc_DEF-9.completed"
+def test_a_task_event_subject_has_prefix_family_shard_id_and_kind() -> None:
+    shard = subjects.shard_of("t-1")
+    assert subjects.task_event("t-1", "submitted") == f"victoria.task.{shard}.t-1.submitted"
+    shard = subjects.shard_of("abc_DEF-9")
+    assert subjects.task_event("abc_DEF-9", "completed") == f"victoria.task.{shard}.abc_DEF-9.completed"
+
+
+def test_the_shard_is_a_stable_hash_of_the_task_id() -> None:
+    assert subjects.shard_of("t1") == zlib.crc32(b"t1") % subjects.TASK_SHARDS
+    ids = [f"task-{n}" for n in range(400)]
+    counts = {shard: sum(subjects.shard_of(i) == shard for i in ids) for shard in range(subjects.TASK_SHARDS)}
+    assert all(count > 50 for count in counts.values()), counts
+
+
+def test_each_shard_has_its_own_stream_and_filters() -> None:
+    assert tuple(f"VICTORIA_TASKS_{n}" for n in range(subjects.TASK_SHARDS)) == subjects.TASK_STREAMS
+    assert subjects.task_stream_of("t1") == f"VICTORIA_TASKS_{subjects.shard_of('t1')}"
+    assert subjects.shard_events(2) == "victoria.task.2.>"
+    assert subjects.shard_events_of_kind(3, "submitted") == "victoria.task.3.*.submitted"
+    with pytest.raises(ValueError):
+        subjects.task_stream(subjects.TASK_SHARDS)
 
 
 def test_task_events_filters_every_kind_of_one_task() -> None:
-    assert subjects.task_events("t1") == "victoria.task.t1.>"
+    assert subjects.task_events("t1") == f"victoria.task.{subjects.shard_of('t1')}.t1.>"
 
 
-def test_all_tasks_of_kind_uses_a_single_token_wildcard_for_the_id() -> None:
-    assert subjects.all_tasks_of_kind("cancel") == "victoria.task.*.cancel"
+def test_all_tasks_of_kind_uses_single_token_wildcards_for_shard_and_id() -> None:
+    assert subjects.all_tasks_of_kind("cancel") == "victoria.task.*.*.cancel"
 
 
 def test_service_event_subject_names_service_instance_and_kind() -> None:
@@ -75,7 +95,9 @@ def test_the_catch_all_filters_cover_each_family() -> None:
 
 def test_a_64_character_token_is_accepted() -> None:
     task_id = "a" * 64
-    assert subjects.task_event(task_id, "stage") == f"victoria.task.{task_id}.stage"
+    assert (
+        subjects.task_event(task_id, "stage") == f"victoria.task.{subjects.shard_of(task_id)}.{task_id}.stage"
+    )
 
 
 @pytest.mark.parametrize("bad", INVALID_TOKENS)
@@ -133,7 +155,9 @@ def test_task_id_of_reads_the_id_back_from_a_task_subject() -> None:
     "subject",
     [
         "victoria.task.t1",
-        "victoria.task.t1.submitted.extra",
+        "victoria.task.t1.submitted",
+        "victoria.task.0.t1.submitted.extra",
+        "victoria.task.0.t*.submitted",
         "other.task.t1.submitted",
         "victoria.svc.t1.submitted",
         "",
@@ -146,14 +170,14 @@ def test_task_id_of_rejects_a_subject_that_is_not_a_task_subject(subject: str) -
 
 @settings(max_examples=200)
 @given(st.text(max_size=80) | st.from_regex(r"[A-Za-z0-9_-]{1,64}\n?", fullmatch=True))
-def test_any_accepted_token_builds_a_four_token_subject_that_round_trips(task_id: str) -> None:
+def test_any_accepted_token_builds_a_five_token_subject_that_round_trips(task_id: str) -> None:
     if not subjects.is_token(task_id):
         with pytest.raises(ValueError):
             subjects.task_event(task_id, "submitted")
         return
     subject = subjects.task_event(task_id, "submitted")
     parts = subject.split(".")
-    assert len(parts) == 4
+    assert len(parts) == 5
     assert all(parts)
     assert not any(ch.isspace() for ch in subject)
     assert subjects.task_id_of(subject) == task_id

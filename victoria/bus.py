@@ -32,16 +32,19 @@ IDEMPOTENCY_TTL: Final = 7 * DAY  # how long POST /run remembers an Idempotency-
 def stream_configs() -> list[jsapi.StreamConfig]:
     """Every stream the system uses. Task and service events are on disk; heartbeats in memory."""
     return [
-        jsapi.StreamConfig(
-            name=subjects.TASK_STREAM,
-            subjects=[subjects.ALL_TASK_EVENTS],
-            storage=jsapi.StorageType.FILE,
-            retention=jsapi.RetentionPolicy.LIMITS,
-            max_age=30 * DAY,
-            max_bytes=8 * 1024**3,
-            discard=jsapi.DiscardPolicy.OLD,
-            duplicate_window=120.0,
-            allow_direct=True,
+        *(
+            jsapi.StreamConfig(
+                name=subjects.task_stream(shard),
+                subjects=[subjects.shard_events(shard)],
+                storage=jsapi.StorageType.FILE,
+                retention=jsapi.RetentionPolicy.LIMITS,
+                max_age=30 * DAY,
+                max_bytes=2 * 1024**3,
+                discard=jsapi.DiscardPolicy.OLD,
+                duplicate_window=120.0,
+                allow_direct=True,
+            )
+            for shard in range(subjects.TASK_SHARDS)
         ),
         jsapi.StreamConfig(
             name=subjects.SERVICE_STREAM,
@@ -206,13 +209,14 @@ async def read_task_events(js: JetStreamContext, task_id: str) -> list[tuple[int
         mem_storage=True,
         num_replicas=1,
     )
-    info = await js.add_consumer(subjects.TASK_STREAM, config=config)
+    stream = subjects.task_stream_of(task_id)
+    info = await js.add_consumer(stream, config=config)
     pending = info.num_pending or 0
     out: list[tuple[int, AnyTaskEvent]] = []
     try:
         if pending == 0:
             return out
-        sub = await js.pull_subscribe_bind(stream=subjects.TASK_STREAM, name=info.name)
+        sub = await js.pull_subscribe_bind(stream=stream, name=info.name)
         try:
             while len(out) < pending:
                 msgs = await sub.fetch(batch=min(256, pending - len(out)), timeout=REPLAY_FETCH_TIMEOUT)
@@ -226,7 +230,7 @@ async def read_task_events(js: JetStreamContext, task_id: str) -> list[tuple[int
             await sub.unsubscribe()
     finally:
         with contextlib.suppress(NotFoundError, TimeoutError, nats.errors.Error):
-            await js.delete_consumer(subjects.TASK_STREAM, info.name or "")
+            await js.delete_consumer(stream, info.name or "")
     return out
 
 
@@ -242,7 +246,9 @@ def decode_task_event(data: bytes, subject: str) -> AnyTaskEvent | None:
 async def last_task_event(js: JetStreamContext, task_id: str, kind: subjects.TaskKind) -> Any | None:
     """The newest event of one kind for a task, or None (one direct get, no consumer)."""
     try:
-        raw = await js.get_last_msg(subjects.TASK_STREAM, subjects.task_event(task_id, kind), direct=True)
+        raw = await js.get_last_msg(
+            subjects.task_stream_of(task_id), subjects.task_event(task_id, kind), direct=True
+        )
     except NotFoundError:
         return None
     if raw.data is None:

@@ -15,7 +15,8 @@ import time
 from collections import defaultdict
 from typing import ClassVar, Final
 
-import httpx
+import aiohttp
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_RETRY_MAX: Final = 1.0  # seconds between attempts to reach a model server that is down
 UNREACHABLE_GRACE: Final = 5.0  # seconds of refused connections before a call reports "unavailable"
+_json: Final = msgspec.json.Encoder()
+_JSON: Final = {"content-type": "application/json"}
 MAX_DELIVER: Final = 5  # deliveries of one request to runners (runner crashes) before giving up
 
 
@@ -44,39 +47,37 @@ class LLMRunner(Actor):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.http: httpx.AsyncClient | None = None
-        self.consumer: WorkConsumer | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.consumers: list[WorkConsumer] = []
         self._cancel_sub: Subscription | None = None
         self._calls: dict[str, set[asyncio.Task[LLMResult]]] = defaultdict(set)
         self.calls_made = 0
 
     async def on_start(self) -> None:
-        limits = httpx.Limits(
-            max_connections=self.config.llm_concurrency,
-            max_keepalive_connections=self.config.llm_concurrency,
+        # aiohttp rather than httpx here: this is the hot path, and httpx's connection pool cost
+        # several times the CPU per call (bench/README.md has the figures).
+        connector = aiohttp.TCPConnector(limit=self.config.llm_concurrency, limit_per_host=0)
+        self.http = aiohttp.ClientSession(
+            base_url=self.config.llm_url,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            read_bufsize=1 << 20,  # one NDJSON line may carry a whole answer
         )
-        self.http = httpx.AsyncClient(base_url=self.config.llm_url, limits=limits, timeout=None)
         self._cancel_sub = await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel)
-        self.consumer = await self.start_consumer(
-            WorkConsumer(
-                self.js,
-                stream=subjects.TASK_STREAM,
-                durable="llm-runner",
-                filter_subject=subjects.all_tasks_of_kind("llm_request"),
-                ack_wait=self.config.ack_wait,
-                concurrency=self.config.llm_concurrency,
-                handler=self._handle,
-                max_deliver=MAX_DELIVER + 1,
-            )
+        self.consumers = await self.consume_tasks(
+            durable="llm-runner",
+            kind="llm_request",
+            concurrency=self.config.llm_concurrency,
+            handler=self._handle,
+            max_deliver=MAX_DELIVER + 1,
         )
 
     async def on_stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await asyncio.gather(*(consumer.stop() for consumer in self.consumers))
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
 
     def in_flight(self) -> int:
         return sum(len(calls) for calls in self._calls.values())
@@ -230,25 +231,27 @@ class LLMRunner(Actor):
         first_try = time.monotonic()
         while True:
             try:
-                async with self.http.stream("POST", protocols.endpoint(api), json=body) as response:
+                async with self.http.post(
+                    protocols.endpoint(api), data=_json.encode(body), headers=_JSON
+                ) as response:
                     unreachable.clear()
-                    if response.status_code >= 400:
-                        text = (await response.aread())[:300].decode("utf-8", "replace")
+                    if response.status >= 400:
+                        text = (await response.content.read(300)).decode("utf-8", "replace")
                         raise LLMHTTPError(
-                            f"model server at {url} answered HTTP {response.status_code}: {text}",
+                            f"model server at {url} answered HTTP {response.status}: {text}",
                             url=url,
-                            status=response.status_code,
+                            status=response.status,
                         )
                     reader = protocols.StreamReader(api, model)
                     try:
-                        async for line in response.aiter_lines():
-                            piece = reader.feed(line)
+                        async for raw in response.content:
+                            piece = reader.feed(raw.decode("utf-8", "replace"))
                             if piece:
                                 await tokens.add(piece)
-                    except LLMProtocolError as exc:
+                    except (LLMProtocolError, ValueError) as exc:  # ValueError: a line over read_bufsize
                         raise LLMProtocolError(f"{url}: {exc}", url=url) from None
                     return reader.completion()
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if tokens.first_at is not None:
                     raise LLMProtocolError(f"{url}: the answer broke off: {exc}", url=url) from None
                 unreachable.append(f"{type(exc).__name__}: {exc or 'connection refused'}")

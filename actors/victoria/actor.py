@@ -56,12 +56,13 @@ class Victoria(Actor):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.consumer: WorkConsumer | None = None
+        self.consumers: list[WorkConsumer] = []
         self.running: dict[str, asyncio.Task[str]] = {}
         self.cancel_reasons: dict[str, str] = {}
         self.waiters: dict[tuple[str, str], asyncio.Future[LLMResult]] = {}
         self._subs: list[Subscription] = []
         self.veronica: dict[str, str | None] = {}
+        self.veronica_went_down = asyncio.Event()
         """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
 
     async def on_start(self) -> None:
@@ -70,21 +71,12 @@ class Victoria(Actor):
         )
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
         self._subs.append(await self.nc.subscribe(f"{subjects.PREFIX}.svc.veronica.>", cb=self._on_veronica))
-        self.consumer = await self.start_consumer(
-            WorkConsumer(
-                self.js,
-                stream=subjects.TASK_STREAM,
-                durable="victoria",
-                filter_subject=subjects.all_tasks_of_kind("submitted"),
-                ack_wait=self.config.ack_wait,
-                concurrency=self.config.concurrency,
-                handler=self._handle,
-            )
+        self.consumers = await self.consume_tasks(
+            durable="victoria", kind="submitted", concurrency=self.config.concurrency, handler=self._handle
         )
 
     async def on_stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await asyncio.gather(*(consumer.stop() for consumer in self.consumers))
         for sub in self._subs:
             await sub.unsubscribe()
 
@@ -118,6 +110,8 @@ class Victoria(Actor):
             return
         if isinstance(event, ServiceDown):
             self.veronica[event.instance] = event.reason
+            went_down, self.veronica_went_down = self.veronica_went_down, asyncio.Event()
+            went_down.set()  # wakes the requests that were out to her
         elif isinstance(event, ServiceUp | ServiceStarted):
             self.veronica[event.instance] = None
 
@@ -357,13 +351,8 @@ class _Context:
         if request.limit is not None:
             args["limit"] = request.limit
         started = time.monotonic()
-        down = self.actor.veronica_down()
         try:
-            if down is not None:
-                raise _VeronicaDown(down)
-            reply_msg = await self.actor.nc.request(
-                subjects.VERONICA_FILES, encode(request), timeout=timeout, headers=self._headers()
-            )
+            reply_msg = await self._ask_veronica(request, timeout)
             reply = files_reply_decoder.decode(reply_msg.data)
             result = ToolResult(
                 task_id=self.task.task_id,
@@ -393,6 +382,34 @@ class _Context:
         await bus.append(self.actor.js, result, "tool_result", key=f"tool:{call_id}", headers=self._headers())
         self.history.apply(result)
         return result
+
+    async def _ask_veronica(self, request: FilesRequest, timeout: float) -> Msg:
+        """Veronica's reply. Her file work is read-only, so when an instance of hers goes down while
+        a request is out, the request is sent again to those still up; with none up, it fails at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            down = self.actor.veronica_down()
+            if down is not None:
+                raise _VeronicaDown(down)
+            went_down = self.actor.veronica_went_down
+            ask = asyncio.ensure_future(
+                self.actor.nc.request(
+                    subjects.VERONICA_FILES,
+                    encode(request),
+                    timeout=max(0.001, deadline - loop.time()),
+                    headers=self._headers(),
+                )
+            )
+            watch = asyncio.ensure_future(went_down.wait())
+            try:
+                await asyncio.wait({ask, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watch.cancel()
+            if ask.done():
+                return ask.result()
+            ask.cancel()
+            log.info("task %s: a Veronica went down while she had its request", self.task.task_id)
 
     def _tool_error(self, call_id: str, tool: str, args: dict[str, object], error: str) -> ToolResult:
         return ToolResult(
