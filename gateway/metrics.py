@@ -41,7 +41,6 @@ TRACKED_TASKS: Final = 50_000  # tasks whose current stage start is remembered
 STAGE_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 MODEL_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 _services = msgspec.json.Decoder(ServicesReply)
-_TAGS: Final = {"llm_request": "llm_requested", "tool_result": "tool_result"}
 
 
 class Metrics:
@@ -109,10 +108,6 @@ class Metrics:
             registry=r,
         )
         self._stage: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
-
-    def count(self, kind: str) -> None:
-        """Count a live task event that was not decoded (only its subject's kind is known)."""
-        self.events.labels(_TAGS.get(kind, kind)).inc()
 
     def observe(self, event: AnyTaskEvent) -> None:
         """Count one live task event (called for every event the gateway's consumer sees)."""

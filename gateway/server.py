@@ -104,7 +104,7 @@ async def _connect(
         log_handler.attach(nc)
     await bus.ensure_streams(nc.jetstream())
     metrics = Metrics()
-    views = TaskViews(nc.jetstream(), observer=metrics.observe, counter=metrics.count)
+    views = TaskViews(nc.jetstream(), observer=metrics.observe)
     await views.start()
     state.backend = Backend(nc, views, config, metrics)
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)

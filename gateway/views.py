@@ -27,7 +27,16 @@ from victoria import bus
 log = logging.getLogger(__name__)
 
 MAX_CACHED: Final = 20_000  # task folds kept in memory (about 1-2 KB each)
-_NOT_FOR_STATUS: Final = (".llm_request", ".tool_result")
+STATUS_KINDS: Final[tuple[subjects.TaskKind, ...]] = (
+    "submitted",
+    "started",
+    "stage",
+    "llm_result",  # for /metrics
+    "cancel",
+    "completed",
+    "failed",
+    "cancelled",
+)
 
 
 class _Entry:
@@ -41,15 +50,9 @@ class _Entry:
 
 
 class TaskViews:
-    def __init__(
-        self,
-        js: JetStreamContext,
-        observer: Callable[[AnyTaskEvent], None] | None = None,
-        counter: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, js: JetStreamContext, observer: Callable[[AnyTaskEvent], None] | None = None) -> None:
         self.js = js
         self.observer = observer
-        self.counter = counter
         self.cache: OrderedDict[str, _Entry] = OrderedDict()
         self._subs: list[_JS.PushSubscription] = []
 
@@ -63,6 +66,10 @@ class TaskViews:
                     deliver_policy=jsapi.DeliverPolicy.NEW,
                     idle_heartbeat=2.0,
                     cb=self._on_event,
+                    # Model requests (the largest events) and tool results change no status field.
+                    config=jsapi.ConsumerConfig(
+                        filter_subjects=[subjects.shard_events_of_kind(shard, kind) for kind in STATUS_KINDS]
+                    ),
                 )
             )
 
@@ -81,12 +88,6 @@ class TaskViews:
                 del self.cache[task_id]
 
     async def _on_event(self, msg: Msg) -> None:
-        if msg.subject.endswith(_NOT_FOR_STATUS):
-            # Model requests (the largest events) and tool results change no status field:
-            # counted, not decoded.
-            if self.counter is not None:
-                self.counter(msg.subject.rsplit(".", 1)[-1])
-            return
         event = bus.decode_task_event(msg.data, msg.subject)
         if event is None:
             return

@@ -79,7 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _skip_websocket_support(args: argparse.Namespace, config: Config) -> None:
+    """nats-py imports aiohttp only for its WebSocket transport, at ~10 MB per process. Processes
+    that reach NATS over TCP and make no HTTP calls with aiohttp (all but the LLM runner) skip it."""
+    if args.command == "actor" and args.name == "llm-runner":
+        return
+    url = getattr(args, "nats_url", None) or config.nats_url or ""
+    if url.startswith(("ws://", "wss://")) or "aiohttp" in sys.modules:
+        return
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import aiohttp now raises ImportError
+
+
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command in ("up", "gateway", "actor", "watch"):
+        _skip_websocket_support(args, config)
     from victoria import logs, runtime
 
     command = args.command

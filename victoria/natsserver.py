@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -19,6 +20,7 @@ from victoria.errors import EmbeddedServerError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_GOMEMLIMIT: Final = "96MiB"  # a soft limit: the server goes past it when it must
 START_TIMEOUT: Final = 10.0  # seconds until the server has written its ports file
 STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL
 _EXE: Final = "nats-server.exe" if os.name == "nt" else "nats-server"
@@ -62,6 +64,14 @@ def config_path() -> Path:
     if not path.is_file():
         raise EmbeddedServerError(f"packaged nats.conf missing at {path}")
     return path
+
+
+def server_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment: Go's soft memory limit set unless the user set one. JetStream
+    caches what it writes; with the limit the Go runtime returns that memory sooner."""
+    env = dict(environ)
+    env.setdefault("GOMEMLIMIT", DEFAULT_GOMEMLIMIT)
+    return env
 
 
 def binary_version(binary: Path) -> str:
@@ -139,6 +149,7 @@ class EmbeddedNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env=server_env(os.environ),
         )
         ports = self.ports_dir / f"{Path(self.binary).name}_{self.process.pid}.ports"
         loop = asyncio.get_running_loop()

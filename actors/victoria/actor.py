@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import ClassVar, Final
 
@@ -34,6 +35,7 @@ from events.contracts import (
     ServiceStarted,
     ServiceUp,
     TaskCancelled,
+    TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
     TaskStage,
@@ -48,6 +50,7 @@ from victoria.errors import TaskAborted
 
 log = logging.getLogger(__name__)
 
+RECENT_CANCELS: Final = 10_000  # cancelled task ids remembered for their first delivery
 RESULT_RECHECK: Final = 10.0  # seconds between looks in the stream for a model result we may have missed
 
 
@@ -63,6 +66,8 @@ class Victoria(Actor):
         self._subs: list[Subscription] = []
         self.veronica: dict[str, str | None] = {}
         self.veronica_went_down = asyncio.Event()
+        self.recent_cancels: OrderedDict[str, str] = OrderedDict()
+        """Tasks cancelled lately, as the live subscription saw them: task id -> reason."""
         """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
 
     async def on_start(self) -> None:
@@ -96,10 +101,14 @@ class Victoria(Actor):
             task_id = subjects.task_id_of(msg.subject)
         except ValueError:
             return
+        event = bus.decode_task_event(msg.data, msg.subject)
+        reason = getattr(event, "reason", None) or "cancelled by request"
+        self.recent_cancels[task_id] = reason
+        while len(self.recent_cancels) > RECENT_CANCELS:
+            self.recent_cancels.popitem(last=False)
         running = self.running.get(task_id)
         if running is not None and not running.done():
-            event = bus.decode_task_event(msg.data, msg.subject)
-            self.cancel_reasons[task_id] = getattr(event, "reason", None) or "cancelled by request"
+            self.cancel_reasons[task_id] = reason
             log.info("task %s cancel requested", task_id)
             running.cancel()
 
@@ -178,7 +187,12 @@ class Victoria(Actor):
             "started",
             key=f"started:{attempt}",
         )
-        log.info("task %s attempt %d started", task.task_id, attempt)
+        log.log(
+            logging.INFO if attempt > 1 else logging.DEBUG,
+            "task %s attempt %d started",
+            task.task_id,
+            attempt,
+        )
         ctx = _Context(self, task, history, span)
         run = asyncio.create_task(workflow.run(ctx), name=f"task-{task.task_id}")
         self.running[task.task_id] = run
@@ -216,11 +230,13 @@ class Victoria(Actor):
     async def _history(self, task: TaskSubmitted, attempt: int) -> TaskHistory:
         if attempt == 1:
             # First delivery: nothing but the submission and perhaps a cancel can be stored yet.
+            # A cancel of a queued task reached this instance's subscription (and the gateway
+            # already ended the task); missed ones only cost work, never a second terminal event.
             history = TaskHistory(task.task_id)
             history.apply(task)
-            cancel = await bus.last_task_event(self.js, task.task_id, "cancel")
-            if cancel is not None:
-                history.apply(cancel)
+            reason = self.recent_cancels.get(task.task_id)
+            if reason is not None:
+                history.apply(TaskCancelRequested(task_id=task.task_id, reason=reason))
             return history
         history = TaskHistory(task.task_id)
         for seq, event in await bus.read_task_events(self.js, task.task_id):
