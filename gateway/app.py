@@ -298,7 +298,7 @@ async def wait_terminal(views: TaskViews, task_id: str, wait: float) -> TaskHist
         remaining = deadline - loop.time()
         if history is None or history.terminal or remaining <= 0:
             return history
-        await views.wait_change(task_id, min(remaining, 5.0))
+        await views.wait_terminal(task_id, min(remaining, 5.0))
 
 
 async def sse_stream(js: JetStreamContext, nc: NATS, task_id: str) -> AsyncIterator[bytes]:

@@ -108,7 +108,7 @@ class TaskViews:
         self._apply(entry, seq, event)
 
     def _apply(self, entry: _Entry, seq: int, event: AnyTaskEvent) -> None:
-        if entry.history.apply(event, seq) and entry.waiters:
+        if entry.history.apply(event, seq) and entry.waiters and entry.history.terminal:
             waiters, entry.waiters = entry.waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -155,8 +155,8 @@ class TaskViews:
             return None
         return entry.history
 
-    async def wait_change(self, task_id: str, timeout: float) -> None:
-        """Wait until a new event of a cached task is applied, or ``timeout`` seconds."""
+    async def wait_terminal(self, task_id: str, timeout: float) -> None:
+        """Wait until a cached task's terminal event is applied, or ``timeout`` seconds."""
         entry = self.cache.get(task_id)
         if entry is None or timeout <= 0:
             return
