@@ -1,0 +1,289 @@
+"""A lean fake model server for the benchmark, run as its own process.
+
+It speaks Ollama's ``/api/chat`` (one JSON answer, or NDJSON lines when the body asks for
+``"stream": true``) and OpenAI's ``/v1/chat/completions`` (JSON, or server-sent events when
+streaming), over HTTP/1.1 keep-alive on raw asyncio sockets, so it costs little CPU next to what it
+serves. Answers mirror ``tests/fakellm.py`` (normal mode): an agent task makes exactly three calls
+(understand, plan, step 1 that finishes).
+
+Control and counting, across every process that calls it:
+
+- ``GET /stats``: ``calls``, ``repeated`` (calls whose message list was seen before), ``in_flight``,
+  ``max_in_flight``, ``aborted`` (clients gone before the answer), ``streamed`` (calls that asked
+  for a stream), ``by_path``, ``delay``.
+- ``POST /reset``: zero the counters. ``POST /config`` with ``{"delay": seconds}``: answer delay.
+
+Run alone: ``python -m bench.fakemodel --port 11434 [--delay 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import urllib.request
+from collections import Counter
+from typing import Any, Final
+
+import msgspec
+
+from bench.loadgen import run_fast
+
+MAX_HEAD: Final = 64 * 1024  # bytes of request line and headers
+MAX_BODY: Final = 16 * 1024 * 1024  # bytes of request body
+
+_decode = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder()
+
+REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
+
+
+def answer(messages: list[dict[str, Any]]) -> str:
+    """The reply to a chat, as ``tests/fakellm.FakeLLM.answer`` makes it in its normal mode."""
+    system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
+    user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+    goal = str(user).removeprefix("Goal: ").split("\n")[0][:80]
+    if "JSON object" not in system:
+        if "plan" in str(system).lower():
+            return "1. Look at the goal.\n2. Answer it."
+        return f"The user wants: {goal}"
+    return json.dumps({"tool": "finish", "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
+
+
+class FakeModel:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+        self.by_path: Counter[str] = Counter()
+        self.seen: set[bytes] = set()
+        self.repeated = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.aborted = 0
+        self.streamed = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "repeated": self.repeated,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "aborted": self.aborted,
+            "streamed": self.streamed,
+            "by_path": dict(self.by_path),
+            "delay": self.delay,
+        }
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.by_path.clear()
+        self.seen.clear()
+        self.repeated = 0
+        self.max_in_flight = self.in_flight
+        self.aborted = 0
+        self.streamed = 0
+
+    def count(self, path: str, messages: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        self.by_path[path] += 1
+        key = hashlib.blake2b(_encode.encode(messages), digest_size=16).digest()
+        if key in self.seen:
+            self.repeated += 1
+        else:
+            self.seen.add(key)
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                request_line, _, header_block = head.decode("latin-1").partition("\r\n")
+                parts = request_line.split(" ")
+                if len(parts) != 3:
+                    return
+                method, path, _version = parts
+                headers = {}
+                for line in header_block.split("\r\n"):
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                if length > MAX_BODY:
+                    await self._send(writer, 413, {"error": "body too large"})
+                    return
+                body = await reader.readexactly(length) if length else b""
+                keep_going = await self.route(writer, method, path.split("?", 1)[0], body)
+                if not keep_going or headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def route(self, writer: asyncio.StreamWriter, method: str, path: str, body: bytes) -> bool:
+        if method == "GET" and path in ("/api/tags", "/v1/models", "/"):
+            await self._send(writer, 200, {"models": [{"name": "fake"}], "data": [{"id": "fake"}]})
+            return True
+        if method == "GET" and path == "/stats":
+            await self._send(writer, 200, self.stats())
+            return True
+        if method == "POST" and path == "/reset":
+            self.reset()
+            await self._send(writer, 200, self.stats())
+            return True
+        if method == "POST" and path == "/config":
+            try:
+                self.delay = float(_decode.decode(body or b"{}").get("delay", self.delay))
+            except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+                await self._send(writer, 400, {"error": 'expected {"delay": seconds}'})
+                return True
+            await self._send(writer, 200, self.stats())
+            return True
+        if method == "POST" and path in ("/api/chat", "/v1/chat/completions"):
+            return await self.chat(writer, path, body)
+        await self._send(writer, 404, {"error": "not found"})
+        return True
+
+    async def chat(self, writer: asyncio.StreamWriter, path: str, body: bytes) -> bool:
+        try:
+            request = _decode.decode(body or b"{}")
+            messages = list(request.get("messages") or [])
+        except (msgspec.DecodeError, AttributeError, TypeError):
+            await self._send(writer, 400, {"error": "bad JSON"})
+            return True
+        self.count(path, messages)
+        content = answer(messages)
+        model = str(request.get("model") or "fake")
+        stream = bool(request.get("stream"))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if stream:
+                self.streamed += 1
+                await self._stream(writer, path, model, content)
+            else:
+                if self.delay > 0:
+                    await asyncio.sleep(self.delay)
+                await self._send(writer, 200, self._whole(path, model, content))
+            return True
+        except ConnectionError:
+            self.aborted += 1
+            return False
+        finally:
+            self.in_flight -= 1
+
+    @staticmethod
+    def _whole(path: str, model: str, content: str) -> dict[str, Any]:
+        if path == "/api/chat":
+            return {
+                "model": model,
+                "message": {"role": "assistant", "content": content},
+                "done": True,
+                "prompt_eval_count": 10,
+                "eval_count": 5,
+            }
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        }
+
+    async def _stream(self, writer: asyncio.StreamWriter, path: str, model: str, content: str) -> None:
+        """Chunked NDJSON (Ollama) or server-sent events (OpenAI), the delay spread over the pieces."""
+        step = max(1, len(content) // 4 + 1)
+        pieces = [content[i : i + step] for i in range(0, len(content), step)] or [""]
+        ollama = path == "/api/chat"
+        media = "application/x-ndjson" if ollama else "text/event-stream"
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {media}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        lines: list[bytes] = []
+        for piece in pieces:
+            if ollama:
+                lines.append(
+                    _encode.encode(
+                        {"model": model, "message": {"role": "assistant", "content": piece}, "done": False}
+                    )
+                    + b"\n"
+                )
+            else:
+                chunk = {
+                    "id": "chatcmpl-fake",
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": piece}}],
+                }
+                lines.append(b"data: " + _encode.encode(chunk) + b"\n\n")
+        if ollama:
+            final = {"model": model, "done": True, "prompt_eval_count": 10, "eval_count": 5}
+            lines.append(_encode.encode(final) + b"\n")
+        else:
+            usage = {
+                "id": "chatcmpl-fake",
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            }
+            lines.append(b"data: " + _encode.encode(usage) + b"\n\n")
+            lines.append(b"data: [DONE]\n\n")
+        pause = self.delay / len(pieces) if self.delay > 0 else 0.0
+        for i, line in enumerate(lines):
+            if pause and i < len(pieces):
+                await asyncio.sleep(pause)
+            writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
+        data = _encode.encode(body)
+        writer.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, REASONS.get(status, "OK").encode(), len(data), data)
+        )
+        await writer.drain()
+
+
+async def serve(host: str, port: int, delay: float) -> None:
+    fake = FakeModel(delay)
+    server = await asyncio.start_server(fake.serve_connection, host, port, limit=MAX_HEAD, backlog=2048)
+    print(f"fake model server on http://{host}:{port} (delay {delay:g}s)", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+# --- control, from the benchmark ------------------------------------------------------------------
+def control(url: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """GET (no body) or POST (body) one of the control endpoints; the answer as a dict."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        result: dict[str, Any] = json.loads(response.read())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        run_fast(serve(args.host, args.port, args.delay))
+
+
+if __name__ == "__main__":
+    main()

