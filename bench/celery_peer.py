@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import httpx
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 from bench.baseline import SYSTEM, chat_body, stream_piece
 from bench.loadgen import LoopResult

@@ -843,7 +843,7 @@ def markdown(results: dict[str, Any]) -> str:
 # --- main ----------------------------------------------------------------------------------------
 def celery_available() -> bool:
     try:
-        import celery  # type: ignore[import-untyped]  # noqa: F401
+        import celery  # noqa: F401
         import redis
     except ImportError:
         return False
