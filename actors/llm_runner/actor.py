@@ -141,11 +141,14 @@ class LLMRunner(Actor):
         await msg.ack()
 
     async def _already_answered(self, event: LLMRequested) -> bool:
+        """On a redelivery: is the answer stored, or the task over? (Stream reads; rare.)"""
         last = await bus.last_task_event(self.js, event.task_id, "llm_result")
         if isinstance(last, LLMResult) and last.request_id == event.request_id:
             return True
-        done = await bus.last_task_event(self.js, event.task_id, "completed")
-        return done is not None
+        for kind in ("completed", "failed", "cancelled"):  # nobody waits for the answer any more
+            if await bus.last_task_event(self.js, event.task_id, kind) is not None:
+                return True
+        return False
 
     async def call(self, event: LLMRequested, parent: Context | None = None) -> LLMResult:
         """One model call with a deadline, streamed; its tokens go out as they arrive."""
