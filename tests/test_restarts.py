@@ -113,3 +113,30 @@ def test_a_second_victoria_up_on_the_same_data_dir_is_refused(system: System) ->
     assert out.returncode == 1
     assert "another `victoria up`" in out.stderr
     assert system.http.get("/ready").status_code == 200  # the first one is untouched
+
+
+def test_victoria_up_on_a_taken_port_stops_at_once_and_says_why(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "victoria",
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,7 @@ class Supervisor:
         started = time.monotonic()
         try:
             self._lock_data_dir()
+            self._check_port()
             await self._start_broker()
             self._start_children()
             if await self._wait_ready(stop):
@@ -106,6 +108,18 @@ class Supervisor:
             return 1
         finally:
             await self._shutdown()
+
+    def _check_port(self) -> None:
+        """Fail at once, and say why, when the gateway's port is taken (rather than crash-looping)."""
+        with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                raise VictoriaError(
+                    f"cannot listen on {self.host}:{self.port} ({exc.strerror}); is another victoria "
+                    "running? pass --port"
+                ) from None
 
     def _lock_data_dir(self) -> None:
         """One ``victoria up`` per data dir: a second one would fight the first over the store."""
