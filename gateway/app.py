@@ -37,6 +37,7 @@ from gateway.idempotency import IdempotencyStore
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.requests import (
+    MAX_BODY,
     BadRequest,
     clean_header,
     parse_bool,
@@ -149,7 +150,7 @@ def create_app(state: GatewayState) -> Starlette:
         async_mode = parse_bool("async_mode", request.query_params.get("async_mode"))
         wait = parse_wait(request.query_params.get("wait"))
         idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
-        body = parse_run_request(await request.body())
+        body = parse_run_request(await read_body(request))
         task_id = uuid.uuid4().hex
         span.set_attribute("victoria.task_id", task_id)
         first = True
@@ -265,6 +266,21 @@ def create_app(state: GatewayState) -> Starlette:
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, read no further than one byte past ``MAX_BODY`` (a bigger one is refused)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+    return b"".join(chunks)
 
 
 def not_found(task_id: str) -> Response:

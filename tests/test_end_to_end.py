@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -323,3 +324,19 @@ def test_cancel_aborts_the_model_call_in_flight(system: System, fake_llm: FakeLL
         system.wait_for(lambda: fake_llm.aborted > aborted, timeout=3, what="the model server saw the abort")
     finally:
         fake_llm.chunk_delay = 0.0
+
+
+def test_a_body_over_a_megabyte_is_refused_without_being_read_whole(system: System) -> None:
+    big = b'{"goal": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    response = system.http.post("/run", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"goal": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}'
+
+    streamed = system.http.post("/run", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
