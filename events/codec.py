@@ -17,6 +17,3 @@ files_reply_decoder: Final = msgspec.json.Decoder(FilesReply)
 
 def encode(message: Message | msgspec.Struct | dict[str, Any]) -> bytes:
     return _encoder.encode(message)
-
-
-DecodeError = msgspec.DecodeError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -160,10 +159,6 @@ def _actor_factory(name: str):  # type: ignore[no-untyped-def]
     from actors.llm_runner.actor import LLMRunner
 
     return LLMRunner
-
-
-def dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -98,8 +97,3 @@ async def serve_actor(
         except Exception:  # closing anyway
             await nc.close()
         await asyncio.to_thread(tracing.shutdown)
-
-
-def exit_with(code: int) -> None:
-    sys.stdout.flush()
-    sys.exit(code)

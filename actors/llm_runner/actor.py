@@ -51,7 +51,6 @@ class LLMRunner(Actor):
         self.consumers: list[WorkConsumer] = []
         self._cancel_sub: Subscription | None = None
         self._calls: dict[str, set[asyncio.Task[LLMResult]]] = defaultdict(set)
-        self.calls_made = 0
 
     async def on_start(self) -> None:
         # aiohttp rather than httpx here: this is the hot path, and httpx's connection pool cost
@@ -191,7 +190,6 @@ class LLMRunner(Actor):
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 return self._failed(base, exc, started)
             await tokens.close()
-            self.calls_made += 1
             duration = time.monotonic() - started
             span.set_attribute("gen_ai.response.model", completion.model)
             if completion.prompt_tokens is not None:

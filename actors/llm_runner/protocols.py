@@ -44,37 +44,6 @@ def request_body(
 _json = msgspec.json.Decoder()
 
 
-def parse_response(api: Api, raw: bytes, model: str) -> Completion:
-    try:
-        data = _json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise LLMProtocolError(f"model server answered with non-JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise LLMProtocolError("model server answered with a JSON value that is not an object")
-    try:
-        if api == "ollama":
-            message = data.get("message") or {}
-            content = message.get("content") or ""
-            return Completion(
-                content=str(content),
-                model=str(data.get("model") or model),
-                prompt_tokens=_int(data.get("prompt_eval_count")),
-                completion_tokens=_int(data.get("eval_count")),
-            )
-        choices = data.get("choices") or []
-        first = choices[0] if choices else {}
-        content = ((first.get("message") or {}).get("content")) or first.get("text") or ""
-        usage = data.get("usage") or {}
-        return Completion(
-            content=str(content),
-            model=str(data.get("model") or model),
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-        )
-    except (AttributeError, TypeError, IndexError) as exc:
-        raise LLMProtocolError(f"model server answer is not in the {api} shape: {exc}") from None
-
-
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
