@@ -83,6 +83,14 @@ class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
     model: str | None = None
     timeout_s: float = 300.0
     json_mode: bool = False
+    stage: str | None = None
+    """Set when this request is the first stored event of a stage: it records the stage entered
+    (with ``step``), and no ``task_stage`` event is stored for it. One fsynced append, not two."""
+    step: int | None = None
+    attempt: int | None = None
+    """Set when this request is the first stored event of the task's first attempt: it records the
+    start of that attempt on ``instance``, and no ``task_started`` event is stored for it."""
+    instance: str = ""
 
 
 LLMErrorKind = Literal["unavailable", "timeout", "http_status", "protocol", "cancelled"]

@@ -122,7 +122,15 @@ class TaskHistory:
                 self.stages_seen.add(key or stage_key(stage, step))
                 if self.status == "queued":
                     self.status = "running"
-            case LLMRequested():
+            case LLMRequested(stage=stage, step=step, attempt=attempt):
+                if attempt is not None:
+                    self.attempts = max(self.attempts, attempt)
+                if stage is not None:
+                    self.stage = stage
+                    self.step = step
+                    self.stages_seen.add(stage_key(stage, step))
+                if self.status == "queued":
+                    self.status = "running"
                 if self.memo:
                     self.llm_requests[event.request_id] = event
             case LLMResult():

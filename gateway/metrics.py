@@ -23,6 +23,7 @@ from events import subjects
 from events.codec import encode
 from events.contracts import (
     AnyTaskEvent,
+    LLMRequested,
     LLMResult,
     ServicesReply,
     ServicesRequest,
@@ -122,6 +123,12 @@ class Metrics:
                 self._enter(event.task_id, "started", event.ts)
             case TaskStage():
                 self._enter(event.task_id, event.stage, event.ts)
+            case LLMRequested(attempt=attempt, stage=stage):  # may carry a start and a stage
+                if attempt is not None:
+                    self.attempts.inc()
+                    self._enter(event.task_id, "started", event.ts)
+                if stage is not None:
+                    self._enter(event.task_id, stage, event.ts)
             case LLMResult():
                 model = event.model or "unknown"
                 self.model_seconds.labels(model, "ok" if event.ok else event.error_kind or "error").observe(

@@ -31,6 +31,7 @@ STATUS_KINDS: Final[tuple[subjects.TaskKind, ...]] = (
     "submitted",
     "started",
     "stage",
+    "llm_request",  # the first request of a stage (or of attempt 1) records its start
     "llm_result",  # for /metrics
     "cancel",
     "completed",
@@ -66,7 +67,7 @@ class TaskViews:
                     deliver_policy=jsapi.DeliverPolicy.NEW,
                     idle_heartbeat=2.0,
                     cb=self._on_event,
-                    # Model requests (the largest events) and tool results change no status field.
+                    # Tool results change no status field.
                     config=jsapi.ConsumerConfig(
                         filter_subjects=[subjects.shard_events_of_kind(shard, kind) for kind in STATUS_KINDS]
                     ),

@@ -5,9 +5,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.fakellm import FakeLLM
 from tests.system import NatsServer, System
+
+# Property tests check what is generated, not how fast: this machine is shared and its speed moves
+# by a factor of three from one hour to the next, so no deadline and no "too slow" health check.
+settings.register_profile("victoria", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("victoria")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System
+from tests.system import System, stream_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -165,10 +165,51 @@ def test_the_event_stream_replays_a_task_and_ends_with_its_terminal_event(system
     task_id = system.submit("Explain JetStream in one line")
     with system.http.stream("GET", f"/run/{task_id}/events") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        types = [json.loads(line[6:])["type"] for line in response.iter_lines() if line.startswith("data: ")]
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    types = [event["type"] for event in events]
     assert types[0] == "task_submitted"
-    assert "task_stage" in types
+    # Each stage of the agent run opens with its model request, which records it.
+    stages = [event["stage"] for event in events if event["type"] == "llm_requested"]
+    assert stages[:2] == ["understanding", "planning"]
     assert types[-1] == "task_completed"
+
+
+def test_an_agent_task_stores_eight_events_its_start_and_stages_carried_by_its_model_requests(
+    system: System,
+) -> None:
+    response = system.http.post("/run", json={"goal": "Write a haiku about NATS", "task_type": "agent"})
+    task_id = response.json()["task_id"]
+    nats_url = (system.data_dir / "nats.url").read_text().strip()
+    events = stream_messages(nats_url, f"victoria.task.*.{task_id}.>")
+    assert [e["type"] for e in events] == [
+        "task_submitted",
+        *["llm_requested", "llm_result"] * 3,
+        "task_completed",
+    ]
+    requests = [e for e in events if e["type"] == "llm_requested"]
+    assert [(r["stage"], r["step"], r["attempt"]) for r in requests] == [
+        ("understanding", None, 1),
+        ("planning", None, None),
+        ("step", 1, None),
+    ]
+    assert requests[0]["instance"]
+    status = system.status(task_id)
+    assert (status["status"], status["attempts"]) == ("completed", 1)
+
+
+def test_a_delegated_task_stores_its_start_and_stage_as_events_of_their_own(system: System) -> None:
+    response = system.http.post("/run", json={"goal": "List the files in the project root"})
+    task_id = response.json()["task_id"]
+    nats_url = (system.data_dir / "nats.url").read_text().strip()
+    events = stream_messages(nats_url, f"victoria.task.*.{task_id}.>")
+    assert [e["type"] for e in events] == [
+        "task_submitted",
+        "task_started",
+        "task_stage",
+        "tool_result",
+        "task_completed",
+    ]
+    assert (events[1]["attempt"], events[2]["stage"]) == (1, "delegating")
 
 
 def test_the_cli_runs_a_goal_and_prints_stages_and_the_result(system: System) -> None:

@@ -40,6 +40,37 @@ def test_a_task_with_no_events_is_queued_and_empty() -> None:
     assert not h.terminal
 
 
+def test_a_model_request_that_opens_attempt_one_and_a_stage_makes_the_task_running_in_that_stage() -> None:
+    request = LLMRequested(
+        task_id="t1",
+        request_id="step-2",
+        purpose="step",
+        messages=[],
+        stage="step",
+        step=2,
+        attempt=1,
+        instance="i1",
+        ts=at(1),
+    )
+    h = fold("t1", [submitted(), request])
+    view = h.view()
+    assert (view.status, view.stage, view.step, view.attempts) == ("running", "step", 2, 1)
+    assert "step:2" in h.stages_seen
+    assert "step-2" in h.llm_requests
+
+
+def test_a_model_request_that_carries_no_marker_leaves_the_stage_as_it_was() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskStage(task_id="t1", stage="waiting_for_model", ts=at(1)),
+            LLMRequested(task_id="t1", request_id="plan.retry1", purpose="plan", messages=[], ts=at(2)),
+        ],
+    )
+    assert (h.status, h.stage, h.attempts) == ("running", "waiting_for_model", 0)
+
+
 def test_a_submitted_task_is_queued() -> None:
     h = fold("t1", [submitted()])
     assert h.status == "queued"

@@ -94,35 +94,47 @@ def _follow(http: httpx.Client, base: str, task_id: str, started: float, *, quie
                 sys.stdout.write("\n")
                 in_tokens = False
             if not quiet:
-                text = describe(event)
-                if text:
+                for text in describe(event):
                     _print(f"{time.monotonic() - started:7.1f}s  {text}")
             if event.get("type") in ("task_completed", "task_failed", "task_cancelled"):
                 return
 
 
-def describe(event: dict[str, Any]) -> str | None:
+def describe(event: dict[str, Any]) -> list[str]:
+    """The lines ``victoria run`` and ``watch`` print for one event (none for most model requests)."""
     kind = event.get("type")
     if kind == "task_submitted":
-        return "queued"
+        return ["queued"]
     if kind == "task_started":
-        return f"running (attempt {event.get('attempt')}, {event.get('instance')})"
+        return [_started(event)]
     if kind == "task_stage":
-        step = event.get("step")
-        stage = f"step {step}" if step is not None else str(event.get("stage"))
-        detail = event.get("detail")
-        return f"{stage}" + (f": {detail}" if detail else "")
+        return [_stage(event)]
+    if kind == "llm_requested":  # the first request of a stage, or of attempt 1, records its start
+        lines = [_started(event)] if event.get("attempt") is not None else []
+        return lines + ([_stage(event)] if event.get("stage") is not None else [])
     if kind == "llm_result":
         if event.get("ok"):
-            return f"  model answered in {event.get('duration_s', 0):.2f}s ({event.get('model')})"
-        return f"  model call failed: {event.get('error')}"
+            return [f"  model answered in {event.get('duration_s', 0):.2f}s ({event.get('model')})"]
+        return [f"  model call failed: {event.get('error')}"]
     if kind == "tool_result":
-        return f"  {event.get('tool')} {event.get('args', {}).get('path', '')}: {'ok' if event.get('ok') else event.get('error')}"
+        path = event.get("args", {}).get("path", "")
+        return [f"  {event.get('tool')} {path}: {'ok' if event.get('ok') else event.get('error')}"]
     if kind == "task_cancel_requested":
-        return "cancel requested"
+        return ["cancel requested"]
     if kind in ("task_completed", "task_failed", "task_cancelled"):
-        return str(kind).removeprefix("task_")
-    return None
+        return [str(kind).removeprefix("task_")]
+    return []
+
+
+def _started(event: dict[str, Any]) -> str:
+    return f"running (attempt {event.get('attempt')}, {event.get('instance')})"
+
+
+def _stage(event: dict[str, Any]) -> str:
+    step = event.get("step")
+    stage = f"step {step}" if step is not None else str(event.get("stage"))
+    detail = event.get("detail")
+    return f"{stage}" + (f": {detail}" if detail else "")
 
 
 def status(base: str, task_id: str) -> int:

@@ -181,19 +181,15 @@ class Victoria(Actor):
             await self._finish(self._deadline_failure(task, attempt))
             await msg.ack()
             return "deadline"
-        await bus.append(
-            self.js,
-            TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance),
-            "started",
-            key=f"started:{attempt}",
-        )
-        log.log(
-            logging.INFO if attempt > 1 else logging.DEBUG,
-            "task %s attempt %d started",
-            task.task_id,
-            attempt,
-        )
         ctx = _Context(self, task, history, span)
+        started = TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance)
+        if attempt == 1:
+            ctx.pending_start = started  # stored with the attempt's first event (see _Context)
+            log.debug("task %s attempt 1 started", task.task_id)
+        else:
+            # A retry is what an operator looks for: recorded at once.
+            await bus.append(self.js, started, "started", key=f"started:{attempt}")
+            log.info("task %s attempt %d started", task.task_id, attempt)
         run = asyncio.create_task(workflow.run(ctx), name=f"task-{task.task_id}")
         self.running[task.task_id] = run
         terminal: TaskCompleted | TaskFailed | TaskCancelled
@@ -272,7 +268,15 @@ class _VeronicaDown(Exception):
 
 
 class _Context:
-    """The workflow's view of the world, backed by the task's history and the bus."""
+    """The workflow's view of the world, backed by the task's history and the bus.
+
+    Markers (the start of attempt 1, a stage entered) are not stored on their own when a model
+    request follows them: the request carries them (``LLMRequested.attempt``, ``.stage``), which
+    saves an fsynced append each. Before anything else that is stored or waited for (a file
+    request, a pause) the pending markers are stored as ``task_started`` and ``task_stage``
+    events, in order. A marker lost in a crash was never acted on, and the next attempt records its
+    own.
+    """
 
     def __init__(self, actor: Victoria, task: TaskSubmitted, history: TaskHistory, span: Span) -> None:
         self.actor = actor
@@ -282,11 +286,14 @@ class _Context:
         self._stage_span: Span | None = None
         self.delegate_timeout = actor.config.delegate_timeout
         self.last_model_error: str | None = None
+        self.pending_start: TaskStarted | None = None
+        self.pending_stage: TaskStage | None = None
 
     async def stage(
         self, stage: str, *, step: int | None = None, detail: str = "", key: str | None = None
     ) -> None:
-        key = key or stage_key(stage, step)
+        default_key = stage_key(stage, step)
+        key = key or default_key
         self.end_stage()
         name = f"step {step}" if step is not None else stage
         self._stage_span = tracing.tracer().start_span(
@@ -298,8 +305,23 @@ class _Context:
             self._stage_span.set_attribute("victoria.replayed", True)
             return
         event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail, key=key)
-        await bus.append(self.actor.js, event, "stage", key=f"stage:{key}", headers=self._headers())
         self.history.apply(event)
+        if self.pending_stage is not None:  # a stage that no model request carried
+            await self.flush_markers()
+        if not detail and key == default_key:
+            self.pending_stage = event  # the model request that follows carries it
+            return
+        await self.flush_markers()
+        await bus.append(self.actor.js, event, "stage", key=f"stage:{key}", headers=self._headers())
+
+    async def flush_markers(self) -> None:
+        """Store the markers no model request has carried, oldest first."""
+        start, self.pending_start = self.pending_start, None
+        if start is not None:
+            await bus.append(self.actor.js, start, "started", key=f"started:{start.attempt}")
+        stage, self.pending_stage = self.pending_stage, None
+        if stage is not None:
+            await bus.append(self.actor.js, stage, "stage", key=f"stage:{stage.key}", headers=self._headers())
 
     def end_stage(self) -> None:
         if self._stage_span is not None:
@@ -311,6 +333,7 @@ class _Context:
 
     async def pause(self, seconds: float, *, before: str) -> None:
         if before not in self.history.llm_requests:
+            await self.flush_markers()
             await asyncio.sleep(seconds)
 
     async def llm(
@@ -323,7 +346,11 @@ class _Context:
         future: asyncio.Future[LLMResult] = asyncio.get_running_loop().create_future()
         self.actor.waiters[key] = future
         try:
-            if request_id not in self.history.llm_requests:
+            if request_id in self.history.llm_requests:
+                await self.flush_markers()  # waiting for an answer asked for on an earlier attempt
+            else:
+                start, stage = self.pending_start, self.pending_stage
+                self.pending_start = self.pending_stage = None
                 request = LLMRequested(
                     task_id=self.task.task_id,
                     request_id=request_id,
@@ -332,6 +359,10 @@ class _Context:
                     model=self.task.model,
                     timeout_s=self.actor.config.llm_timeout,
                     json_mode=json_mode,
+                    stage=stage.stage if stage is not None else None,
+                    step=stage.step if stage is not None else None,
+                    attempt=start.attempt if start is not None else None,
+                    instance=start.instance if start is not None else "",
                 )
                 await bus.append(
                     self.actor.js,
@@ -362,6 +393,7 @@ class _Context:
         known = self.history.tool_results.get(call_id)
         if known is not None:
             return known
+        await self.flush_markers()
         tool = "read_file" if request.op == "read" else "list_directory"
         args: dict[str, object] = {"path": request.path}
         if request.limit is not None:
