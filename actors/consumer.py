@@ -2,7 +2,9 @@
 
 While a handler runs, its message is kept alive with in-progress acks, so a long task is never
 redelivered to a second worker while the first is alive; when the worker dies the acks stop and
-JetStream redelivers after ``ack_wait``. The handler acks, naks or terms the message itself.
+JetStream redelivers after ``ack_wait``. One task per consumer sends them, for every message held
+longer than a quarter of ``ack_wait`` (most are done sooner and cost nothing). The handler acks,
+naks or terms the message itself.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class WorkConsumer:
         self.gate = gate
         """Shared by the consumers of one actor (one per shard): handlers running at once."""
         self.active: dict[asyncio.Task[None], Msg] = {}
+        self._since: dict[asyncio.Task[None], float] = {}
+        self._keepalive_task: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -77,6 +81,7 @@ class WorkConsumer:
             # Already there with other settings (an older version made it): use it as it is.
             log.warning("consumer %s exists with other settings, using it: %s", self.durable, exc)
         self._loop_task = asyncio.create_task(self._loop(), name=f"consume-{self.durable}")
+        self._keepalive_task = asyncio.create_task(self._keep_alive(), name=f"keepalive-{self.durable}")
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -110,6 +115,7 @@ class WorkConsumer:
             self._pulled = max(0, self._pulled - 1)
             task = asyncio.create_task(self._run(msg))
             self.active[task] = msg
+            self._since[task] = loop.time()
             task.add_done_callback(self._done)
 
         sub = await nc.subscribe(inbox, cb=on_msg)
@@ -141,12 +147,12 @@ class WorkConsumer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.active.pop(task, None)
+        self._since.pop(task, None)
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("handler of %s failed", self.durable, exc_info=task.exception())
 
     async def _run(self, msg: Msg) -> None:
-        keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
             if self.gate is None:
                 await self.handler(msg)
@@ -160,14 +166,18 @@ class WorkConsumer:
         except Exception:
             await _quietly(msg.nak(delay=1.0))
             raise
-        finally:
-            keepalive.cancel()
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        interval = max(0.5, self.ack_wait / 3)
+    async def _keep_alive(self) -> None:
+        """An in-progress ack, every ``ack_wait / 4``, for each message held at least that long:
+        the first goes out at most ``ack_wait / 2`` after the message arrived."""
+        period = max(0.25, self.ack_wait / 4)
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
-            await _quietly(msg.in_progress())
+            await asyncio.sleep(period)
+            held_since = loop.time() - period
+            for task, msg in list(self.active.items()):
+                if self._since.get(task, held_since) <= held_since and not task.done():
+                    await _quietly(msg.in_progress())
 
     async def stop(self) -> None:
         if self._stopping:
@@ -182,6 +192,9 @@ class WorkConsumer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            await asyncio.gather(self._keepalive_task, return_exceptions=True)
 
 
 async def _quietly(aw: Awaitable[None]) -> None:

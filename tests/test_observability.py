@@ -101,7 +101,9 @@ def test_tokens_stream_over_sse_before_the_task_completes(system: System, fake_l
     assert "Done: Write a sentence" in text
 
 
-def test_every_actor_logs_its_start_and_its_tasks_as_events_with_ids(system: System) -> None:
+def test_every_actor_logs_its_start_and_the_gateway_and_victoria_log_each_task_with_ids(
+    system: System,
+) -> None:
     body = system.http.post("/run", json={"goal": "Log this one", "task_type": "agent"}).json()
     assert body["status"] == "completed"
     url = (system.data_dir / "nats.url").read_text().strip()
@@ -110,7 +112,9 @@ def test_every_actor_logs_its_start_and_its_tasks_as_events_with_ids(system: Sys
         found = stream_messages(url, "victoria.log.>")
         mine = [r for r in found if r.get("task_id") == body["task_id"]]
         actors = {r["actor"] for r in mine}
-        return found if {"gateway", "victoria", "llm-runner"} <= actors else None
+        # One line on submission, one at the end (as Celery's received/succeeded); each model call
+        # is recorded by its llm_result event and logged at DEBUG.
+        return found if {"gateway", "victoria"} <= actors else None
 
     found = system.wait_for(records, what="log records of the task")
     started = {r["actor"] for r in found if "started, pid" in str(r["message"])}

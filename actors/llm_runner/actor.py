@@ -199,7 +199,7 @@ class LLMRunner(Actor):
             if tokens.first_at is not None:
                 span.set_attribute("victoria.time_to_first_token_s", round(tokens.first_at - started, 4))
             span.set_attribute("victoria.duration_s", round(duration, 4))
-            log.info(
+            log.debug(
                 "task %s request %s answered by %s in %.3fs",
                 event.task_id,
                 event.request_id,

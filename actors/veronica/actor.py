@@ -62,7 +62,8 @@ class Veronica(Actor):
                     # File I/O is blocking: keep it off the event loop.
                     reply = await asyncio.to_thread(self.handle, request)
                     span.set_attribute("victoria.ok", reply.ok)
-                    log.info(
+                    log.log(
+                        logging.DEBUG if reply.ok else logging.INFO,
                         "files %s %r for task %s: %s",
                         request.op,
                         request.path,

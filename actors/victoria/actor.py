@@ -419,7 +419,8 @@ class _Context:
             result = self._tool_error(call_id, tool, args, f"Veronica did not answer within {timeout:g}s")
         except msgspec.DecodeError as exc:
             result = self._tool_error(call_id, tool, args, f"Veronica's reply was unreadable: {exc}")
-        log.info(
+        log.log(
+            logging.DEBUG if result.ok else logging.INFO,
             "task %s %s %s: %s in %.3fs",
             self.task.task_id,
             call_id,
