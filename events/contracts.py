@@ -25,8 +25,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
-    """Base of every message. ``v`` is the schema version, ``ts`` the time it was made."""
+class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, gc=False):
+    """Base of every message. ``v`` is the schema version, ``ts`` the time it was made.
+
+    ``gc=False``: messages are plain data that never refer back to what holds them, so the cyclic
+    garbage collector need not track them (a gateway caches thousands; each one tracked lengthened
+    every full collection, a pause of the whole event loop)."""
 
     v: int = SCHEMA_VERSION
     ts: datetime = msgspec.field(default_factory=utcnow)
@@ -70,7 +74,7 @@ class TaskStage(TaskEvent, tag="task_stage", kw_only=True, frozen=True):
     """Identity of this stage within the task (defaults to ``stage`` or ``stage:step``)."""
 
 
-class ChatMessage(msgspec.Struct, frozen=True):
+class ChatMessage(msgspec.Struct, frozen=True, gc=False):
     role: str
     content: str
 

@@ -8,7 +8,7 @@ already recorded are taken from here instead of being produced again).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -26,6 +26,9 @@ from events.contracts import (
     TaskSubmitted,
     ToolResult,
 )
+
+_NOTHING: Final[dict[str, Any]] = {}
+_NO_STAGES: Final[set[str]] = set()
 
 
 class TaskStatus(msgspec.Struct, kw_only=True):
@@ -75,7 +78,9 @@ class TaskHistory:
     def __init__(self, task_id: str, *, memo: bool = True) -> None:
         self.task_id = task_id
         self.memo = memo
-        """Keep model requests, results and tool results (Victoria needs them; a status view not)."""
+        """Keep model requests, results, tool results and the stages seen (Victoria needs them to
+        resume a task; a status view does not). Without memo the four collections are shared empty
+        ones that ``apply`` never writes to: a cache of thousands of folds holds no containers."""
         self.submitted: TaskSubmitted | None = None
         self.status: TaskStatusName = "queued"
         self.stage: str | None = None
@@ -87,10 +92,10 @@ class TaskHistory:
         self.created_at: datetime | None = None
         self.updated_at: datetime | None = None
         self.cancel_reason: str | None = None
-        self.llm_requests: dict[str, LLMRequested] = {}
-        self.llm_results: dict[str, LLMResult] = {}
-        self.tool_results: dict[str, ToolResult] = {}
-        self.stages_seen: set[str] = set()
+        self.llm_requests: dict[str, LLMRequested] = {} if memo else _NOTHING
+        self.llm_results: dict[str, LLMResult] = {} if memo else _NOTHING
+        self.tool_results: dict[str, ToolResult] = {} if memo else _NOTHING
+        self.stages_seen: set[str] = set() if memo else _NO_STAGES
         self.last_seq = 0
 
     @property
@@ -119,7 +124,8 @@ class TaskHistory:
             case TaskStage(stage=stage, step=step, key=key):
                 self.stage = stage
                 self.step = step
-                self.stages_seen.add(key or stage_key(stage, step))
+                if self.memo:
+                    self.stages_seen.add(key or stage_key(stage, step))
                 if self.status == "queued":
                     self.status = "running"
             case LLMRequested(stage=stage, step=step, attempt=attempt):
@@ -128,7 +134,8 @@ class TaskHistory:
                 if stage is not None:
                     self.stage = stage
                     self.step = step
-                    self.stages_seen.add(stage_key(stage, step))
+                    if self.memo:
+                        self.stages_seen.add(stage_key(stage, step))
                 if self.status == "queued":
                     self.status = "running"
                 if self.memo:

@@ -18,7 +18,7 @@ from gateway.views import TaskViews
 from victoria import bus
 from victoria.config import Config
 from victoria.logbus import BusLogHandler
-from victoria.runtime import wait_for_stop
+from victoria.runtime import settle_gc, wait_for_stop
 from victoria.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ async def serve(
     tracing.start()
     state = GatewayState(config)
     app = create_app(state)
+    settle_gc()
     uv_config = uvicorn.Config(
         app,
         host=host,

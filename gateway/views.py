@@ -41,13 +41,16 @@ STATUS_KINDS: Final[tuple[subjects.TaskKind, ...]] = (
 
 
 class _Entry:
+    """One cached task. Lists are made only while needed: a cache of 20,000 entries is 40,000
+    objects for the garbage collector to walk, not 100,000."""
+
     __slots__ = ("buffer", "history", "loading", "waiters")
 
     def __init__(self, task_id: str) -> None:
         self.history = TaskHistory(task_id, memo=False)
         self.loading: asyncio.Future[None] | None = None
-        self.buffer: list[tuple[int, AnyTaskEvent]] = []
-        self.waiters: list[asyncio.Future[None]] = []
+        self.buffer: list[tuple[int, AnyTaskEvent]] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
 
 
 class TaskViews:
@@ -104,13 +107,15 @@ class TaskViews:
                 return
             entry = self._put(event.task_id)
         if entry.loading is not None:
+            if entry.buffer is None:
+                entry.buffer = []
             entry.buffer.append((seq, event))
             return
         self._apply(entry, seq, event)
 
     def _apply(self, entry: _Entry, seq: int, event: AnyTaskEvent) -> None:
         if entry.history.apply(event, seq) and entry.waiters and entry.history.terminal:
-            waiters, entry.waiters = entry.waiters, []
+            waiters, entry.waiters = entry.waiters, None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -141,13 +146,13 @@ class TaskViews:
             events = await bus.read_task_events(self.js, task_id)
             for seq, event in events:
                 entry.history.apply(event, seq)
-            for seq, event in sorted(entry.buffer, key=lambda item: item[0]):
+            for seq, event in sorted(entry.buffer or (), key=lambda item: item[0]):
                 entry.history.apply(event, seq)
         except BaseException:
             self.cache.pop(task_id, None)
             raise
         finally:
-            entry.buffer = []
+            entry.buffer = None
             loading, entry.loading = entry.loading, None
             if not loading.done():
                 loading.set_result(None)
@@ -162,11 +167,15 @@ class TaskViews:
         if entry is None or timeout <= 0:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if entry.waiters is None:
+            entry.waiters = []
         entry.waiters.append(waiter)
         try:
             await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             pass
         finally:
-            if waiter in entry.waiters:
+            if entry.waiters is not None and waiter in entry.waiters:
                 entry.waiters.remove(waiter)
+                if not entry.waiters:
+                    entry.waiters = None

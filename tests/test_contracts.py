@@ -244,3 +244,11 @@ def test_the_public_names_of_the_events_package_are_pinned() -> None:
     ]
     for name in events.__all__:
         assert hasattr(events, name), name
+
+
+def test_messages_are_not_tracked_by_the_garbage_collector() -> None:
+    import gc
+
+    event = LLMRequested(task_id="t1", request_id="r", purpose="p", messages=[ChatMessage("user", "hi")])
+    assert not gc.is_tracked(event) and not gc.is_tracked(event.messages[0])
+    assert not gc.is_tracked(TaskSubmitted(task_id="t1", goal="hi", project_context={"a": [1]}))

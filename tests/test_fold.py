@@ -345,3 +345,26 @@ def test_fold_and_apply_agree() -> None:
     for seq, event in enumerate(stream, start=1):
         h.apply(event, seq=seq)
     assert h.view() == fold("t1", stream).view()
+
+
+def test_a_status_view_fold_keeps_only_what_a_status_shows_and_its_neighbours_stay_empty() -> None:
+    events = [
+        submitted(),
+        LLMRequested(
+            task_id="t1",
+            request_id="understand",
+            purpose="understand",
+            messages=[],
+            stage="understanding",
+            ts=at(1),
+        ),
+        TaskStage(task_id="t1", stage="step", step=2, ts=at(2)),
+    ]
+    view, other = TaskHistory("t1", memo=False), TaskHistory("t2", memo=False)
+    for event in events:
+        view.apply(event)
+    assert (view.status, view.stage, view.step) == ("running", "step", 2)
+    for history in (view, other):
+        assert not history.llm_requests and not history.stages_seen
+    full = fold("t1", events)
+    assert full.stages_seen == {"understanding", "step:2"} and "understand" in full.llm_requests
