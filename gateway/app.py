@@ -182,7 +182,7 @@ def create_app(state: GatewayState) -> Starlette:
             )
             ack = await bus.append(backend.js, event, "submitted", key="submitted", headers=trace_headers)
             backend.views.record(event, ack.seq)
-            log.info("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
+            log.debug("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
         response = await answer_submission(backend.views, task_id, async_mode=async_mode, wait=wait)
         if idempotency_key is not None and first:
             await backend.idempotency.remember(
@@ -350,7 +350,7 @@ async def sse_stream(js: JetStreamContext, nc: NATS, task_id: str) -> AsyncItera
             if event is None:
                 continue
             tag = type(event).__struct_config__.tag
-            seq = msg.metadata.sequence.stream
+            seq = bus.stream_sequence(msg)
             yield b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, str(tag).encode(), bytes(msg.data))
             if isinstance(event, TERMINAL_EVENTS):
                 return

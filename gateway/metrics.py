@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import nats.errors
@@ -109,11 +109,21 @@ class Metrics:
             registry=r,
         )
         self._stage: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once: ``labels`` checks and locks on every call, and
+        ``observe`` runs for every event the gateway follows."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def observe(self, event: AnyTaskEvent) -> None:
         """Count one live task event (called for every event the gateway's consumer sees)."""
         tag = str(type(event).__struct_config__.tag)
-        self.events.labels(tag).inc()
+        self._child(self.events, tag).inc()
         match event:
             case TaskSubmitted():
                 self.submitted.inc()
@@ -131,15 +141,15 @@ class Metrics:
                     self._enter(event.task_id, stage, event.ts)
             case LLMResult():
                 model = event.model or "unknown"
-                self.model_seconds.labels(model, "ok" if event.ok else event.error_kind or "error").observe(
-                    event.duration_s
-                )
+                self._child(
+                    self.model_seconds, model, "ok" if event.ok else event.error_kind or "error"
+                ).observe(event.duration_s)
                 if event.time_to_first_token_s is not None:
-                    self.first_token.labels(model).observe(event.time_to_first_token_s)
+                    self._child(self.first_token, model).observe(event.time_to_first_token_s)
                 if event.prompt_tokens:
-                    self.tokens.labels(model, "prompt").inc(event.prompt_tokens)
+                    self._child(self.tokens, model, "prompt").inc(event.prompt_tokens)
                 if event.completion_tokens:
-                    self.tokens.labels(model, "completion").inc(event.completion_tokens)
+                    self._child(self.tokens, model, "completion").inc(event.completion_tokens)
             case TaskCompleted() | TaskFailed() | TaskCancelled():
                 self._enter(event.task_id, None, event.ts)
                 status = (
@@ -147,7 +157,7 @@ class Metrics:
                     if isinstance(event, TaskCompleted)
                     else ("failed" if isinstance(event, TaskFailed) else "cancelled")
                 )
-                self.finished.labels(status).inc()
+                self._child(self.finished, status).inc()
             case _:
                 pass
 
@@ -155,7 +165,7 @@ class Metrics:
         previous = self._stage.pop(task_id, None)
         if previous is not None:
             name, since = previous
-            self.stage_seconds.labels(name).observe(max(0.0, (at - since).total_seconds()))
+            self._child(self.stage_seconds, name).observe(max(0.0, (at - since).total_seconds()))
         if stage is not None:
             self._stage[task_id] = (stage, at)
             while len(self._stage) > TRACKED_TASKS:

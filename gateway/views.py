@@ -95,7 +95,7 @@ class TaskViews:
         event = bus.decode_task_event(msg.data, msg.subject)
         if event is None:
             return
-        seq = msg.metadata.sequence.stream
+        seq = bus.stream_sequence(msg)
         if self.observer is not None:
             try:
                 self.observer(event)

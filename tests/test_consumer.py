@@ -79,3 +79,14 @@ async def test_a_message_not_acknowledged_is_delivered_again_after_ack_wait(nc: 
         assert deliveries == [1, 2]
     finally:
         await consumer.stop()
+
+
+async def test_the_stream_sequence_read_from_the_reply_subject_is_the_one_in_the_metadata(nc: NATS) -> None:
+    js = nc.jetstream()
+    for n in range(3):
+        await js.publish(f"work.{n}", b"x")
+    sub = await js.pull_subscribe("work.>", durable="reader", stream=STREAM)
+    msgs = await sub.fetch(3, timeout=5)
+    assert [bus.stream_sequence(m) for m in msgs] == [m.metadata.sequence.stream for m in msgs] == [1, 2, 3]
+    newer = Msg(nc, subject="work.0", reply="$JS.ACK._.ACCHASH.WORK.reader.1.42.7.1700000000000000000.0.x1y2")
+    assert bus.stream_sequence(newer) == newer.metadata.sequence.stream == 42

@@ -33,6 +33,7 @@ def traced(
             "VICTORIA_LLM_URL": fake_llm.url,
             "VICTORIA_WORKSPACE": str(workspace),
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "VICTORIA_LOG_LEVEL": "DEBUG",
         },
     ).start()
     yield system
@@ -101,28 +102,51 @@ def test_tokens_stream_over_sse_before_the_task_completes(system: System, fake_l
     assert "Done: Write a sentence" in text
 
 
-def test_every_actor_logs_its_start_and_the_gateway_and_victoria_log_each_task_with_ids(
-    system: System,
+def test_every_actor_logs_its_start_and_each_task_step_at_debug_with_the_task_and_trace_ids(
+    traced: System, fake_llm: FakeLLM
 ) -> None:
-    body = system.http.post("/run", json={"goal": "Log this one", "task_type": "agent"}).json()
+    fake_llm.mode = "normal"
+    body = traced.http.post("/run", json={"goal": "Log this one", "task_type": "agent"}).json()
     assert body["status"] == "completed"
-    url = (system.data_dir / "nats.url").read_text().strip()
+    url = (traced.data_dir / "nats.url").read_text().strip()
 
     def records() -> list[dict[str, object]] | None:
         found = stream_messages(url, "victoria.log.>")
         mine = [r for r in found if r.get("task_id") == body["task_id"]]
         actors = {r["actor"] for r in mine}
-        # One line on submission, one at the end (as Celery's received/succeeded); each model call
-        # is recorded by its llm_result event and logged at DEBUG.
-        return found if {"gateway", "victoria"} <= actors else None
+        return found if {"gateway", "victoria", "llm-runner"} <= actors else None
 
-    found = system.wait_for(records, what="log records of the task")
-    started = {r["actor"] for r in found if "started, pid" in str(r["message"])}
+    found = traced.wait_for(records, what="log records of the task")
+    started = {r["actor"] for r in found if "started, pid" in str(r["message"]) and r["level"] == "INFO"}
     assert {"victoria", "veronica", "monitor", "llm-runner", "gateway"} <= started
     mine = [r for r in found if r.get("task_id") == body["task_id"]]
     assert all(r["trace_id"] == body["trace_id"] for r in mine)
-    assert all(r["type"] == "log_record" and r["level"] == "INFO" for r in mine)
-    assert all(str(r["_subject"]).startswith(f"victoria.log.{r['actor']}.") for r in mine)
+    # Work that went as it should is logged at DEBUG: its events are its record.
+    assert all(r["type"] == "log_record" and r["level"] == "DEBUG" for r in mine)
+    assert all(str(r["_subject"]).startswith(f"victoria.log.{r['actor']}.debug") for r in mine)
+
+
+def test_a_task_that_went_well_adds_nothing_to_the_info_log_and_a_failed_one_does(
+    system: System, fake_llm: FakeLLM
+) -> None:
+    quiet = system.http.post("/run", json={"goal": "Quiet one", "task_type": "agent"}).json()
+    assert quiet["status"] == "completed"
+    fake_llm.mode = "error"
+    try:
+        failed = system.http.post("/run", json={"goal": "Noisy one", "task_type": "agent"}).json()
+    finally:
+        fake_llm.mode = "normal"
+    assert failed["status"] == "failed"
+    url = (system.data_dir / "nats.url").read_text().strip()
+
+    def failure_logged() -> list[dict[str, object]] | None:
+        found = stream_messages(url, "victoria.log.>")
+        actors = {r["actor"] for r in found if r.get("task_id") == failed["task_id"]}
+        return found if {"victoria", "llm-runner"} <= actors else None
+
+    found = system.wait_for(failure_logged, what="the failed task's log records")
+    assert {r["level"] for r in found if r.get("task_id") == failed["task_id"]} == {"INFO", "WARNING"}
+    assert not [r for r in found if r.get("task_id") == quiet["task_id"]]
 
 
 def test_a_task_resumed_after_a_crash_stays_in_its_trace(

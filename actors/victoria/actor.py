@@ -220,7 +220,14 @@ class Victoria(Actor):
             ctx.end_stage()
         await self._finish(terminal, span)
         await msg.ack()
-        log.info("task %s %s after attempt %d", task.task_id, _status(terminal), attempt)
+        routine = attempt == 1 and isinstance(terminal, TaskCompleted)  # the events tell it all
+        log.log(
+            logging.DEBUG if routine else logging.INFO,
+            "task %s %s after attempt %d",
+            task.task_id,
+            _status(terminal),
+            attempt,
+        )
         return _status(terminal)
 
     async def _history(self, task: TaskSubmitted, attempt: int) -> TaskHistory:
