@@ -87,6 +87,10 @@ async def w2(
 
     async def worker() -> None:
         conn = Connection(HOST, port)
+        # Independent clients poll at independent moments. Started together, the workers stayed
+        # in step (each model call takes exactly the same time), and every second all 200 polls
+        # arrived at once: the probes then measured how long a 200-request burst takes to drain.
+        await asyncio.sleep(random.uniform(0, poll_interval))
         try:
             while not stop.is_set() and loop.time() < hard_deadline:
                 i = next(index)
