@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 RECENT_CANCELS: Final = 10_000  # cancelled task ids remembered for their first delivery
 RESULT_RECHECK: Final = 10.0  # seconds between looks in the stream for a model result we may have missed
+CLOCK_SLACK: Final = 5.0  # seconds: a submission this close to our start may predate our subscriptions
 
 
 class Victoria(Actor):
@@ -233,13 +234,16 @@ class Victoria(Actor):
     async def _history(self, task: TaskSubmitted, attempt: int) -> TaskHistory:
         if attempt == 1:
             # First delivery: nothing but the submission and perhaps a cancel can be stored yet.
-            # A cancel of a queued task reached this instance's subscription (and the gateway
-            # already ended the task); missed ones only cost work, never a second terminal event.
+            # A cancel of a task submitted while this instance runs reached its subscription; a
+            # task submitted before it started (queued while Victoria was down) may have been
+            # cancelled unseen, and the stream says so (one direct get; only for those tasks).
             history = TaskHistory(task.task_id)
             history.apply(task)
             reason = self.recent_cancels.get(task.task_id)
             if reason is not None:
                 history.apply(TaskCancelRequested(task_id=task.task_id, reason=reason))
+            elif (task.ts - self.started_at).total_seconds() < CLOCK_SLACK:
+                await self._stored_cancel(history)
             return history
         history = TaskHistory(task.task_id)
         for seq, event in await bus.read_task_events(self.js, task.task_id):
@@ -247,6 +251,16 @@ class Victoria(Actor):
         if history.submitted is None:
             history.apply(task)
         return history
+
+    async def _stored_cancel(self, history: TaskHistory) -> None:
+        """Apply a stored cancel of the task, and the terminal event the gateway wrote with it when
+        the task was still queued (then the attempt ends as "already finished", writing nothing)."""
+        cancel = await bus.last_task_event(self.js, history.task_id, "cancel")
+        if isinstance(cancel, TaskCancelRequested):
+            history.apply(cancel)
+            ended = await bus.last_task_event(self.js, history.task_id, "cancelled")
+            if isinstance(ended, TaskCancelled):
+                history.apply(ended)
 
     def _deadline_failure(self, task: TaskSubmitted, attempt: int, cause: str | None = None) -> TaskFailed:
         error = f"task deadline of {task.deadline_s:g}s passed"

@@ -1,0 +1,68 @@
+"""Victoria taking tasks that were queued while no Victoria ran, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from actors.victoria.actor import Victoria
+from events.contracts import TaskCancelled, TaskCancelRequested, TaskSubmitted, utcnow
+from tests.system import NatsServer
+from victoria import bus
+from victoria.config import Config
+
+pytestmark = pytest.mark.usefixtures("strict_loop")
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    client = await bus.connect(nats_server.url, name="victoria-start-test")
+    await bus.ensure_streams(client.jetstream())
+    yield client
+    await client.close()
+
+
+async def kinds(nc: NATS, task_id: str) -> list[str]:
+    events = await bus.read_task_events(nc.jetstream(), task_id)
+    return [str(type(event).__struct_config__.tag) for _, event in events]
+
+
+async def test_a_task_cancelled_while_no_victoria_ran_is_not_run_when_one_starts(nc: NATS) -> None:
+    js = nc.jetstream()
+    before = utcnow() - timedelta(seconds=60)
+    reason = "cancelled by request"
+    for task_id in ("queued-cancelled", "cancel-only", "untouched"):
+        submitted = TaskSubmitted(task_id=task_id, goal="Write a haiku", task_type="agent", ts=before)
+        await bus.append(js, submitted, "submitted", key="submitted")
+    # What the gateway writes for a queued task: the request, and the end.
+    await bus.append(
+        js, TaskCancelRequested(task_id="queued-cancelled", reason=reason), "cancel", key="cancel"
+    )
+    ended = TaskCancelled(task_id="queued-cancelled", reason=reason, attempts=0)
+    await bus.append(js, ended, "cancelled", key="terminal")
+    await bus.append(js, TaskCancelRequested(task_id="cancel-only", reason=reason), "cancel", key="cancel")
+
+    victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test", "VICTORIA_ACK_WAIT": "30"}))
+    await victoria.start()
+    try:
+        for _ in range(100):  # the untouched task, run as usual, asks the model (no runner here)
+            if "llm_requested" in await kinds(nc, "untouched"):
+                break
+            await asyncio.sleep(0.1)
+        assert (await kinds(nc, "untouched"))[:2] == ["task_submitted", "llm_requested"]
+        for _ in range(50):
+            if (await kinds(nc, "cancel-only"))[-1] == "task_cancelled":
+                break
+            await asyncio.sleep(0.1)
+        assert await kinds(nc, "cancel-only") == ["task_submitted", "task_cancel_requested", "task_cancelled"]
+        assert await kinds(nc, "queued-cancelled") == [
+            "task_submitted",
+            "task_cancel_requested",
+            "task_cancelled",
+        ]
+    finally:
+        await victoria.stop()
