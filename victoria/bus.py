@@ -131,8 +131,13 @@ async def connect(
     async def error_cb(exc: Exception) -> None:
         log.warning("nats %s: %s", type(exc).__name__, exc)
 
+    client: list[NATS] = []
+
     async def disconnected_cb() -> None:
-        log.warning("nats disconnected from %s", url)
+        if client and client[0].is_closed:  # our own close or drain, at a clean stop
+            log.debug("nats connection to %s closed", url)
+        else:
+            log.warning("nats disconnected from %s", url)
 
     async def reconnected_cb() -> None:
         log.info("nats reconnected to %s", url)
@@ -143,7 +148,7 @@ async def connect(
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=[url],
                 name=name,
                 connect_timeout=min(2.0, connect_timeout),
@@ -156,6 +161,8 @@ async def connect(
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
             )
+            client.append(nc)
+            return nc
         except Exception as exc:  # nats raises several unrelated types for "not there yet"
             last = exc
             await asyncio.sleep(0.2)
