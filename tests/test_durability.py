@@ -100,6 +100,9 @@ def test_a_killed_actor_is_restarted_and_its_death_is_an_event_with_the_reason(
         assert entry["restarts"] == 1
         ups = stream_messages(nats_url(system), "victoria.svc.veronica.*.up")
         assert ups and ups[-1]["type"] == "service_up" and ups[-1]["reason"]
+        # The supervisor's own log is on the bus too, like every actor's.
+        said = stream_messages(nats_url(system), "victoria.log.up.warning")
+        assert any(f"veronica (pid {pid}) exited" in r["message"] for r in said), said
     finally:
         system.close()
 

@@ -98,11 +98,12 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if command == "up":
         from victoria.supervisor import Supervisor
 
-        logs.setup("up", config.log_level)
+        log_handler = logs.setup("up", config.log_level, instance=config.instance)
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
         nats_url = args.nats_url or config.nats_url
-        return runtime.run(Supervisor(config, nats_url=nats_url, host=host, port=port).run())
+        supervisor = Supervisor(config, nats_url=nats_url, host=host, port=port, log_handler=log_handler)
+        return runtime.run(supervisor.run())
     if command == "gateway":
         from gateway.server import serve
         from victoria import bus

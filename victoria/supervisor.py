@@ -31,6 +31,7 @@ from events.contracts import ServiceDown
 from victoria import bus
 from victoria.config import Config
 from victoria.errors import VictoriaError
+from victoria.logbus import BusLogHandler
 from victoria.natsserver import EmbeddedNats
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,18 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, nats_url: str | None, host: str, port: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        nats_url: str | None,
+        host: str,
+        port: int,
+        log_handler: BusLogHandler | None = None,
+    ) -> None:
         self.config = config
+        self.log_handler = log_handler
+        """Publishes this process's log records as ``victoria.log.up.<level>`` once NATS is up."""
         self.external_url = nats_url
         self.host = host
         self.port = port
@@ -157,6 +168,8 @@ class Supervisor:
             )
         self.config.nats_url_file.write_text(self.url + "\n", encoding="utf-8")
         self.nc = await bus.connect(self.url, name="supervisor", connect_timeout=10.0)
+        if self.log_handler is not None:
+            self.log_handler.attach(self.nc)  # lines logged before this go out now
         await bus.ensure_streams(self.nc.jetstream())
 
     def _start_children(self) -> None:
@@ -255,6 +268,8 @@ class Supervisor:
         for watcher in self._watchers:
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
+        if self.log_handler is not None:
+            await self.log_handler.aclose()
         if self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.close(), 2.0)
