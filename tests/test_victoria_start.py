@@ -66,3 +66,26 @@ async def test_a_task_cancelled_while_no_victoria_ran_is_not_run_when_one_starts
         ]
     finally:
         await victoria.stop()
+
+
+async def test_markers_no_model_request_carried_are_stored_in_order_before_the_next_stage(nc: NATS) -> None:
+    from actors.victoria.actor import _Context
+    from events.contracts import TaskStarted
+    from events.fold import TaskHistory
+    from victoria import tracing
+
+    victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test"}))
+    task = TaskSubmitted(task_id="markers", goal="g")
+    await bus.append(nc.jetstream(), task, "submitted", key="submitted")
+    history = TaskHistory(task.task_id)
+    history.apply(task)
+    ctx = _Context(victoria, task, history, tracing.tracer().start_span("task"))
+    ctx.pending_start = TaskStarted(task_id=task.task_id, attempt=1, instance="v-test")
+    await ctx.stage("looking")
+    assert await kinds(nc, "markers") == ["task_submitted"]  # held for a model request
+    await ctx.stage("thinking")
+    assert await kinds(nc, "markers") == ["task_submitted", "task_started", "task_stage"]
+    await ctx.flush_markers()
+    events = await bus.read_task_events(nc.jetstream(), "markers")
+    assert [getattr(event, "stage", None) for _, event in events][-2:] == ["looking", "thinking"]
+    ctx.end_stage()

@@ -315,6 +315,8 @@ class _Context:
     ) -> None:
         default_key = stage_key(stage, step)
         key = key or default_key
+        if self.pending_stage is not None and key not in self.history.stages_seen:
+            await self.flush_markers()  # a stage no model request carried, under its own span
         self.end_stage()
         name = f"step {step}" if step is not None else stage
         self._stage_span = tracing.tracer().start_span(
@@ -327,8 +329,6 @@ class _Context:
             return
         event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail, key=key)
         self.history.apply(event)
-        if self.pending_stage is not None:  # a stage that no model request carried
-            await self.flush_markers()
         if not detail and key == default_key:
             self.pending_stage = event  # the model request that follows carries it
             return
