@@ -128,20 +128,37 @@ class TaskCancelRequested(TaskEvent, tag="task_cancel_requested", kw_only=True, 
     reason: str = "cancelled by request"
 
 
+class ModelCall(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One model call of a task, as the task's terminal event sums them up: what ``/metrics``
+    counts, so that gateways need not follow every ``llm_result``."""
+
+    model: str
+    outcome: str
+    """``ok``, or the error kind of the call (``timeout``, ``unavailable``, ...)."""
+    duration_s: float
+    time_to_first_token_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class TaskCompleted(TaskEvent, tag="task_completed", kw_only=True, frozen=True):
     output: str
     attempts: int = 1
+    model_calls: list[ModelCall] = []
+    """Every model call of the task, on every attempt, each once."""
 
 
 class TaskFailed(TaskEvent, tag="task_failed", kw_only=True, frozen=True):
     error: str
     error_kind: str = "error"
     attempts: int = 1
+    model_calls: list[ModelCall] = []
 
 
 class TaskCancelled(TaskEvent, tag="task_cancelled", kw_only=True, frozen=True):
     reason: str = "cancelled by request"
     attempts: int = 0
+    model_calls: list[ModelCall] = []
 
 
 AnyTaskEvent = (

@@ -16,6 +16,7 @@ from events.contracts import (
     AnyTaskEvent,
     LLMRequested,
     LLMResult,
+    ModelCall,
     TaskCancelled,
     TaskCancelRequested,
     TaskCompleted,
@@ -165,6 +166,20 @@ class TaskHistory:
                 self.error = reason
                 self.attempts = max(self.attempts, attempts)
         return True
+
+    def model_calls(self) -> list[ModelCall]:
+        """The task's model calls, one per stored result (kept with ``memo`` only)."""
+        return [
+            ModelCall(
+                model=result.model or "unknown",
+                outcome="ok" if result.ok else result.error_kind or "error",
+                duration_s=result.duration_s,
+                time_to_first_token_s=result.time_to_first_token_s,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+            )
+            for result in self.llm_results.values()
+        ]
 
     def view(self) -> TaskStatus:
         sub = self.submitted

@@ -24,7 +24,7 @@ from events.codec import encode
 from events.contracts import (
     AnyTaskEvent,
     LLMRequested,
-    LLMResult,
+    ModelCall,
     ServicesReply,
     ServicesRequest,
     TaskCancelled,
@@ -139,19 +139,10 @@ class Metrics:
                     self._enter(event.task_id, "started", event.ts)
                 if stage is not None:
                     self._enter(event.task_id, stage, event.ts)
-            case LLMResult():
-                model = event.model or "unknown"
-                self._child(
-                    self.model_seconds, model, "ok" if event.ok else event.error_kind or "error"
-                ).observe(event.duration_s)
-                if event.time_to_first_token_s is not None:
-                    self._child(self.first_token, model).observe(event.time_to_first_token_s)
-                if event.prompt_tokens:
-                    self._child(self.tokens, model, "prompt").inc(event.prompt_tokens)
-                if event.completion_tokens:
-                    self._child(self.tokens, model, "completion").inc(event.completion_tokens)
             case TaskCompleted() | TaskFailed() | TaskCancelled():
                 self._enter(event.task_id, None, event.ts)
+                for call in event.model_calls:  # counted when the task ends, each call once
+                    self._model_call(call)
                 status = (
                     "completed"
                     if isinstance(event, TaskCompleted)
@@ -160,6 +151,15 @@ class Metrics:
                 self._child(self.finished, status).inc()
             case _:
                 pass
+
+    def _model_call(self, call: ModelCall) -> None:
+        self._child(self.model_seconds, call.model, call.outcome).observe(call.duration_s)
+        if call.time_to_first_token_s is not None:
+            self._child(self.first_token, call.model).observe(call.time_to_first_token_s)
+        if call.prompt_tokens:
+            self._child(self.tokens, call.model, "prompt").inc(call.prompt_tokens)
+        if call.completion_tokens:
+            self._child(self.tokens, call.model, "completion").inc(call.completion_tokens)
 
     def _enter(self, task_id: str, stage: str | None, at: datetime) -> None:
         previous = self._stage.pop(task_id, None)

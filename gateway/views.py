@@ -32,7 +32,6 @@ STATUS_KINDS: Final[tuple[subjects.TaskKind, ...]] = (
     "started",
     "stage",
     "llm_request",  # the first request of a stage (or of attempt 1) records its start
-    "llm_result",  # for /metrics
     "cancel",
     "completed",
     "failed",
@@ -70,7 +69,8 @@ class TaskViews:
                     deliver_policy=jsapi.DeliverPolicy.NEW,
                     idle_heartbeat=2.0,
                     cb=self._on_event,
-                    # Tool results change no status field.
+                    # Tool and model results change no status field; /metrics takes model calls
+                    # from the terminal event.
                     config=jsapi.ConsumerConfig(
                         filter_subjects=[subjects.shard_events_of_kind(shard, kind) for kind in STATUS_KINDS]
                     ),

@@ -214,6 +214,7 @@ def test_the_public_names_of_the_events_package_are_pinned() -> None:
         "LLMRequested",
         "LLMResult",
         "Message",
+        "ModelCall",
         "SCHEMA_VERSION",
         "ServiceDown",
         "ServiceEntry",

@@ -193,6 +193,8 @@ def test_an_agent_task_stores_eight_events_its_start_and_stages_carried_by_its_m
         ("step", 1, None),
     ]
     assert requests[0]["instance"]
+    calls = events[-1]["model_calls"]  # summed up for /metrics: gateways follow no llm_result
+    assert [(c["outcome"], c["completion_tokens"]) for c in calls] == [("ok", 5)] * 3
     status = system.status(task_id)
     assert (status["status"], status["attempts"]) == ("completed", 1)
 

@@ -347,6 +347,23 @@ def test_fold_and_apply_agree() -> None:
     assert h.view() == fold("t1", stream).view()
 
 
+def test_the_model_calls_of_a_task_are_one_per_stored_result_with_outcome_and_tokens() -> None:
+    results = [
+        LLMResult(
+            task_id="t1", request_id="understand", ok=True, model="m", duration_s=0.5, completion_tokens=7
+        ),
+        LLMResult(
+            task_id="t1", request_id="plan", ok=False, model="m", error_kind="timeout", duration_s=30.0
+        ),
+        LLMResult(task_id="t1", request_id="plan", ok=True, model="m", duration_s=9.0),  # a duplicate
+    ]
+    h = fold("t1", [submitted(), *results])
+    assert [(c.model, c.outcome, c.duration_s, c.completion_tokens) for c in h.model_calls()] == [
+        ("m", "ok", 0.5, 7),
+        ("m", "timeout", 30.0, None),
+    ]
+
+
 def test_a_status_view_fold_keeps_only_what_a_status_shows_and_its_neighbours_stay_empty() -> None:
     events = [
         submitted(),

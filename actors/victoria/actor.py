@@ -166,20 +166,23 @@ class Victoria(Actor):
         if attempt > self.config.max_attempts:
             error = f"gave up after {self.config.max_attempts} attempts (each a delivery to Victoria)"
             await self._finish(
-                TaskFailed(task_id=task.task_id, error=error, error_kind="max_attempts", attempts=attempt - 1)
+                TaskFailed(
+                    task_id=task.task_id, error=error, error_kind="max_attempts", attempts=attempt - 1
+                ),
+                history,
             )
             await bus.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
             await msg.term()
             return "max_attempts"
         if history.cancel_reason is not None:
             await self._finish(
-                TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt)
+                TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt), history
             )
             await msg.ack()
             return "cancelled"
         remaining = task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
         if remaining <= 0:
-            await self._finish(self._deadline_failure(task, attempt))
+            await self._finish(self._deadline_failure(task, attempt), history)
             await msg.ack()
             return "deadline"
         ctx = _Context(self, task, history, span)
@@ -219,7 +222,7 @@ class Victoria(Actor):
             self.running.pop(task.task_id, None)
             self.cancel_reasons.pop(task.task_id, None)
             ctx.end_stage()
-        await self._finish(terminal, span)
+        await self._finish(terminal, history, span)
         await msg.ack()
         routine = attempt == 1 and isinstance(terminal, TaskCompleted)  # the events tell it all
         log.log(
@@ -269,8 +272,15 @@ class Victoria(Actor):
         return TaskFailed(task_id=task.task_id, error=error, error_kind="deadline", attempts=attempt)
 
     async def _finish(
-        self, event: TaskCompleted | TaskFailed | TaskCancelled, span: Span | None = None
+        self,
+        event: TaskCompleted | TaskFailed | TaskCancelled,
+        history: TaskHistory,
+        span: Span | None = None,
     ) -> None:
+        """Store the terminal event, with the task's model calls summed up in it (for metrics)."""
+        calls = history.model_calls()
+        if calls:
+            event = msgspec.structs.replace(event, model_calls=calls)
         kind: subjects.TaskKind = _status(event)
         headers = tracing.headers_for(span) if span is not None else None
         await bus.append(self.js, event, kind, key="terminal", headers=headers)
