@@ -64,8 +64,8 @@ class WorkConsumer:
         self.handler = handler
         self.gate = gate
         """Shared by the consumers of one actor (one per shard): handlers running at once."""
-        self.active: dict[asyncio.Task[None], Msg] = {}
-        self._since: dict[asyncio.Task[None], float] = {}
+        self.active: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        """Handlers running: their message and when it arrived (loop time)."""
         self._keepalive_task: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -114,8 +114,7 @@ class WorkConsumer:
                 return
             self._pulled = max(0, self._pulled - 1)
             task = asyncio.create_task(self._run(msg))
-            self.active[task] = msg
-            self._since[task] = loop.time()
+            self.active[task] = (msg, loop.time())
             task.add_done_callback(self._done)
 
         sub = await nc.subscribe(inbox, cb=on_msg)
@@ -147,7 +146,6 @@ class WorkConsumer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.active.pop(task, None)
-        self._since.pop(task, None)
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("handler of %s failed", self.durable, exc_info=task.exception())
@@ -175,8 +173,8 @@ class WorkConsumer:
         while True:
             await asyncio.sleep(period)
             held_since = loop.time() - period
-            for task, msg in list(self.active.items()):
-                if self._since.get(task, held_since) <= held_since and not task.done():
+            for task, (msg, arrived) in list(self.active.items()):
+                if arrived <= held_since and not task.done():
                     await _quietly(msg.in_progress())
 
     async def stop(self) -> None:
