@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.victoria import workflow
+from victoria.actors.agent import workflow
 
 # The very prompts of Victoria's agent run, so both systems send the model the same work.
 SYSTEM: Final = workflow.SYSTEM

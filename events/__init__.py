@@ -1,8 +1,8 @@
 """Message contracts, subject names and the task fold: what every process agrees on."""
 
-from events import subjects
-from events.codec import encode, service_decoder, task_decoder
-from events.contracts import (
+from victoria.events import subjects
+from victoria.events.codec import encode, service_decoder, task_decoder
+from victoria.events.contracts import (
     SCHEMA_VERSION,
     TERMINAL_EVENTS,
     TERMINAL_STATUSES,
@@ -34,7 +34,7 @@ from events.contracts import (
     ToolResult,
     utcnow,
 )
-from events.fold import TaskHistory, TaskStatus, fold, status_dict
+from victoria.events.fold import TaskHistory, TaskStatus, fold, status_dict
 
 __all__ = [
     # contracts

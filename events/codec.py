@@ -6,7 +6,7 @@ from typing import Any, Final
 
 import msgspec
 
-from events.contracts import AnyServiceEvent, AnyTaskEvent, FilesReply, FilesRequest, Message
+from victoria.events.contracts import AnyServiceEvent, AnyTaskEvent, FilesReply, FilesRequest, Message
 
 _encoder: Final = msgspec.json.Encoder()
 task_decoder: Final = msgspec.json.Decoder(AnyTaskEvent)

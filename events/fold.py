@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
-from events.contracts import (
+from victoria.events.contracts import (
     AnyTaskEvent,
     LLMRequested,
     LLMResult,

@@ -23,20 +23,20 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from events import subjects
-from events.codec import encode
-from events.contracts import (
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import (
     TERMINAL_EVENTS,
     ServicesRequest,
     TaskCancelled,
     TaskCancelRequested,
     TaskSubmitted,
 )
-from events.fold import TaskHistory
-from gateway.idempotency import IdempotencyStore
-from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.metrics import Metrics
-from gateway.requests import (
+from victoria.events.fold import TaskHistory
+from victoria.gateway.idempotency import IdempotencyStore
+from victoria.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from victoria.gateway.metrics import Metrics
+from victoria.gateway.requests import (
     MAX_BODY,
     BadRequest,
     clean_header,
@@ -45,9 +45,9 @@ from gateway.requests import (
     parse_run_request,
     parse_wait,
 )
-from gateway.views import TaskViews
-from victoria import bus, tracing
-from victoria.config import DEFAULT_MAX_STEPS, Config
+from victoria.gateway.views import TaskViews
+from victoria.runtime import bus, tracing
+from victoria.runtime.config import DEFAULT_MAX_STEPS, Config
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from events import subjects
+from victoria.events import subjects
 
 
 class IdempotencyRecord(msgspec.Struct, kw_only=True, frozen=True):

@@ -19,9 +19,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from events import subjects
-from events.codec import encode
-from events.contracts import (
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import (
     AnyTaskEvent,
     LLMRequested,
     ModelCall,

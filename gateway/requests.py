@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from events.contracts import TASK_TYPES
+from victoria.events.contracts import TASK_TYPES
 
 MAX_BODY: Final = 1024 * 1024  # bytes
 MAX_GOAL: Final = 100_000  # characters

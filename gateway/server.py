@@ -11,15 +11,15 @@ from typing import ClassVar
 
 import uvicorn
 
-from actors.base import Actor
-from gateway.app import Backend, GatewayState, create_app
-from gateway.metrics import Metrics
-from gateway.views import TaskViews
-from victoria import bus
-from victoria.config import Config
-from victoria.logbus import BusLogHandler
-from victoria.runtime import settle_gc, wait_for_stop
-from victoria.tracing import Tracing
+from victoria.gateway.app import Backend, GatewayState, create_app
+from victoria.gateway.metrics import Metrics
+from victoria.gateway.views import TaskViews
+from victoria.runtime import bus
+from victoria.runtime.base import Actor
+from victoria.runtime.config import Config
+from victoria.runtime.logbus import BusLogHandler
+from victoria.runtime.process import settle_gc, wait_for_stop
+from victoria.runtime.tracing import Tracing
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.client import JetStreamContext as _JS
 
-from events import subjects
-from events.contracts import AnyTaskEvent, TaskSubmitted
-from events.fold import TaskHistory
-from victoria import bus
+from victoria.events import subjects
+from victoria.events.contracts import AnyTaskEvent, TaskSubmitted
+from victoria.events.fold import TaskHistory
+from victoria.runtime import bus
 
 log = logging.getLogger(__name__)
 

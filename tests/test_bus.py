@@ -1,4 +1,4 @@
-"""Appending task events (victoria/bus.py), against a real nats-server."""
+"""Appending task events (runtime/bus.py), against a real nats-server."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError, NoStreamResponseError
 
-from events import subjects
-from events.contracts import TaskStage
 from tests.system import NatsServer
-from victoria import bus
+from victoria.events import subjects
+from victoria.events.contracts import TaskStage
+from victoria.runtime import bus
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 

@@ -1,4 +1,4 @@
-"""Routing without a model (actors/victoria/classifier.py) and the capabilities answer."""
+"""Routing without a model (actors/agent/classifier.py) and the capabilities answer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from actors.victoria.capabilities import REGISTRY, answer
-from actors.victoria.classifier import Route, classify, files_route, language
+from victoria.actors.agent.capabilities import REGISTRY, answer
+from victoria.actors.agent.classifier import Route, classify, files_route, language
 
 
 def test_listing_the_project_root_in_english_is_a_files_list_with_limit_8() -> None:

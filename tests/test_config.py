@@ -1,4 +1,4 @@
-"""Configuration from the environment (victoria/config.py)."""
+"""Configuration from the environment (runtime/config.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from victoria.config import Config
 from victoria.errors import ConfigError
+from victoria.runtime.config import Config
 
 
 def test_an_empty_environment_gives_the_documented_defaults() -> None:

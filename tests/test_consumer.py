@@ -10,9 +10,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
-from actors.consumer import WorkConsumer
 from tests.system import NatsServer
-from victoria import bus
+from victoria.runtime import bus
+from victoria.runtime.consumer import WorkConsumer
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import events
-from events.codec import encode, service_decoder, task_decoder
-from events.contracts import (
+import victoria.events as events
+from victoria.events.codec import encode, service_decoder, task_decoder
+from victoria.events.contracts import (
     SCHEMA_VERSION,
     ChatMessage,
     LLMRequested,
@@ -28,7 +28,7 @@ from events.contracts import (
     TaskSubmitted,
     ToolResult,
 )
-from victoria.bus import decode_task_event
+from victoria.runtime.bus import decode_task_event
 
 TS = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
 

@@ -1,8 +1,8 @@
-"""How the supervisor describes a child's exit (victoria/supervisor.py describe_exit)."""
+"""How the supervisor describes a child's exit (runtime/supervisor.py describe_exit)."""
 
 from __future__ import annotations
 
-from victoria.supervisor import describe_exit
+from victoria.runtime.supervisor import describe_exit
 
 
 def test_killed_by_sigkill_is_reported_as_a_likely_oom_kill() -> None:

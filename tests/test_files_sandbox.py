@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.veronica.files import MAX_LIST, list_directory, read_file, resolve_inside
+from victoria.actors.veronica.files import MAX_LIST, list_directory, read_file, resolve_inside
 from victoria.errors import OutsideWorkspace, ToolError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from events.contracts import (
+from victoria.events.contracts import (
     AnyTaskEvent,
     LLMRequested,
     LLMResult,
@@ -17,7 +17,7 @@ from events.contracts import (
     TaskSubmitted,
     ToolResult,
 )
-from events.fold import TaskHistory, fold, stage_key, status_dict
+from victoria.events.fold import TaskHistory, fold, stage_key, status_dict
 
 T0 = datetime(2025, 1, 1, 9, 0, 0, tzinfo=UTC)
 

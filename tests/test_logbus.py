@@ -16,12 +16,12 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from events import subjects
-from events.contracts import LogRecord
 from tests.system import NatsServer
-from victoria import bus
-from victoria.context import current_task_id, current_trace_id
-from victoria.logbus import BusLogHandler
+from victoria.events import subjects
+from victoria.events.contracts import LogRecord
+from victoria.runtime import bus
+from victoria.runtime.context import current_task_id, current_trace_id
+from victoria.runtime.logbus import BusLogHandler
 
 ACTOR = "logbus-test"
 decoder = msgspec.json.Decoder(LogRecord)

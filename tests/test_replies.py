@@ -1,4 +1,4 @@
-"""Reading a model's step reply (actors/victoria/replies.py parse_action)."""
+"""Reading a model's step reply (actors/agent/replies.py parse_action)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.victoria.replies import Finish, ToolCall, parse_action
+from victoria.actors.agent.replies import Finish, ToolCall, parse_action
 
 
 def test_a_clean_json_finish_is_a_finish_with_the_answer() -> None:

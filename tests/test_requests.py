@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.requests import (
+from victoria.gateway.requests import (
     DEFAULT_WAIT,
     MAX_BODY,
     MAX_GOAL,

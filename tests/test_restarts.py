@@ -56,7 +56,7 @@ def test_status_survives_a_restart_of_the_whole_system(
         assert first.stop() == 0  # SIGTERM: a clean stop
         _, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"left running after a clean stop: {alive}"
-        stop_lines = first.log().split(" victoria.supervisor: stopping", 1)[1]
+        stop_lines = first.log().split(" victoria.runtime.supervisor: stopping", 1)[1]
         assert "nats disconnected" not in stop_lines  # closing our own connection is no alarm
     finally:
         first.close()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import subjects
+from victoria.events import subjects
 
 INVALID_TOKENS = [
     pytest.param("a.b", id="dot"),

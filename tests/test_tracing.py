@@ -1,4 +1,4 @@
-"""Trace context in NATS headers (victoria/tracing.py), with no exporter configured."""
+"""Trace context in NATS headers (runtime/tracing.py), with no exporter configured."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from victoria import tracing
+from victoria.runtime import tracing
 
 
 def propagated(span: trace.Span) -> dict[str, str]:

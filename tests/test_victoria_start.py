@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from nats.aio.client import Client as NATS
 
-from actors.victoria.actor import Victoria
-from events.contracts import TaskCancelled, TaskCancelRequested, TaskSubmitted, utcnow
 from tests.system import NatsServer
-from victoria import bus
-from victoria.config import Config
+from victoria.actors.agent.actor import Victoria
+from victoria.events.contracts import TaskCancelled, TaskCancelRequested, TaskSubmitted, utcnow
+from victoria.runtime import bus
+from victoria.runtime.config import Config
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 
@@ -69,10 +69,10 @@ async def test_a_task_cancelled_while_no_victoria_ran_is_not_run_when_one_starts
 
 
 async def test_markers_no_model_request_carried_are_stored_in_order_before_the_next_stage(nc: NATS) -> None:
-    from actors.victoria.actor import _Context
-    from events.contracts import TaskStarted
-    from events.fold import TaskHistory
-    from victoria import tracing
+    from victoria.actors.agent.actor import _Context
+    from victoria.events.contracts import TaskStarted
+    from victoria.events.fold import TaskHistory
+    from victoria.runtime import tracing
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test"}))
     task = TaskSubmitted(task_id="markers", goal="g")

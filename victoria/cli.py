@@ -7,8 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from victoria.config import Config
 from victoria.errors import VictoriaError
+from victoria.runtime.config import Config
 
 ACTOR_NAMES = ("victoria", "veronica", "monitor", "llm-runner")
 
@@ -92,34 +92,34 @@ def _skip_websocket_support(args: argparse.Namespace, config: Config) -> None:
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command in ("up", "gateway", "actor", "watch"):
         _skip_websocket_support(args, config)
-    from victoria import logs, runtime
+    from victoria.runtime import logs, process
 
     command = args.command
     if command == "up":
-        from victoria.supervisor import Supervisor
+        from victoria.runtime.supervisor import Supervisor
 
         log_handler = logs.setup("up", config.log_level, instance=config.instance)
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
         nats_url = args.nats_url or config.nats_url
         supervisor = Supervisor(config, nats_url=nats_url, host=host, port=port, log_handler=log_handler)
-        return runtime.run(supervisor.run())
+        return process.run(supervisor.run())
     if command == "gateway":
-        from gateway.server import serve
-        from victoria import bus
+        from victoria.gateway.server import serve
+        from victoria.runtime import bus
 
         log_handler = logs.setup("gateway", config.log_level, instance=config.instance)
         url = bus.resolve_nats_url(config, args.nats_url)
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
-        return runtime.run(serve(config, url, host=host, port=port, log_handler=log_handler))
+        return process.run(serve(config, url, host=host, port=port, log_handler=log_handler))
     if command == "actor":
-        from victoria import bus
+        from victoria.runtime import bus
 
         log_handler = logs.setup(args.name, config.log_level, instance=config.instance)
         url = bus.resolve_nats_url(config, args.nats_url)
         factory = _actor_factory(args.name)
-        return runtime.run(runtime.serve_actor(factory, config, url, name=args.name, log_handler=log_handler))
+        return process.run(process.serve_actor(factory, config, url, name=args.name, log_handler=log_handler))
     if command in ("run", "status", "cancel"):
         from victoria import client
 
@@ -137,27 +137,28 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return client.status(base, args.task_id)
         return client.cancel(base, args.task_id)
     if command == "watch":
-        from victoria import bus, watch
+        from victoria import watch
+        from victoria.runtime import bus
 
         url = bus.resolve_nats_url(config, args.nats_url)
-        return runtime.run(watch.watch(url, args.subject, raw=args.raw))
+        return process.run(watch.watch(url, args.subject, raw=args.raw))
     raise AssertionError(command)
 
 
 def _actor_factory(name: str):  # type: ignore[no-untyped-def]
     if name == "victoria":
-        from actors.victoria.actor import Victoria
+        from victoria.actors.agent.actor import Victoria
 
         return Victoria
     if name == "veronica":
-        from actors.veronica.actor import Veronica
+        from victoria.actors.veronica.actor import Veronica
 
         return Veronica
     if name == "monitor":
-        from actors.monitor.actor import Monitor
+        from victoria.actors.monitor.actor import Monitor
 
         return Monitor
-    from actors.llm_runner.actor import LLMRunner
+    from victoria.actors.llm_runner.actor import LLMRunner
 
     return LLMRunner
 

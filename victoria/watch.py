@@ -9,8 +9,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from victoria import bus
-from victoria.runtime import wait_for_stop
+from victoria.runtime import bus
+from victoria.runtime.process import wait_for_stop
 
 _SKIP = {"type", "v", "ts", "task_id", "messages"}
 

@@ -23,15 +23,15 @@ from nats.aio.subscription import Subscription
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from actors.base import Actor
-from actors.consumer import WorkConsumer
-from actors.llm_runner import protocols
-from events import subjects
-from events.codec import encode
-from events.contracts import LLMRequested, LLMResult, TokenChunk
-from victoria import bus, tracing
-from victoria.context import current_task_id, current_trace_id
+from victoria.actors.llm_runner import protocols
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import LLMRequested, LLMResult, TokenChunk
+from victoria.runtime import bus, tracing
+from victoria.runtime.base import Actor
+from victoria.runtime.consumer import WorkConsumer
+from victoria.runtime.context import current_task_id, current_trace_id
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from events.contracts import ChatMessage
 from victoria.errors import LLMProtocolError
+from victoria.events.contracts import ChatMessage
 
 Api = Literal["ollama", "openai"]
 

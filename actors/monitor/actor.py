@@ -19,11 +19,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api as jsapi
 
-from actors.base import Actor
-from actors.monitor.probes import ProbeSpec, ProbeState, check_http, check_postgres, redact
-from events import subjects
-from events.codec import encode, service_decoder
-from events.contracts import (
+from victoria.actors.monitor.probes import ProbeSpec, ProbeState, check_http, check_postgres, redact
+from victoria.events import subjects
+from victoria.events.codec import encode, service_decoder
+from victoria.events.contracts import (
     DependencyEntry,
     Heartbeat,
     ServiceDown,
@@ -33,6 +32,7 @@ from events.contracts import (
     ServiceUp,
     utcnow,
 )
+from victoria.runtime.base import Actor
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
-from actors.base import Actor
-from actors.veronica import files
-from events import subjects
-from events.codec import encode, files_request_decoder
-from events.contracts import FilesReply, FilesRequest
-from victoria import tracing
-from victoria.context import current_task_id, current_trace_id
+from victoria.actors.veronica import files
 from victoria.errors import ToolError
+from victoria.events import subjects
+from victoria.events.codec import encode, files_request_decoder
+from victoria.events.contracts import FilesReply, FilesRequest
+from victoria.runtime import tracing
+from victoria.runtime.base import Actor
+from victoria.runtime.context import current_task_id, current_trace_id
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from victoria.logbus import BusLogHandler
+from victoria.runtime.logbus import BusLogHandler
 
 
 def setup(actor: str, level: str = "INFO", *, instance: str | None = None) -> BusLogHandler | None:

@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from actors.consumer import Handler, WorkConsumer
-from events import subjects
-from events.codec import encode
-from events.contracts import Heartbeat, ServiceStarted, utcnow
 from victoria import __version__
-from victoria.config import Config
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import Heartbeat, ServiceStarted, utcnow
+from victoria.runtime.config import Config
+from victoria.runtime.consumer import Handler, WorkConsumer
 
 log = logging.getLogger(__name__)
 

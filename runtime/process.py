@@ -10,11 +10,11 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from actors.base import Actor
-from victoria import bus
-from victoria.config import Config
-from victoria.logbus import BusLogHandler
-from victoria.tracing import Tracing
+from victoria.runtime import bus
+from victoria.runtime.base import Actor
+from victoria.runtime.config import Config
+from victoria.runtime.logbus import BusLogHandler
+from victoria.runtime.tracing import Tracing
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Final, Literal, Protocol
 
 import msgspec
 
-from actors.victoria import capabilities, classifier
-from actors.victoria.replies import Finish, ToolCall, parse_action
-from events.contracts import ChatMessage, FilesRequest, LLMResult, TaskSubmitted, ToolResult
+from victoria.actors.agent import capabilities, classifier
+from victoria.actors.agent.replies import Finish, ToolCall, parse_action
 from victoria.errors import TaskAborted
+from victoria.events.contracts import ChatMessage, FilesRequest, LLMResult, TaskSubmitted, ToolResult
 
 
 class TaskContext(Protocol):

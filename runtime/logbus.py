@@ -44,10 +44,10 @@ from typing import Final
 
 from nats.aio.client import Client as NATS
 
-from events import subjects
-from events.codec import encode
-from events.contracts import LogRecord
-from victoria.context import current_task_id, current_trace_id
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import LogRecord
+from victoria.runtime.context import current_task_id, current_trace_id
 
 DEFAULT_CAPACITY: Final = 10_000  # records held while nobody publishes them
 RECONNECT_POLL: Final = 0.1  # seconds between checks of a disconnected connection

@@ -21,12 +21,11 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from actors.base import Actor
-from actors.consumer import WorkConsumer
-from actors.victoria import workflow
-from events import subjects
-from events.codec import encode, files_reply_decoder, service_decoder
-from events.contracts import (
+from victoria.actors.agent import workflow
+from victoria.errors import TaskAborted
+from victoria.events import subjects
+from victoria.events.codec import encode, files_reply_decoder, service_decoder
+from victoria.events.contracts import (
     ChatMessage,
     FilesRequest,
     LLMRequested,
@@ -43,10 +42,11 @@ from events.contracts import (
     TaskSubmitted,
     ToolResult,
 )
-from events.fold import TaskHistory, stage_key
-from victoria import bus, tracing
-from victoria.context import current_task_id, current_trace_id
-from victoria.errors import TaskAborted
+from victoria.events.fold import TaskHistory, stage_key
+from victoria.runtime import bus, tracing
+from victoria.runtime.base import Actor
+from victoria.runtime.consumer import WorkConsumer
+from victoria.runtime.context import current_task_id, current_trace_id
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from nats.js.errors import (
     NotFoundError,
 )
 
-from events import subjects
-from events.codec import encode, task_decoder
-from events.contracts import AnyTaskEvent, DeadLetter, TaskEvent
-from victoria.config import Config
 from victoria.errors import BrokerUnavailable
+from victoria.events import subjects
+from victoria.events.codec import encode, task_decoder
+from victoria.events.contracts import AnyTaskEvent, DeadLetter, TaskEvent
+from victoria.runtime.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ from typing import Final, TextIO
 import httpx
 from nats.aio.client import Client as NATS
 
-from events import subjects
-from events.codec import encode
-from events.contracts import ServiceDown
-from victoria import bus
-from victoria.config import Config
 from victoria.errors import VictoriaError
-from victoria.logbus import BusLogHandler
-from victoria.natsserver import EmbeddedNats
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import ServiceDown
+from victoria.runtime import bus
+from victoria.runtime.config import Config
+from victoria.runtime.logbus import BusLogHandler
+from victoria.runtime.natsserver import EmbeddedNats
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def find_binary(environ: dict[str, str] | None = None) -> Path:
 
 def config_path() -> Path:
     """The reference configuration shipped with the package (the repository's nats.conf)."""
-    path = Path(str(resources.files("victoria").joinpath("nats.conf")))
+    path = Path(str(resources.files("victoria.runtime").joinpath("nats.conf")))
     if not path.is_file():
         raise EmbeddedServerError(f"packaged nats.conf missing at {path}")
     return path
