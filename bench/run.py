@@ -50,7 +50,7 @@ from bench.procs import (
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_OUT: Final = ROOT / "bench" / "results" / "latest.json"
-ACK_WAIT: Final = 30.0  # seconds: VICTORIA_ACK_WAIT's default, which the run keeps
+ACK_WAIT: Final = 5.0  # seconds: VICTORIA_ACK_WAIT's default, which the run keeps
 FEW_SECONDS: Final = 5.0  # "every task done within the ack deadline plus a few seconds"
 LLM_CONCURRENCY: Final = 256  # model calls at once, for W2's 200 tasks in flight (the default is 64)
 READY_TIMEOUT: Final = 30.0  # seconds
@@ -701,8 +701,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add(
         "W3 every task done after the kill",
         done,
-        f"<= ack wait {ack_wait:g} s + {FEW_SECONDS:g} s",
-        (done is not None and done <= limit) if measured_w3 else None,
+        f"< ack wait {ack_wait:g} s + {FEW_SECONDS:g} s",
+        (done is not None and done < limit) if measured_w3 else None,
     )
     ready = v.get("ready_s")
     add("Ready after `victoria up`", ready, "< 3 s", None if ready is None else ready < 3.0)
@@ -795,7 +795,7 @@ def markdown(results: dict[str, Any]) -> str:
         row(
             "W3 every task done, s after kill -9",
             ("W3", "all_done_after_kill_s"),
-            f"≤ {ack_wait + FEW_SECONDS:g} s{met('W3 every task done after the kill')}",
+            f"< {ack_wait + FEW_SECONDS:g} s{met('W3 every task done after the kill')}",
         ),
         row("W3 tasks lost", ("W3", "lost"), f"0{met('W3 tasks lost')}"),
         row("W3 model calls repeated", ("W3", "model_calls_repeated"), f"0{met('W3 model calls repeated')}"),

@@ -36,7 +36,7 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, gc=Fa
     ts: datetime = msgspec.field(default_factory=utcnow)
 
 
-# --- task events: victoria.task.<task_id>.<kind> -------------------------------------------------
+# --- task events: victoria.task.<shard>.<task_id>.<kind> -----------------------------------------
 
 
 class TaskEvent(Message, kw_only=True, frozen=True):
@@ -95,6 +95,11 @@ class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
     """Set when this request is the first stored event of the task's first attempt: it records the
     start of that attempt on ``instance``, and no ``task_started`` event is stored for it."""
     instance: str = ""
+    fingerprint: str = ""
+    """A hash of what is asked (messages, model, JSON mode). An attempt that resumes the task
+    takes the stored answer only when it would ask the same; else it asks again, under a new id."""
+    workflow: int = 0
+    """The version of the workflow code that made the request (``actors/agent/workflow.py``)."""
 
 
 LLMErrorKind = Literal["unavailable", "timeout", "http_status", "protocol", "cancelled"]

@@ -3,6 +3,12 @@
 ``TaskHistory`` serves two readers: the gateway (the public status object) and Victoria (which
 replays the history to resume a task after a crash: model results, tool results and stages it
 already recorded are taken from here instead of being produced again).
+
+A cancel request decides the task: its status is ``cancelled`` from that event on, and never
+changes again. That is safe to show at once because appends are fenced on the task's history
+(``victoria.runtime.fence``): an attempt cannot store ``task_completed`` after a cancel request;
+its append is refused and it stores ``task_cancelled`` instead. That event (with the attempts and
+model calls) closes the history.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class TaskHistory:
     __slots__ = (
         "attempts",
         "cancel_reason",
+        "closed",
         "created_at",
         "error",
         "error_kind",
@@ -66,6 +73,7 @@ class TaskHistory:
         "llm_results",
         "memo",
         "output",
+        "own_seq",
         "stage",
         "stages_seen",
         "status",
@@ -93,14 +101,20 @@ class TaskHistory:
         self.created_at: datetime | None = None
         self.updated_at: datetime | None = None
         self.cancel_reason: str | None = None
+        self.closed = False
+        """A terminal event is stored: nothing more is written for the task."""
         self.llm_requests: dict[str, LLMRequested] = {} if memo else _NOTHING
         self.llm_results: dict[str, LLMResult] = {} if memo else _NOTHING
         self.tool_results: dict[str, ToolResult] = {} if memo else _NOTHING
         self.stages_seen: set[str] = set() if memo else _NO_STAGES
         self.last_seq = 0
+        self.own_seq = 0
+        """Stream sequence of the last event of the task's own history (all but model results):
+        what an attempt that resumes the task fences its first append on."""
 
     @property
     def terminal(self) -> bool:
+        """The status is final: a terminal event is stored, or a cancel request decided it."""
         return self.status in ("completed", "failed", "cancelled")
 
     def apply(self, event: AnyTaskEvent, seq: int = 0) -> bool:
@@ -109,11 +123,16 @@ class TaskHistory:
             if seq <= self.last_seq:
                 return False
             self.last_seq = seq
+            if not isinstance(event, LLMResult):
+                self.own_seq = seq
         if self.created_at is None:
             self.created_at = event.ts
         self.updated_at = event.ts
-        if self.terminal and not isinstance(event, TaskSubmitted):
+        if self.closed and not isinstance(event, TaskSubmitted):
             # A late event (an in-flight model result, a duplicate) never reopens a finished task.
+            return True
+        if self.terminal:
+            self._after_decision(event)
             return True
         match event:
             case TaskSubmitted():
@@ -149,23 +168,56 @@ class TaskHistory:
                     self.tool_results.setdefault(event.call_id, event)
             case TaskCancelRequested(reason=reason):
                 self.cancel_reason = reason
+                self.status = "cancelled"
+                self.stage = "cancelled"
+                self.error = reason
             case TaskCompleted(output=output, attempts=attempts):
+                self.closed = True
                 self.status = "completed"
                 self.stage = "done"
                 self.output = output
                 self.attempts = max(self.attempts, attempts)
             case TaskFailed(error=error, error_kind=kind, attempts=attempts):
+                self.closed = True
                 self.status = "failed"
                 self.stage = "failed"
                 self.error = error
                 self.error_kind = kind
                 self.attempts = max(self.attempts, attempts)
             case TaskCancelled(reason=reason, attempts=attempts):
+                self.closed = True
                 self.status = "cancelled"
                 self.stage = "cancelled"
                 self.error = reason
                 self.attempts = max(self.attempts, attempts)
         return True
+
+    def _after_decision(self, event: AnyTaskEvent) -> None:
+        """An event after a cancel request decided the status: the status stays as it is; the
+        terminal event closes the history, and what an attempt must know to replay is kept."""
+        match event:
+            case TaskSubmitted():
+                self.submitted = event
+            case TaskCompleted() | TaskFailed() | TaskCancelled():
+                # Only task_cancelled can follow a cancel request on a fenced history; another
+                # terminal event (an unfenced server) closes it without changing what was shown.
+                self.closed = True
+                self.attempts = max(self.attempts, event.attempts)
+            case TaskStarted(attempt=attempt):
+                self.attempts = max(self.attempts, attempt)
+            case LLMRequested(attempt=attempt):
+                if attempt is not None:
+                    self.attempts = max(self.attempts, attempt)
+                if self.memo:
+                    self.llm_requests[event.request_id] = event
+            case LLMResult():
+                if self.memo:
+                    self.llm_results.setdefault(event.request_id, event)
+            case ToolResult():
+                if self.memo:
+                    self.tool_results.setdefault(event.call_id, event)
+            case _:
+                pass
 
     def model_calls(self) -> list[ModelCall]:
         """The task's model calls, one per stored result (kept with ``memo`` only)."""

@@ -7,7 +7,8 @@ can be cut along it (a gateway may publish ``victoria.task.*.*.submitted`` and
 ======================================  =============================================  ==========
 subject                                 what travels on it                             stored in
 ======================================  =============================================  ==========
-``victoria.task.<s>.<task_id>.<kind>``  every fact about one task (see ``TaskKind``)   TASKS_<s>
+``victoria.task.<s>.<task_id>.<kind>``  the task's own history (see ``TaskKind``)      TASKS_<s>
+``victoria.task.<s>.<id>.llm_result.<r>`` the model's answer to request ``<r>``        TASKS_<s>
 ``victoria.svc.<name>.<instance>.<k>`` service lifecycle: started, down, up           SERVICES
 ``victoria.heartbeat.<name>.<inst>``   one actor instance's heartbeat                 HEARTBEATS
 ``victoria.dlq.task.<task_id>``        a task message that exhausted its attempts     DLQ
@@ -16,6 +17,11 @@ subject                                 what travels on it                      
 ``victoria.log.<actor>.<level>``       log records as events                          LOGS
 ``victoria.tokens.<task_id>``          streamed model tokens, best effort             (none)
 =====================================  =============================================  ==========
+
+A task's own history (``task_history``: ``victoria.task.<s>.<task_id>.*``, one token after the id)
+is what its attempts write, with the submission and cancel requests: every append of an attempt is
+fenced on it (``victoria.runtime.fence``). Model results are one token longer, so that filter
+leaves them out: the runner writes them while the attempt waits, and they fence off nobody.
 """
 
 from __future__ import annotations
@@ -42,13 +48,15 @@ TaskKind = Literal[
     "started",
     "stage",
     "llm_request",
-    "llm_result",
     "tool_result",
     "cancel",
     "completed",
     "failed",
     "cancelled",
 ]
+"""The last token of an event of a task's own history."""
+LLM_RESULT: Final = "llm_result"
+"""The token before the request id in a model result's subject."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -87,8 +95,22 @@ def task_event(task_id: str, kind: TaskKind) -> str:
 
 
 def task_events(task_id: str) -> str:
-    """Filter for every event of one task."""
+    """Filter for every event of one task: its own history and the model's results."""
     return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.>"
+
+
+def task_history(task_id: str) -> str:
+    """Filter for the task's own history: every event but the model's results. Appends of an
+    attempt are fenced on it."""
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.*"
+
+
+def llm_result(task_id: str, request_id: str) -> str:
+    """The subject of the model's answer to one request of one task (at most one is stored)."""
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.{LLM_RESULT}.{_check(request_id, 'request id')}"
+
+
+ALL_LLM_RESULTS: Final = f"{PREFIX}.task.*.*.{LLM_RESULT}.*"
 
 
 def all_tasks_of_kind(kind: TaskKind) -> str:
@@ -111,11 +133,18 @@ ALL_TASK_EVENTS: Final = f"{PREFIX}.task.>"
 
 
 def task_id_of(subject: str) -> str:
-    """The task id in a ``victoria.task.<shard>.<task_id>.<kind>`` subject."""
+    """The task id in a task subject (``victoria.task.<shard>.<task_id>.<kind>[.<request_id>]``)."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "task" or not is_token(parts[3]):
+    shape = len(parts) == 5 or (len(parts) == 6 and parts[4] == LLM_RESULT)
+    if not shape or parts[0] != PREFIX or parts[1] != "task" or not is_token(parts[3]):
         raise ValueError(f"not a task subject: {subject!r}")
     return parts[3]
+
+
+def is_history(subject: str) -> bool:
+    """True for an event of a task's own history, False for a model result (or anything else)."""
+    parts = subject.split(".")
+    return len(parts) == 5 and parts[0] == PREFIX and parts[1] == "task"
 
 
 def service_event(name: str, instance: str, kind: Literal["started", "down", "up"]) -> str:

@@ -28,7 +28,6 @@ from victoria.events.codec import encode
 from victoria.events.contracts import (
     TERMINAL_EVENTS,
     ServicesRequest,
-    TaskCancelled,
     TaskCancelRequested,
     TaskSubmitted,
 )
@@ -54,6 +53,7 @@ log = logging.getLogger(__name__)
 SSE_KEEPALIVE: Final = 10.0  # seconds between keep-alive comments while nothing happens
 READY_CACHE: Final = 1.0  # seconds a /ready answer is reused
 SERVICES_TIMEOUT: Final = 1.0  # seconds to wait for the monitor
+CANCEL_VIEW_WAIT: Final = 2.0  # seconds a cancel waits for this gateway's view to show its effect
 _json: Final = msgspec.json.Encoder()
 
 
@@ -180,7 +180,7 @@ def create_app(state: GatewayState) -> Starlette:
                 trace_id=tracing.trace_id_of(span),
                 traceparent=trace_headers.get("traceparent"),
             )
-            ack = await bus.append(backend.js, event, "submitted", key="submitted", headers=trace_headers)
+            ack = await bus.append(backend.nc, event, "submitted", key="submitted", headers=trace_headers)
             backend.views.record(event, ack.seq)
             log.debug("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
         response = await answer_submission(backend.views, task_id, async_mode=async_mode, wait=wait)
@@ -205,15 +205,14 @@ def create_app(state: GatewayState) -> Starlette:
             return not_found(task_id)
         if history.terminal:
             return json_response(history.view(), 200)
-        reason = "cancelled by request"
-        await bus.append(
-            backend.js, TaskCancelRequested(task_id=task_id, reason=reason), "cancel", key="cancel"
-        )
-        if history.status == "queued":
-            # No Victoria has it yet: end it here. If one took it this very moment, both write
-            # the terminal event under one message id, and JetStream keeps only the first.
-            cancelled = TaskCancelled(task_id=task_id, reason=reason, attempts=history.attempts)
-            await bus.append(backend.js, cancelled, "cancelled", key="terminal")
+        # Recorded, not carried out here: the attempt that holds the task (or the first to see it,
+        # if none does yet) writes task_cancelled. The request alone decides the status, unless
+        # the terminal event came first; the answer waits until this gateway's view has either.
+        cancel = TaskCancelRequested(task_id=task_id, reason="cancelled by request")
+        await bus.append(backend.nc, cancel, "cancel", key="cancel")
+        await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
+        if history.terminal and history.status != "cancelled":
+            return json_response(history.view(), 200)  # it had ended before the request
         return json_response({"task_id": task_id, "status": history.status, "cancel": "requested"}, 202)
 
     @needs_backend

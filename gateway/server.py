@@ -103,7 +103,7 @@ async def _connect(
             log.warning("%s; retrying", exc)
     if log_handler is not None:
         log_handler.attach(nc)
-    await bus.ensure_streams(nc.jetstream())
+    await bus.ensure_streams(nc.jetstream(), dedup_window=config.dedup_window)
     metrics = Metrics()
     views = TaskViews(nc.jetstream(), observer=metrics.observe)
     await views.start()

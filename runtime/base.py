@@ -32,12 +32,15 @@ class Actor:
 
     name: ClassVar[str] = "actor"
 
-    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0) -> None:
+    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0, fenced: bool = True) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
         self.instance = config.instance
         self.restarts = restarts
+        self.fenced = fenced
+        """Whether appends to a task's history are fenced (False only on a server older than 2.11,
+        run so on purpose: ``VICTORIA_ALLOW_UNFENCED``)."""
         self.started_at = utcnow()
         self._started = False
         self._stopped = False
@@ -112,7 +115,7 @@ class Actor:
         return [
             await self.start_consumer(
                 WorkConsumer(
-                    self.js,
+                    self.nc,
                     stream=subjects.task_stream(shard),
                     durable=durable,
                     filter_subject=subjects.shard_events_of_kind(shard, kind),

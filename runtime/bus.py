@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
-import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -24,11 +23,19 @@ from nats.js.errors import (
     NotFoundError,
 )
 
-from victoria.errors import BrokerUnavailable
+from victoria.errors import BrokerUnavailable, FencingUnsupported
 from victoria.events import subjects
 from victoria.events.codec import encode, task_decoder
-from victoria.events.contracts import AnyTaskEvent, DeadLetter, TaskEvent
-from victoria.runtime.config import Config
+from victoria.events.contracts import AnyTaskEvent, DeadLetter, LLMResult, TaskEvent
+from victoria.runtime.config import DEFAULT_DEDUP_WINDOW, Config
+from victoria.runtime.protocol import (
+    WRONG_LAST_SEQUENCE,
+    PubAck,
+    decode_pub_ack,
+    fencing_supported,
+    format_version,
+    parse_ack_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,11 @@ REPLAY_FETCH_TIMEOUT: Final = 5.0  # seconds, one batch of a task's history
 IDEMPOTENCY_TTL: Final = 7 * DAY  # how long POST /run remembers an Idempotency-Key
 
 
-def stream_configs() -> list[jsapi.StreamConfig]:
-    """Every stream the system uses. Task and service events are on disk; heartbeats in memory."""
+def stream_configs(*, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> list[jsapi.StreamConfig]:
+    """Every stream the system uses. Task and service events are on disk; heartbeats in memory.
+
+    ``dedup_window`` (seconds) is the task streams' ``duplicate_window``: how long an append's
+    ``Nats-Msg-Id`` is remembered. Fencing, not this window, keeps a lost attempt from writing."""
     return [
         *(
             jsapi.StreamConfig(
@@ -50,7 +60,7 @@ def stream_configs() -> list[jsapi.StreamConfig]:
                 max_age=30 * DAY,
                 max_bytes=2 * 1024**3,
                 discard=jsapi.DiscardPolicy.OLD,
-                duplicate_window=120.0,
+                duplicate_window=dedup_window,
                 allow_direct=True,
             )
             for shard in range(subjects.TASK_SHARDS)
@@ -90,13 +100,13 @@ def stream_configs() -> list[jsapi.StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+async def ensure_streams(js: JetStreamContext, *, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> None:
     """Create every stream that is missing. Safe to call from every process at every start.
 
     An existing stream is left as it is (its operator may have tuned it); only its subjects are
     checked, since routing depends on them.
     """
-    for config in stream_configs():
+    for config in stream_configs(dedup_window=dedup_window):
         try:
             info = await js.stream_info(config.name or "")
         except NotFoundError:
@@ -187,6 +197,25 @@ def resolve_nats_url(config: Config, explicit: str | None = None) -> str:
     return url
 
 
+def fenced_appends(nc: NATS, url: str, *, allow_unfenced: bool) -> bool:
+    """Whether this server fences appends on a wildcard (nats-server 2.11 or later). An older one
+    is refused, naming its version, unless ``allow_unfenced`` (``VICTORIA_ALLOW_UNFENCED``) says
+    to run without fencing; then appends carry no expectation and False is returned."""
+    server = nc.connected_server_version
+    version = (server.major, server.minor, server.patch)
+    if fencing_supported(version):
+        return True
+    if not allow_unfenced:
+        raise FencingUnsupported(url, format_version(version))
+    log.warning(
+        "nats-server %s at %s cannot fence appends; running unfenced as VICTORIA_ALLOW_UNFENCED says: "
+        "an attempt that lost its task may still write to its history",
+        format_version(version),
+        url,
+    )
+    return False
+
+
 def event_headers(task_id: str, key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {"Nats-Msg-Id": f"{task_id}:{key}"}
     if extra:
@@ -194,51 +223,77 @@ def event_headers(task_id: str, key: str, extra: dict[str, str] | None = None) -
     return headers
 
 
-class Appended(msgspec.Struct, frozen=True, gc=False):
-    """JetStream's answer to a publish that was stored (its ``PubAck``)."""
+async def publish(nc: NATS, subject: str, payload: bytes, headers: dict[str, str]) -> PubAck:
+    """Publish to a stream and wait until it is stored; JetStream's answer, refusals included.
 
-    stream: str
-    seq: int
-    duplicate: bool = False
-
-
-class _PubAnswer(msgspec.Struct, frozen=True, gc=False):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: dict[str, Any] | None = None
+    What ``js.publish`` does, through nats-py's public request API, with the acknowledgement
+    decoded by msgspec (``protocol.decode_pub_ack``) instead of ``json.loads``, and without raising
+    for a refusal: a fenced writer reads what refused it."""
+    try:
+        reply = await nc.request(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise NoStreamResponseError from None
+    return decode_pub_ack(reply.data)
 
 
-_pub_answer = msgspec.json.Decoder(_PubAnswer)
+def raise_for(answer: PubAck) -> None:
+    """nats-py's own error for a refused publish."""
+    if answer.error is not None:
+        raise APIError.from_error(answer.error)
 
 
 async def append(
-    js: JetStreamContext,
+    nc: NATS,
     event: TaskEvent,
     kind: subjects.TaskKind,
     *,
     key: str,
     headers: dict[str, str] | None = None,
-) -> Appended:
-    """Append one task event and wait until it is stored. ``key`` makes the append idempotent
-    inside the duplicate window.
+) -> PubAck:
+    """Append one event to a task's history, unfenced (the gateway's submissions and cancel
+    requests), and wait until it is stored. ``key`` makes the append idempotent inside the
+    duplicate window."""
+    answer = await publish(
+        nc,
+        subjects.task_event(event.task_id, kind),
+        encode(event),
+        event_headers(event.task_id, key, headers),
+    )
+    raise_for(answer)
+    return answer
 
-    What ``js.publish`` does, with the acknowledgement decoded by msgspec (nats-py's ``json.loads``
-    and ``PubAck.from_response`` were a tenth of an actor's time in the benchmark); the errors are
-    nats-py's own."""
-    try:
-        reply = await js._nc.request(
-            subjects.task_event(event.task_id, kind),
-            encode(event),
-            timeout=PUBLISH_TIMEOUT,
-            headers=event_headers(event.task_id, key, headers),
-        )
-    except nats.errors.NoRespondersError:
-        raise NoStreamResponseError from None
-    answer = _pub_answer.decode(reply.data)
-    if answer.error is not None:
-        raise APIError.from_error(answer.error)
-    return Appended(answer.stream, answer.seq, answer.duplicate)
+
+async def append_fenced(
+    nc: NATS,
+    event: TaskEvent,
+    kind: subjects.TaskKind,
+    *,
+    key: str,
+    expect: int | None,
+    headers: dict[str, str] | None = None,
+) -> PubAck:
+    """Append one event of an attempt: refused (``WRONG_LAST_SEQUENCE``) unless the last event of
+    the task's own history is at stream sequence ``expect``. With ``expect`` None, unfenced. The
+    answer is returned as it is; ``victoria.runtime.fence`` decides what a refusal means."""
+    all_headers = event_headers(event.task_id, key, headers)
+    if expect is not None:
+        all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
+        all_headers["Nats-Expected-Last-Subject-Sequence-Subject"] = subjects.task_history(event.task_id)
+    return await publish(nc, subjects.task_event(event.task_id, kind), encode(event), all_headers)
+
+
+async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:
+    """Store the model's answer to one request: True, or False when an answer to that request is
+    stored already (each request's result subject takes one message, ever: expected sequence 0)."""
+    all_headers = event_headers(result.task_id, f"llm_res:{result.request_id}", headers)
+    all_headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+    answer = await publish(
+        nc, subjects.llm_result(result.task_id, result.request_id), encode(result), all_headers
+    )
+    if answer.error_code == WRONG_LAST_SEQUENCE or answer.duplicate:
+        return False
+    raise_for(answer)
+    return True
 
 
 async def read_task_events(js: JetStreamContext, task_id: str) -> list[tuple[int, AnyTaskEvent]]:
@@ -281,18 +336,20 @@ async def read_task_events(js: JetStreamContext, task_id: str) -> list[tuple[int
 
 
 def stream_sequence(msg: Msg) -> int:
-    """The stream sequence of a message a consumer delivered: ``msg.metadata.sequence.stream``
-    without building the rest of the metadata (a gateway reads it for every event it follows).
-
-    The reply subject is ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.
-    <time>.<pending>``, or on newer servers the same after a domain and an account hash, and
-    perhaps a random token at the end."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    if len(tokens) >= 11:
-        return int(tokens[7])
+    """The stream sequence of a message a consumer delivered, read from its reply subject without
+    building the rest of nats-py's ``Metadata`` (a gateway reads it for every event it follows)."""
+    ack = parse_ack_subject(msg.reply)
+    if ack is not None:
+        return ack.stream_seq
     return msg.metadata.sequence.stream  # nats' own error for a message no consumer delivered
+
+
+def delivery_count(msg: Msg) -> int:
+    """How many times the consumer has delivered this message (1 for a first delivery)."""
+    ack = parse_ack_subject(msg.reply)
+    if ack is not None:
+        return ack.delivered
+    return msg.metadata.num_delivered or 1
 
 
 def decode_task_event(data: bytes, subject: str) -> AnyTaskEvent | None:
@@ -316,6 +373,30 @@ async def last_task_event(js: JetStreamContext, task_id: str, kind: subjects.Tas
         return None
     event: AnyTaskEvent | None = decode_task_event(raw.data, raw.subject or "")
     return event
+
+
+async def last_llm_result(js: JetStreamContext, task_id: str, request_id: str) -> LLMResult | None:
+    """The stored answer to one model request of a task, or None (one direct get)."""
+    try:
+        raw = await js.get_last_msg(
+            subjects.task_stream_of(task_id), subjects.llm_result(task_id, request_id), direct=True
+        )
+    except NotFoundError:
+        return None
+    event = decode_task_event(raw.data or b"", raw.subject or "")
+    return event if isinstance(event, LLMResult) else None
+
+
+async def last_history_event(js: JetStreamContext, task_id: str) -> tuple[int, AnyTaskEvent | None] | None:
+    """The last event of the task's own history and its stream sequence, or None (one direct get;
+    the event is None when it cannot be decoded)."""
+    try:
+        raw = await js.get_last_msg(
+            subjects.task_stream_of(task_id), subjects.task_history(task_id), direct=True
+        )
+    except NotFoundError:
+        return None
+    return raw.seq or 0, decode_task_event(raw.data or b"", raw.subject or "")
 
 
 async def dead_letter(

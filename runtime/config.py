@@ -20,7 +20,8 @@ DEFAULT_LLM_TIMEOUT: Final = 300.0  # seconds, one model call
 DEFAULT_TASK_DEADLINE: Final = 900.0  # seconds, one whole task
 DEFAULT_DELEGATE_TIMEOUT: Final = 90.0  # seconds, one delegation to Veronica
 DEFAULT_MAX_ATTEMPTS: Final = 5  # deliveries of one task to Victoria
-DEFAULT_ACK_WAIT: Final = 30.0  # seconds before an unacknowledged task is delivered again
+DEFAULT_ACK_WAIT: Final = 5.0  # seconds without progress before a task is delivered again
+DEFAULT_DEDUP_WINDOW: Final = 120.0  # seconds an append's Nats-Msg-Id is remembered
 DEFAULT_HEARTBEAT_INTERVAL: Final = 2.0  # seconds
 DEFAULT_CONCURRENCY: Final = 256  # tasks one Victoria instance runs at once
 DEFAULT_LLM_CONCURRENCY: Final = 64  # model calls one runner instance makes at once
@@ -102,6 +103,15 @@ def _dsn(raw: str) -> str:
     return raw
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def _api(raw: str) -> Literal["ollama", "openai"]:
     if raw == "ollama":
         return "ollama"
@@ -139,7 +149,14 @@ class Config:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     """VICTORIA_MAX_ATTEMPTS: deliveries of one task before it fails for good."""
     ack_wait: float = DEFAULT_ACK_WAIT
-    """VICTORIA_ACK_WAIT: seconds without progress before a task goes to another Victoria."""
+    """VICTORIA_ACK_WAIT: seconds without progress (an in-progress ack every quarter of it) before a
+    task or model request goes to another instance. Fencing makes a short one safe: a holder that
+    was only slow loses the task cleanly."""
+    dedup_window: float = DEFAULT_DEDUP_WINDOW
+    """VICTORIA_DEDUP_WINDOW: seconds the task streams remember an append's ``Nats-Msg-Id``
+    (JetStream's ``duplicate_window``), set when the streams are created."""
+    allow_unfenced: bool = False
+    """VICTORIA_ALLOW_UNFENCED: run on a nats-server older than 2.11, which cannot fence appends."""
     instance: str
     """VICTORIA_INSTANCE: this process's instance name in /services (default: the host name)."""
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
@@ -195,6 +212,8 @@ class Config:
             ),
             max_attempts=_get(env, "VICTORIA_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _positive_int, "a count"),
             ack_wait=_get(env, "VICTORIA_ACK_WAIT", DEFAULT_ACK_WAIT, _positive_float, "seconds"),
+            dedup_window=_get(env, "VICTORIA_DEDUP_WINDOW", DEFAULT_DEDUP_WINDOW, _positive_float, "seconds"),
+            allow_unfenced=_get(env, "VICTORIA_ALLOW_UNFENCED", False, _bool, "true or false"),
             instance=_get(env, "VICTORIA_INSTANCE", default_instance(), _instance, "[A-Za-z0-9_-]{1,48}"),
             heartbeat_interval=_get(
                 env, "VICTORIA_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL, _positive_float, "seconds"

@@ -17,10 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError
+
+from victoria.runtime.protocol import pull_status
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ Handler = Callable[[Msg], Awaitable[None]]
 class WorkConsumer:
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         *,
         stream: str,
         durable: str,
@@ -46,7 +49,8 @@ class WorkConsumer:
         max_ack_pending: int = 20_000,
         gate: asyncio.Semaphore | None = None,
     ) -> None:
-        self.js = js
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
         self.stream = stream
         self.durable = durable
         self.config = jsapi.ConsumerConfig(
@@ -94,20 +98,20 @@ class WorkConsumer:
         or the request's expiry). A pull request that is lost (a server restart) is forgotten after
         its expiry, so the loop never goes silent.
         """
-        nc = self.js._nc
+        nc = self.nc
         inbox = nc.new_inbox()
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         wake = self._slot_free
 
         async def on_msg(msg: Msg) -> None:
-            status = msg.headers.get("Status") if msg.headers else None
-            if status:
-                if status == "100":  # idle heartbeat
+            status = pull_status(msg.headers)
+            if status is not None:
+                if status.heartbeat:
                     return
-                # 408: the request expired; 409: the server dropped it; 404: nothing (no_wait).
-                unfilled = msg.headers.get("Nats-Pending-Messages") if msg.headers else None
-                if unfilled and unfilled.isdigit():
-                    self._pulled = max(0, self._pulled - int(unfilled))
+                # The request expired (408) or was dropped (409), or there was nothing (404): the
+                # messages it will not bring are said, or else none of those asked for will come.
+                if status.unfilled is not None:
+                    self._pulled = max(0, self._pulled - status.unfilled)
                 else:
                     self._pulled = 0
                 wake.set()
@@ -175,7 +179,16 @@ class WorkConsumer:
             held_since = loop.time() - period
             for task, (msg, arrived) in list(self.active.items()):
                 if arrived <= held_since and not task.done():
-                    await _quietly(msg.in_progress())
+                    try:
+                        await msg.in_progress()
+                    except Exception as exc:  # then the ack wait runs out and another worker takes it
+                        log.warning(
+                            "consumer %s: in-progress ack failed (%s); after %gs another worker may take "
+                            "the message",
+                            self.durable,
+                            exc,
+                            self.ack_wait,
+                        )
 
     async def stop(self) -> None:
         if self._stopping:
@@ -198,5 +211,5 @@ class WorkConsumer:
 async def _quietly(aw: Awaitable[None]) -> None:
     try:
         await aw
-    except Exception as exc:  # the message will be redelivered; nothing else to do
-        log.debug("ack operation failed: %s", exc)
+    except Exception as exc:  # a nak that fails: the ack wait brings the message back all the same
+        log.debug("nak failed: %s", exc)

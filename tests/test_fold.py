@@ -65,7 +65,7 @@ def test_a_model_request_that_carries_no_marker_leaves_the_stage_as_it_was() -> 
         [
             submitted(),
             TaskStage(task_id="t1", stage="waiting_for_model", ts=at(1)),
-            LLMRequested(task_id="t1", request_id="plan.retry1", purpose="plan", messages=[], ts=at(2)),
+            LLMRequested(task_id="t1", request_id="plan-retry1", purpose="plan", messages=[], ts=at(2)),
         ],
     )
     assert (h.status, h.stage, h.attempts) == ("running", "waiting_for_model", 0)
@@ -134,7 +134,7 @@ def test_a_cancelled_task_keeps_its_reason_as_the_error() -> None:
     assert h.terminal
 
 
-def test_a_cancel_request_alone_does_not_end_the_task() -> None:
+def test_a_cancel_request_decides_the_status_at_once_and_leaves_the_history_open() -> None:
     h = fold(
         "t1",
         [
@@ -143,9 +143,54 @@ def test_a_cancel_request_alone_does_not_end_the_task() -> None:
             TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
         ],
     )
-    assert h.status == "running"
+    assert (h.status, h.stage, h.error) == ("cancelled", "cancelled", "stop")
     assert h.cancel_reason == "stop"
-    assert not h.terminal
+    assert h.terminal
+    assert not h.closed  # the attempt holding the task still writes task_cancelled
+
+
+def test_task_cancelled_after_the_request_closes_the_history_with_its_attempts() -> None:
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
+            TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
+            TaskCancelled(task_id="t1", reason="stop", attempts=2, ts=at(4)),
+        ],
+    )
+    assert (h.status, h.attempts, h.closed) == ("cancelled", 2, True)
+
+
+def test_a_completion_after_a_cancel_request_never_changes_the_status_once_read() -> None:
+    # Only a server that cannot fence (run with VICTORIA_ALLOW_UNFENCED) lets this be stored.
+    h = fold(
+        "t1",
+        [
+            submitted(),
+            TaskCancelRequested(task_id="t1", reason="stop", ts=at(1)),
+            TaskCompleted(task_id="t1", output="done anyway", ts=at(2)),
+        ],
+    )
+    assert (h.status, h.output, h.closed) == ("cancelled", None, True)
+
+
+def test_model_results_after_a_cancel_request_are_still_counted_for_the_terminal_event() -> None:
+    h = TaskHistory("t1")
+    h.apply(submitted(), 1)
+    h.apply(LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)), 2)
+    h.apply(TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)), 3)
+    h.apply(LLMResult(task_id="t1", request_id="plan", ok=True, model="m", ts=at(3)), 4)
+    assert [call.model for call in h.model_calls()] == ["m"]
+
+
+def test_own_seq_is_the_last_event_of_the_tasks_own_history_not_a_model_result() -> None:
+    h = TaskHistory("t1")
+    h.apply(submitted(), 3)
+    h.apply(LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)), 5)
+    h.apply(LLMResult(task_id="t1", request_id="plan", ok=True, ts=at(2)), 9)
+    assert (h.own_seq, h.last_seq) == (5, 9)
 
 
 def test_attempts_is_the_largest_attempt_seen() -> None:

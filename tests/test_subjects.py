@@ -148,7 +148,8 @@ def test_a_task_id_with_a_newline_is_rejected(bad: str) -> None:
 
 
 def test_task_id_of_reads_the_id_back_from_a_task_subject() -> None:
-    assert subjects.task_id_of(subjects.task_event("t-42", "llm_result")) == "t-42"
+    assert subjects.task_id_of(subjects.task_event("t-42", "llm_request")) == "t-42"
+    assert subjects.task_id_of(subjects.llm_result("t-42", "step-3")) == "t-42"
 
 
 @pytest.mark.parametrize(

@@ -32,19 +32,19 @@ async def kinds(nc: NATS, task_id: str) -> list[str]:
 
 
 async def test_a_task_cancelled_while_no_victoria_ran_is_not_run_when_one_starts(nc: NATS) -> None:
-    js = nc.jetstream()
     before = utcnow() - timedelta(seconds=60)
     reason = "cancelled by request"
     for task_id in ("queued-cancelled", "cancel-only", "untouched"):
         submitted = TaskSubmitted(task_id=task_id, goal="Write a haiku", task_type="agent", ts=before)
-        await bus.append(js, submitted, "submitted", key="submitted")
-    # What the gateway writes for a queued task: the request, and the end.
+        await bus.append(nc, submitted, "submitted", key="submitted")
+    # What gateways before fencing wrote for a queued task: the request, and the end. Now they
+    # write the request only ("cancel-only"); the first Victoria to take the task ends it.
     await bus.append(
-        js, TaskCancelRequested(task_id="queued-cancelled", reason=reason), "cancel", key="cancel"
+        nc, TaskCancelRequested(task_id="queued-cancelled", reason=reason), "cancel", key="cancel"
     )
     ended = TaskCancelled(task_id="queued-cancelled", reason=reason, attempts=0)
-    await bus.append(js, ended, "cancelled", key="terminal")
-    await bus.append(js, TaskCancelRequested(task_id="cancel-only", reason=reason), "cancel", key="cancel")
+    await bus.append(nc, ended, "cancelled", key="terminal")
+    await bus.append(nc, TaskCancelRequested(task_id="cancel-only", reason=reason), "cancel", key="cancel")
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test", "VICTORIA_ACK_WAIT": "30"}))
     await victoria.start()
@@ -73,13 +73,15 @@ async def test_markers_no_model_request_carried_are_stored_in_order_before_the_n
     from victoria.events.contracts import TaskStarted
     from victoria.events.fold import TaskHistory
     from victoria.runtime import tracing
+    from victoria.runtime.fence import TaskWriter
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test"}))
     task = TaskSubmitted(task_id="markers", goal="g")
-    await bus.append(nc.jetstream(), task, "submitted", key="submitted")
+    submitted = await bus.append(nc, task, "submitted", key="submitted")
     history = TaskHistory(task.task_id)
-    history.apply(task)
-    ctx = _Context(victoria, task, history, tracing.tracer().start_span("task"))
+    history.apply(task, submitted.seq)
+    writer = TaskWriter(nc, task.task_id, attempt=1, expected=submitted.seq)
+    ctx = _Context(victoria, task, history, tracing.tracer().start_span("task"), writer)
     ctx.pending_start = TaskStarted(task_id=task.task_id, attempt=1, instance="v-test")
     await ctx.stage("looking")
     assert await kinds(nc, "markers") == ["task_submitted"]  # held for a model request

@@ -6,8 +6,12 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from victoria.errors import VictoriaError
+
+if TYPE_CHECKING:
+    from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 
 ACTOR_NAMES = ("victoria", "veronica", "monitor", "llm-runner")
@@ -79,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _skip_websocket_support(args: argparse.Namespace, config: Config) -> None:
-    """nats-py imports aiohttp only for its WebSocket transport, at ~10 MB per process. Processes
-    that reach NATS over TCP and make no HTTP calls with aiohttp (all but the LLM runner) skip it."""
+    """nats-py imports aiohttp only for its WebSocket transport. Processes that reach NATS over TCP
+    and make no HTTP calls with aiohttp (all but the LLM runner) skip it (the memory it saves:
+    bench/README.md)."""
     if args.command == "actor" and args.name == "llm-runner":
         return
     url = getattr(args, "nats_url", None) or config.nats_url or ""
@@ -145,7 +150,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     raise AssertionError(command)
 
 
-def _actor_factory(name: str):  # type: ignore[no-untyped-def]
+def _actor_factory(name: str) -> type[Actor]:
     if name == "victoria":
         from victoria.actors.agent.actor import Victoria
 

@@ -6,7 +6,8 @@
     ├── ConfigError(ValueError)            a setting is missing or invalid; names the variable
     ├── BrokerError                        NATS or JetStream trouble
     │   ├── BrokerUnavailable(ConnectionError)   not connected; a retry later can help
-    │   └── EmbeddedServerError            the embedded nats-server would not start
+    │   ├── EmbeddedServerError            the embedded nats-server would not start
+    │   └── FencingUnsupported             the server is older than 2.11 and cannot fence appends
     ├── LLMError                           a model call did not give an answer
     │   ├── LLMUnavailable(ConnectionError)      the model server refused or is unreachable
     │   ├── LLMTimeout(TimeoutError)       the call passed its deadline
@@ -14,7 +15,14 @@
     │   └── LLMProtocolError               the answer was not in the protocol's shape
     ├── ToolError                          a tool call failed (bad path, outside the workspace, ...)
     │   └── OutsideWorkspace(PermissionError)
-    └── TaskAborted                        a task stops: cancelled or past its deadline
+    ├── TaskAborted                        a task fails for good: its model call failed in a way
+    │                                      that asking again cannot mend (timeout, HTTP error, ...)
+    └── FenceError                         an attempt's append to its task's history was refused
+        ├── TaskLost                       another attempt holds the task now: stop, write nothing
+        └── CancelRequested                a cancel request was stored: end the task cancelled
+
+Model errors say what went wrong (``kind``); what to do about it is the workflow's rule: an
+unreachable model server is waited for, anything else fails the task (``actors/agent/workflow.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +30,6 @@ from __future__ import annotations
 
 class VictoriaError(Exception):
     """Base of every error this project raises on purpose."""
-
-    retryable: bool = False
 
 
 class ConfigError(VictoriaError, ValueError):
@@ -38,11 +44,23 @@ class BrokerError(VictoriaError):
 
 
 class BrokerUnavailable(BrokerError, ConnectionError):
-    retryable = True
+    pass
 
 
 class EmbeddedServerError(BrokerError):
     pass
+
+
+class FencingUnsupported(BrokerError):
+    def __init__(self, url: str, version: str) -> None:
+        super().__init__(
+            f"nats-server {version} at {url} cannot fence appends "
+            "(Nats-Expected-Last-Subject-Sequence-Subject needs 2.11 or later): an attempt that lost "
+            "its task could still write to the task's history. Upgrade the server, or set "
+            "VICTORIA_ALLOW_UNFENCED=1 to run without fencing"
+        )
+        self.url = url
+        self.version = version
 
 
 class LLMError(VictoriaError):
@@ -55,12 +73,10 @@ class LLMError(VictoriaError):
 
 class LLMUnavailable(LLMError, ConnectionError):
     kind = "unavailable"
-    retryable = True
 
 
 class LLMTimeout(LLMError, TimeoutError):
     kind = "timeout"
-    retryable = True
 
 
 class LLMHTTPError(LLMError):
@@ -69,7 +85,6 @@ class LLMHTTPError(LLMError):
     def __init__(self, message: str, *, url: str | None = None, status: int = 0) -> None:
         super().__init__(message, url=url)
         self.status = status
-        self.retryable = status >= 500 or status == 429
 
 
 class LLMProtocolError(LLMError):
@@ -85,8 +100,40 @@ class OutsideWorkspace(ToolError, PermissionError):
 
 
 class TaskAborted(VictoriaError):
+    """The task fails with ``reason``; ``kind`` becomes its ``error_kind`` (``llm_timeout``, ...)."""
+
     def __init__(self, task_id: str, reason: str, *, kind: str) -> None:
         super().__init__(reason)
         self.task_id = task_id
         self.reason = reason
         self.kind = kind
+
+
+class FenceError(VictoriaError):
+    """An append of an attempt was refused: the task's history moved on without it."""
+
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskLost(FenceError):
+    """Another attempt holds the task now. The attempt that gets this writes nothing more for the
+    task, makes no more model calls and does not acknowledge its message."""
+
+    def __init__(self, task_id: str, attempt: int, *, found: str) -> None:
+        super().__init__(
+            task_id, f"task {task_id}: attempt {attempt} lost the task ({found} came after its last write)"
+        )
+        self.attempt = attempt
+        self.found = found
+
+
+class CancelRequested(FenceError):
+    """A cancel request was stored after the attempt's last append: the attempt still holds the
+    task, and its only write left is ``task_cancelled``, fenced on the request at ``seq``."""
+
+    def __init__(self, task_id: str, reason: str, *, seq: int) -> None:
+        super().__init__(task_id, f"task {task_id}: cancel requested ({reason})")
+        self.reason = reason
+        self.seq = seq

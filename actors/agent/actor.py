@@ -1,8 +1,11 @@
-"""Victoria: takes tasks from a durable consumer and runs them, resuming from their events.
+"""Victoria, the agent: takes tasks from a durable consumer and runs them, resuming from their events.
 
-One delivery of a ``task_submitted`` message is one attempt. Before running, Victoria folds the
-task's stored events (on a redelivery) and the workflow takes every recorded stage, model result and
-tool result from that history. The message is acknowledged only after the terminal event is stored.
+One delivery of a ``task_submitted`` message is one attempt. A first delivery starts from the
+submission; a redelivery reads the task's history, and the workflow takes every recorded stage,
+model result and tool result from it. Every append of an attempt is fenced on the task's history
+(``victoria.runtime.fence``): an attempt that another one has overtaken (it was frozen, cut off, or
+only slower than the ack wait) has its next append refused, and stops there, writing nothing more
+and leaving the message alone. The message is acknowledged only after the terminal event is stored.
 """
 
 from __future__ import annotations
@@ -10,19 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import ClassVar, Final
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from victoria.actors.agent import workflow
-from victoria.errors import TaskAborted
+from victoria.errors import CancelRequested, TaskAborted, TaskLost
 from victoria.events import subjects
 from victoria.events.codec import encode, files_reply_decoder, service_decoder
 from victoria.events.contracts import (
@@ -45,36 +48,35 @@ from victoria.events.contracts import (
 from victoria.events.fold import TaskHistory, stage_key
 from victoria.runtime import bus, tracing
 from victoria.runtime.base import Actor
+from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
+from victoria.runtime.fence import TaskWriter
 
 log = logging.getLogger(__name__)
 
-RECENT_CANCELS: Final = 10_000  # cancelled task ids remembered for their first delivery
+CLAIM_TRIES: Final = 3  # reads of the history a redelivery may need before its claim goes through
 RESULT_RECHECK: Final = 10.0  # seconds between looks in the stream for a model result we may have missed
-CLOCK_SLACK: Final = 5.0  # seconds: a submission this close to our start may predate our subscriptions
 
 
 class Victoria(Actor):
     name: ClassVar[str] = "victoria"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0, fenced: bool = True) -> None:
+        super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.consumers: list[WorkConsumer] = []
-        self.running: dict[str, asyncio.Task[str]] = {}
+        self.running: dict[str, set[asyncio.Task[str]]] = {}
+        """Task id -> its workflows running here (two only while this instance overtook itself)."""
         self.cancel_reasons: dict[str, str] = {}
-        self.waiters: dict[tuple[str, str], asyncio.Future[LLMResult]] = {}
+        self.waiters: dict[tuple[str, str], set[asyncio.Future[LLMResult]]] = {}
+        """(task id, request id) -> the attempts waiting for that model result."""
         self._subs: list[Subscription] = []
         self.veronica: dict[str, str | None] = {}
-        self.veronica_went_down = asyncio.Event()
-        self.recent_cancels: OrderedDict[str, str] = OrderedDict()
-        """Tasks cancelled lately, as the live subscription saw them: task id -> reason."""
         """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
+        self.veronica_went_down = asyncio.Event()
 
     async def on_start(self) -> None:
-        self._subs.append(
-            await self.nc.subscribe(subjects.all_tasks_of_kind("llm_result"), cb=self._on_result)
-        )
+        self._subs.append(await self.nc.subscribe(subjects.ALL_LLM_RESULTS, cb=self._on_result))
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
         self._subs.append(await self.nc.subscribe(f"{subjects.PREFIX}.svc.veronica.>", cb=self._on_veronica))
         self.consumers = await self.consume_tasks(
@@ -87,31 +89,30 @@ class Victoria(Actor):
             await sub.unsubscribe()
 
     def in_flight(self) -> int:
-        return len(self.running)
+        return sum(len(runs) for runs in self.running.values())
 
     # --- bus callbacks ---------------------------------------------------------------------------
     async def _on_result(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
         if isinstance(event, LLMResult):
-            future = self.waiters.get((event.task_id, event.request_id))
-            if future is not None and not future.done():
-                future.set_result(event)
+            for future in self.waiters.get((event.task_id, event.request_id), ()):
+                if not future.done():
+                    future.set_result(event)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
             task_id = subjects.task_id_of(msg.subject)
         except ValueError:
             return
+        runs = self.running.get(task_id)
+        if not runs:
+            return  # not running here; the attempt that runs it or the next one to start ends it
         event = bus.decode_task_event(msg.data, msg.subject)
         reason = getattr(event, "reason", None) or "cancelled by request"
-        self.recent_cancels[task_id] = reason
-        while len(self.recent_cancels) > RECENT_CANCELS:
-            self.recent_cancels.popitem(last=False)
-        running = self.running.get(task_id)
-        if running is not None and not running.done():
-            self.cancel_reasons[task_id] = reason
-            log.info("task %s cancel requested", task_id)
-            running.cancel()
+        self.cancel_reasons[task_id] = reason
+        log.info("task %s cancel requested", task_id)
+        for run in runs:
+            run.cancel()
 
     async def _on_veronica(self, msg: Msg) -> None:
         try:
@@ -139,7 +140,7 @@ class Victoria(Actor):
             await msg.term()
             return
         task = event
-        attempt = msg.metadata.num_delivered or 1
+        attempt = bus.delivery_count(msg)
         parent = tracing.context_from(msg.headers, task.traceparent)
         span = tracing.tracer().start_span(
             "task",
@@ -159,47 +160,120 @@ class Victoria(Actor):
 
     async def _attempt(self, msg: Msg, task: TaskSubmitted, attempt: int, span: Span) -> str:
         """One delivery of one task; returns what became of it, for the span and the log."""
-        history = await self._history(task, attempt)
-        if history.terminal:
+        writer = TaskWriter(
+            self.nc, task.task_id, attempt=attempt, expected=bus.stream_sequence(msg), fenced=self.fenced
+        )
+        try:
+            history = await self._history(task, attempt, writer)
+            reads = 1
+            while True:
+                try:
+                    ended = await self._settle(msg, task, attempt, history, writer)
+                    if ended is not None:
+                        return ended
+                    if attempt > 1:
+                        # A retry claims the task at once: from here on no older attempt can write.
+                        started = TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance)
+                        await writer.append(started, "started", key=f"started:{attempt}")
+                        history.apply(started)
+                        log.info("task %s attempt %d started", task.task_id, attempt)
+                    break
+                except CancelRequested as exc:
+                    history.apply(TaskCancelRequested(task_id=task.task_id, reason=exc.reason))
+                except TaskLost:
+                    # Written between this attempt's read and its claim: by an older attempt that
+                    # has not noticed yet (read again and claim on top), or by a newer one.
+                    if attempt == 1 or reads >= CLAIM_TRIES:
+                        raise
+                    history = await self._read(task)
+                    reads += 1
+                    if history.attempts > attempt:
+                        raise
+                    writer.restart_from(history.own_seq)
+            return await self._run(msg, task, attempt, history, writer, span)
+        except TaskLost as exc:
+            log.warning("%s; it stops here, writes nothing more and leaves the message alone", exc)
+            span.set_attribute("victoria.lost", True)
+            return "lost"
+
+    async def _history(self, task: TaskSubmitted, attempt: int, writer: TaskWriter) -> TaskHistory:
+        if attempt > 1:
+            history = await self._read(task)
+            writer.restart_from(history.own_seq)
+            return history
+        # First delivery: nothing but the submission and perhaps a cancel request can be stored
+        # yet, and a cancel request fences off this attempt's first append (which then ends it
+        # cancelled): no read needed. Without fencing, one direct get looks for a stored cancel.
+        history = TaskHistory(task.task_id)
+        history.apply(task, writer.expected)
+        if not self.fenced:
+            cancel = await bus.last_task_event(self.js, task.task_id, "cancel")
+            if isinstance(cancel, TaskCancelRequested):
+                history.apply(cancel)
+        return history
+
+    async def _read(self, task: TaskSubmitted) -> TaskHistory:
+        history = TaskHistory(task.task_id)
+        for seq, event in await bus.read_task_events(self.js, task.task_id):
+            history.apply(event, seq)
+        if history.submitted is None:
+            history.apply(task)
+        return history
+
+    async def _settle(
+        self, msg: Msg, task: TaskSubmitted, attempt: int, history: TaskHistory, writer: TaskWriter
+    ) -> str | None:
+        """End the task without running it when its history or its deliveries say so (and say
+        how); None when it is to run."""
+        if history.closed:
             await msg.ack()
             return "already finished"
+        if history.cancel_reason is not None:
+            cancelled = TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt)
+            await self._finish(cancelled, history, writer)
+            await msg.ack()
+            return "cancelled"
         if attempt > self.config.max_attempts:
             error = f"gave up after {self.config.max_attempts} attempts (each a delivery to Victoria)"
-            await self._finish(
-                TaskFailed(
-                    task_id=task.task_id, error=error, error_kind="max_attempts", attempts=attempt - 1
-                ),
-                history,
+            failed = TaskFailed(
+                task_id=task.task_id, error=error, error_kind="max_attempts", attempts=attempt - 1
             )
+            if isinstance(await self._finish(failed, history, writer), TaskCancelled):
+                await msg.ack()
+                return "cancelled"
             await bus.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
             await msg.term()
             return "max_attempts"
-        if history.cancel_reason is not None:
-            await self._finish(
-                TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt), history
-            )
+        if self._remaining(task) <= 0:
+            stored = await self._finish(self._deadline_failure(task, attempt), history, writer)
             await msg.ack()
-            return "cancelled"
-        remaining = task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
-        if remaining <= 0:
-            await self._finish(self._deadline_failure(task, attempt), history)
-            await msg.ack()
-            return "deadline"
-        ctx = _Context(self, task, history, span)
-        started = TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance)
+            return "deadline" if isinstance(stored, TaskFailed) else "cancelled"
+        return None
+
+    @staticmethod
+    def _remaining(task: TaskSubmitted) -> float:
+        return task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
+
+    async def _run(
+        self,
+        msg: Msg,
+        task: TaskSubmitted,
+        attempt: int,
+        history: TaskHistory,
+        writer: TaskWriter,
+        span: Span,
+    ) -> str:
+        ctx = _Context(self, task, history, span, writer)
         if attempt == 1:
-            ctx.pending_start = started  # stored with the attempt's first event (see _Context)
+            ctx.pending_start = TaskStarted(task_id=task.task_id, attempt=1, instance=self.instance)
             log.debug("task %s attempt 1 started", task.task_id)
-        else:
-            # A retry is what an operator looks for: recorded at once.
-            await bus.append(self.js, started, "started", key=f"started:{attempt}")
-            log.info("task %s attempt %d started", task.task_id, attempt)
         run = asyncio.create_task(workflow.run(ctx), name=f"task-{task.task_id}")
-        self.running[task.task_id] = run
+        runs = self.running.setdefault(task.task_id, set())
+        runs.add(run)
         terminal: TaskCompleted | TaskFailed | TaskCancelled
         try:
             try:
-                async with asyncio.timeout(remaining) as deadline:
+                async with asyncio.timeout(self._remaining(task)) as deadline:
                     output = await run
                 terminal = TaskCompleted(task_id=task.task_id, output=output, attempts=attempt)
             except TimeoutError:
@@ -210,6 +284,8 @@ class Victoria(Actor):
                 terminal = TaskFailed(
                     task_id=task.task_id, error=exc.reason, error_kind=exc.kind, attempts=attempt
                 )
+            except CancelRequested as exc:  # an append of the workflow found the request
+                terminal = TaskCancelled(task_id=task.task_id, reason=exc.reason, attempts=attempt)
             except asyncio.CancelledError:
                 reason = self.cancel_reasons.get(task.task_id)
                 current = asyncio.current_task()
@@ -219,51 +295,22 @@ class Victoria(Actor):
         finally:
             if not run.done():
                 run.cancel()
-            self.running.pop(task.task_id, None)
-            self.cancel_reasons.pop(task.task_id, None)
+            runs.discard(run)
+            if not runs:
+                self.running.pop(task.task_id, None)
+                self.cancel_reasons.pop(task.task_id, None)
             ctx.end_stage()
-        await self._finish(terminal, history, span)
+        stored = await self._finish(terminal, history, writer, span)
         await msg.ack()
-        routine = attempt == 1 and isinstance(terminal, TaskCompleted)  # the events tell it all
+        routine = attempt == 1 and isinstance(stored, TaskCompleted)  # the events tell it all
         log.log(
             logging.DEBUG if routine else logging.INFO,
             "task %s %s after attempt %d",
             task.task_id,
-            _status(terminal),
+            _status(stored),
             attempt,
         )
-        return _status(terminal)
-
-    async def _history(self, task: TaskSubmitted, attempt: int) -> TaskHistory:
-        if attempt == 1:
-            # First delivery: nothing but the submission and perhaps a cancel can be stored yet.
-            # A cancel of a task submitted while this instance runs reached its subscription; a
-            # task submitted before it started (queued while Victoria was down) may have been
-            # cancelled unseen, and the stream says so (one direct get; only for those tasks).
-            history = TaskHistory(task.task_id)
-            history.apply(task)
-            reason = self.recent_cancels.get(task.task_id)
-            if reason is not None:
-                history.apply(TaskCancelRequested(task_id=task.task_id, reason=reason))
-            elif (task.ts - self.started_at).total_seconds() < CLOCK_SLACK:
-                await self._stored_cancel(history)
-            return history
-        history = TaskHistory(task.task_id)
-        for seq, event in await bus.read_task_events(self.js, task.task_id):
-            history.apply(event, seq)
-        if history.submitted is None:
-            history.apply(task)
-        return history
-
-    async def _stored_cancel(self, history: TaskHistory) -> None:
-        """Apply a stored cancel of the task, and the terminal event the gateway wrote with it when
-        the task was still queued (then the attempt ends as "already finished", writing nothing)."""
-        cancel = await bus.last_task_event(self.js, history.task_id, "cancel")
-        if isinstance(cancel, TaskCancelRequested):
-            history.apply(cancel)
-            ended = await bus.last_task_event(self.js, history.task_id, "cancelled")
-            if isinstance(ended, TaskCancelled):
-                history.apply(ended)
+        return _status(stored)
 
     def _deadline_failure(self, task: TaskSubmitted, attempt: int, cause: str | None = None) -> TaskFailed:
         error = f"task deadline of {task.deadline_s:g}s passed"
@@ -275,15 +322,24 @@ class Victoria(Actor):
         self,
         event: TaskCompleted | TaskFailed | TaskCancelled,
         history: TaskHistory,
+        writer: TaskWriter,
         span: Span | None = None,
-    ) -> None:
-        """Store the terminal event, with the task's model calls summed up in it (for metrics)."""
+    ) -> TaskCompleted | TaskFailed | TaskCancelled:
+        """Store the terminal event, with the task's model calls summed up in it (for metrics), and
+        return it. A cancel request stored since the attempt's last append turns it into
+        ``task_cancelled``: the request decided the task."""
         calls = history.model_calls()
         if calls:
             event = msgspec.structs.replace(event, model_calls=calls)
-        kind: subjects.TaskKind = _status(event)
         headers = tracing.headers_for(span) if span is not None else None
-        await bus.append(self.js, event, kind, key="terminal", headers=headers)
+        try:
+            await writer.append(event, _status(event), key="terminal", headers=headers)
+        except CancelRequested as exc:
+            event = TaskCancelled(
+                task_id=event.task_id, reason=exc.reason, attempts=event.attempts, model_calls=calls
+            )
+            await writer.append(event, "cancelled", key="terminal", headers=headers)
+        return event
 
 
 def _status(event: TaskCompleted | TaskFailed | TaskCancelled) -> subjects.TaskKind:
@@ -309,11 +365,14 @@ class _Context:
     own.
     """
 
-    def __init__(self, actor: Victoria, task: TaskSubmitted, history: TaskHistory, span: Span) -> None:
+    def __init__(
+        self, actor: Victoria, task: TaskSubmitted, history: TaskHistory, span: Span, writer: TaskWriter
+    ) -> None:
         self.actor = actor
         self.task = task
         self.history = history
         self.span = span
+        self.writer = writer
         self._stage_span: Span | None = None
         self.delegate_timeout = actor.config.delegate_timeout
         self.last_model_error: str | None = None
@@ -343,16 +402,16 @@ class _Context:
             self.pending_stage = event  # the model request that follows carries it
             return
         await self.flush_markers()
-        await bus.append(self.actor.js, event, "stage", key=f"stage:{key}", headers=self._headers())
+        await self.writer.append(event, "stage", key=f"stage:{key}", headers=self._headers())
 
     async def flush_markers(self) -> None:
         """Store the markers no model request has carried, oldest first."""
         start, self.pending_start = self.pending_start, None
         if start is not None:
-            await bus.append(self.actor.js, start, "started", key=f"started:{start.attempt}")
+            await self.writer.append(start, "started", key=f"started:{start.attempt}")
         stage, self.pending_stage = self.pending_stage, None
         if stage is not None:
-            await bus.append(self.actor.js, stage, "stage", key=f"stage:{stage.key}", headers=self._headers())
+            await self.writer.append(stage, "stage", key=f"stage:{stage.key}", headers=self._headers())
 
     def end_stage(self) -> None:
         if self._stage_span is not None:
@@ -370,12 +429,15 @@ class _Context:
     async def llm(
         self, request_id: str, purpose: str, messages: list[ChatMessage], *, json_mode: bool = False
     ) -> LLMResult:
+        asked = workflow.fingerprint(messages, model=self.task.model, json_mode=json_mode)
+        request_id = self._same_question(request_id, asked)
         known = self.history.llm_results.get(request_id)
         if known is not None:
             return known
         key = (self.task.task_id, request_id)
         future: asyncio.Future[LLMResult] = asyncio.get_running_loop().create_future()
-        self.actor.waiters[key] = future
+        waiting = self.actor.waiters.setdefault(key, set())
+        waiting.add(future)
         try:
             if request_id in self.history.llm_requests:
                 await self.flush_markers()  # waiting for an answer asked for on an earlier attempt
@@ -394,13 +456,11 @@ class _Context:
                     step=stage.step if stage is not None else None,
                     attempt=start.attempt if start is not None else None,
                     instance=start.instance if start is not None else "",
+                    fingerprint=asked,
+                    workflow=workflow.VERSION,
                 )
-                await bus.append(
-                    self.actor.js,
-                    request,
-                    "llm_request",
-                    key=f"llm_req:{request_id}",
-                    headers=self._headers(),
+                await self.writer.append(
+                    request, "llm_request", key=f"llm_req:{request_id}", headers=self._headers()
                 )
                 self.history.apply(request)
             while True:
@@ -409,26 +469,73 @@ class _Context:
                     break
                 except TimeoutError:
                     # A result published while we were disconnected is in the stream all the same.
-                    last = await bus.last_task_event(self.actor.js, self.task.task_id, "llm_result")
-                    if isinstance(last, LLMResult) and last.request_id == request_id:
-                        result = last
+                    stored = await bus.last_llm_result(self.actor.js, self.task.task_id, request_id)
+                    if stored is not None:
+                        result = stored
                         break
         finally:
-            self.actor.waiters.pop(key, None)
+            waiting.discard(future)
+            if not waiting:
+                self.actor.waiters.pop(key, None)
         self.history.apply(result)
         if not result.ok:
             self.last_model_error = result.error
         return result
 
+    def _same_question(self, request_id: str, asked: str) -> str:
+        """The id under which the history holds this very question: ``request_id`` unless a stored
+        request of that id asked something else (the code or the prompts changed between attempts);
+        then the next of ``<id>-v2``, ``<id>-v3``, ... that is free or asked the same. The old answer
+        is never taken for a different question."""
+        rid, version = request_id, 1
+        while True:
+            stored = self.history.llm_requests.get(rid)
+            if stored is None or not stored.fingerprint or stored.fingerprint == asked:
+                return rid
+            version += 1
+            log.warning(
+                "task %s: the stored request %s (workflow v%d) asked something else than workflow v%d "
+                "asks now; asking again as %s-v%d",
+                self.task.task_id,
+                rid,
+                stored.workflow,
+                workflow.VERSION,
+                request_id,
+                version,
+            )
+            rid = f"{request_id}-v{version}"
+
+    def _same_tool_call(self, call_id: str, tool: str, args: dict[str, object]) -> str:
+        """As ``_same_question``, for a file request: a stored result of another call is not taken."""
+        cid, version = call_id, 1
+        while True:
+            stored = self.history.tool_results.get(cid)
+            if stored is None or (stored.tool == tool and stored.args == args):
+                return cid
+            version += 1
+            log.warning(
+                "task %s: the stored result of %s was for %s %s, not %s %s; asking again as %s-v%d",
+                self.task.task_id,
+                cid,
+                stored.tool,
+                stored.args,
+                tool,
+                args,
+                call_id,
+                version,
+            )
+            cid = f"{call_id}-v{version}"
+
     async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult:
-        known = self.history.tool_results.get(call_id)
-        if known is not None:
-            return known
-        await self.flush_markers()
         tool = "read_file" if request.op == "read" else "list_directory"
         args: dict[str, object] = {"path": request.path}
         if request.limit is not None:
             args["limit"] = request.limit
+        call_id = self._same_tool_call(call_id, tool, args)
+        known = self.history.tool_results.get(call_id)
+        if known is not None:
+            return known
+        await self.flush_markers()
         started = time.monotonic()
         try:
             reply_msg = await self._ask_veronica(request, timeout)
@@ -459,7 +566,7 @@ class _Context:
             "ok" if result.ok else result.error,
             time.monotonic() - started,
         )
-        await bus.append(self.actor.js, result, "tool_result", key=f"tool:{call_id}", headers=self._headers())
+        await self.writer.append(result, "tool_result", key=f"tool:{call_id}", headers=self._headers())
         self.history.apply(result)
         return result
 

@@ -3,10 +3,18 @@
 Every side effect goes through the ``TaskContext``: a stage, a model call, a file request. The
 context takes each one from the task's history when the history already holds it, so running this
 code again after a crash continues after the last finished step and repeats nothing.
+
+Replay safety: a stored model request carries a hash of what it asked (``fingerprint``) and
+``VERSION``. When a resumed attempt would ask something else under the same id (the code or the
+prompts changed between attempts), the context does not take the old answer: it asks again under
+the next free id (``plan-v2``), as a new question, and logs a warning. A file request whose stored
+result was for another path is made again the same way. Bump ``VERSION`` when the workflow's
+questions or their order change, so that the warning says which versions met.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final, Literal, Protocol
 
 import msgspec
@@ -15,6 +23,15 @@ from victoria.actors.agent import capabilities, classifier
 from victoria.actors.agent.replies import Finish, ToolCall, parse_action
 from victoria.errors import TaskAborted
 from victoria.events.contracts import ChatMessage, FilesRequest, LLMResult, TaskSubmitted, ToolResult
+
+VERSION: Final = 2
+"""The workflow's version, stored with each model request. 1: before requests carried it."""
+
+
+def fingerprint(messages: list[ChatMessage], *, model: str | None, json_mode: bool) -> str:
+    """What a model request asks, as 32 hex digits: the same on every attempt for the same question."""
+    asked = msgspec.json.encode([model, json_mode, messages])
+    return hashlib.blake2b(asked, digest_size=16).hexdigest()
 
 
 class TaskContext(Protocol):
@@ -161,7 +178,7 @@ async def _ask(
                 kind=f"llm_{result.error_kind or 'error'}",
             )
         tries += 1
-        rid = f"{request_id}.retry{tries}"
+        rid = f"{request_id}-retry{tries}"
         await ctx.stage("waiting_for_model", detail=result.error or "", key=f"waiting_for_model:{request_id}")
         await ctx.pause(delay, before=rid)
         delay = min(delay * 2, WAIT_MAX)

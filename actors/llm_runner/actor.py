@@ -3,7 +3,9 @@
 It takes ``llm_requested`` events from a durable consumer, calls the model server with a deadline,
 and appends the answer as an ``llm_result`` event of the task. A result is stored before the request
 is acknowledged, so a Victoria that dies while the model thinks finds the answer on resume, and the
-model is not asked twice. A redelivered request whose result is already stored is skipped.
+model is not asked twice. Before each call, new or redelivered, the runner looks at the task's
+history (one direct get): a request whose task has ended or been cancelled, or that a later attempt
+has superseded, is not sent to the model. Each request's result subject takes one message, ever.
 """
 
 from __future__ import annotations
@@ -27,9 +29,19 @@ from victoria.actors.llm_runner import protocols
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
 from victoria.events import subjects
 from victoria.events.codec import encode
-from victoria.events.contracts import LLMRequested, LLMResult, TokenChunk
+from victoria.events.contracts import (
+    LLMRequested,
+    LLMResult,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskStarted,
+    TokenChunk,
+)
 from victoria.runtime import bus, tracing
 from victoria.runtime.base import Actor
+from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
 
@@ -45,8 +57,8 @@ MAX_DELIVER: Final = 5  # deliveries of one request to runners (runner crashes) 
 class LLMRunner(Actor):
     name: ClassVar[str] = "llm-runner"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0, fenced: bool = True) -> None:
+        super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.http: aiohttp.ClientSession | None = None
         self.consumers: list[WorkConsumer] = []
         self._cancel_sub: Subscription | None = None
@@ -105,9 +117,12 @@ class LLMRunner(Actor):
             current_trace_id.reset(trace_token)
 
     async def _answer(self, msg: Msg, event: LLMRequested) -> None:
-        deliveries = msg.metadata.num_delivered or 1
-        if deliveries > 1 and await self._already_answered(event):
-            log.info("task %s request %s already answered; skipping", event.task_id, event.request_id)
+        deliveries = bus.delivery_count(msg)
+        unwanted = await self._unwanted(event, bus.stream_sequence(msg), redelivered=deliveries > 1)
+        if unwanted is not None:
+            log.info(
+                "task %s request %s not sent to the model: %s", event.task_id, event.request_id, unwanted
+            )
             await msg.ack()
             return
         if deliveries > MAX_DELIVER:
@@ -126,7 +141,8 @@ class LLMRunner(Actor):
             try:
                 result = await call
             except asyncio.CancelledError:
-                if call.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                current = asyncio.current_task()
+                if call.cancelled() and current is not None and not current.cancelling():
                     await msg.ack()  # the task was cancelled: nobody wants this answer
                     return
                 raise
@@ -134,20 +150,40 @@ class LLMRunner(Actor):
                 calls.discard(call)
                 if not calls:
                     self._calls.pop(event.task_id, None)
-        await bus.append(
-            self.js, result, "llm_result", key=f"llm_res:{event.request_id}", headers=_trace_headers(msg)
-        )
+        if not await bus.append_result(self.nc, result, headers=_trace_headers(msg)):
+            log.info(
+                "task %s request %s: an answer is stored already; this one is dropped",
+                event.task_id,
+                event.request_id,
+            )
         await msg.ack()
 
-    async def _already_answered(self, event: LLMRequested) -> bool:
-        """On a redelivery: is the answer stored, or the task over? (Stream reads; rare.)"""
-        last = await bus.last_task_event(self.js, event.task_id, "llm_result")
-        if isinstance(last, LLMResult) and last.request_id == event.request_id:
-            return True
-        for kind in ("completed", "failed", "cancelled"):  # nobody waits for the answer any more
-            if await bus.last_task_event(self.js, event.task_id, kind) is not None:
-                return True
-        return False
+    async def _unwanted(self, event: LLMRequested, seq: int, *, redelivered: bool) -> str | None:
+        """Why nobody waits for this request's answer any more, or None when somebody does.
+
+        The attempt that stored a request writes nothing more until its answer comes, so the
+        request is wanted while it is the last event of the task's own history (one direct get),
+        or when only a newer attempt's start follows it (that attempt takes up the requests it
+        finds waiting). Anything else after it means the task ended, was cancelled, or went on
+        without it (a resumed attempt that asks again under a new id)."""
+        if redelivered and await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None:
+            return "it is answered already"
+        last = await bus.last_history_event(self.js, event.task_id)
+        if last is None or last[0] <= seq:
+            return None
+        later_seq, later = last
+        match later:
+            case TaskStarted():
+                return None
+            case TaskCompleted() | TaskFailed() | TaskCancelled():
+                return "the task has ended"
+            case TaskCancelRequested():
+                return "the task was cancelled"
+            case None:
+                return f"an unreadable event at sequence {later_seq} came after it"
+            case _:
+                tag = type(later).__struct_config__.tag
+                return f"it is superseded: {tag} at sequence {later_seq} came after it"
 
     async def call(self, event: LLMRequested, parent: Context | None = None) -> LLMResult:
         """One model call with a deadline, streamed; its tokens go out as they arrive."""

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import ClassVar, Final, Literal
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api as jsapi
@@ -33,6 +34,7 @@ from victoria.events.contracts import (
     utcnow,
 )
 from victoria.runtime.base import Actor
+from victoria.runtime.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,8 @@ class _Entry:
 class Monitor(Actor):
     name: ClassVar[str] = "monitor"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0, fenced: bool = True) -> None:
+        super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.entries: dict[tuple[str, str], _Entry] = {}
         self.probes: dict[str, ProbeState] = {}
         self._subs: list[Subscription] = []

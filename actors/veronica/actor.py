@@ -7,6 +7,7 @@ import logging
 from typing import ClassVar
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
@@ -18,6 +19,7 @@ from victoria.events.codec import encode, files_request_decoder
 from victoria.events.contracts import FilesReply, FilesRequest
 from victoria.runtime import tracing
 from victoria.runtime.base import Actor
+from victoria.runtime.config import Config
 from victoria.runtime.context import current_task_id, current_trace_id
 
 log = logging.getLogger(__name__)
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 class Veronica(Actor):
     name: ClassVar[str] = "veronica"
 
-    _sub: Subscription | None = None
-    _busy = 0
+    def __init__(self, nc: NATS, config: Config, *, restarts: int = 0, fenced: bool = True) -> None:
+        super().__init__(nc, config, restarts=restarts, fenced=fenced)
+        self._sub: Subscription | None = None
+        self._busy = 0
 
     async def on_start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.VERONICA_FILES, queue="veronica", cb=self._on_request)

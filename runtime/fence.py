@@ -1,0 +1,163 @@
+"""Fenced appends: only the attempt that holds a task can write its history.
+
+A task's own history is every event on ``victoria.task.<shard>.<task_id>.<kind>``: the
+submission, cancel requests and what its attempts write (started, stages, model requests, tool
+results, the terminal event). Model results are on a subject one token longer
+(``....llm_result.<request_id>``), outside that wildcard, because the runner writes them while the
+holder waits. Each append of an attempt carries ``Nats-Expected-Last-Subject-Sequence``: the stream
+sequence of the last event of the task's own history that the attempt knows of (its own previous
+append, read from that append's acknowledgement), with
+``Nats-Expected-Last-Subject-Sequence-Subject`` naming the wildcard. When anything else was
+appended there meanwhile, JetStream refuses the append, and what was appended decides:
+
+- a cancel request: the attempt still holds the task, and its only write left is
+  ``task_cancelled`` (which it retries on top of the request). So a task whose cancel was stored
+  before its terminal event always ends ``cancelled``, guaranteed by the server, not by timing.
+- anything else (another attempt's ``task_started`` or model request, a terminal event): a newer
+  attempt has taken the task. This one has lost it: :class:`TaskLost`, and it writes nothing more.
+
+An attempt that never writes again (it was frozen, then killed) needs no fencing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Final
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from victoria.errors import CancelRequested, TaskLost
+from victoria.events import subjects
+from victoria.events.codec import task_decoder
+from victoria.events.contracts import TaskCancelled, TaskCancelRequested, TaskEvent
+from victoria.runtime import bus
+from victoria.runtime.protocol import WRONG_LAST_SEQUENCE, found_sequence
+
+log = logging.getLogger(__name__)
+
+CANCEL_RETRIES: Final = 5  # cancel requests one terminal append may find on its way
+
+
+class TaskWriter:
+    """The appends of one attempt of one task, in order, each fenced on the one before.
+
+    ``expected`` is the stream sequence of the last event of the task's own history this attempt
+    knows of: the submission's for a first delivery (from the delivered message itself), the last
+    one read for a redelivery. With ``fenced`` False (a server older than 2.11, run on purpose
+    without fencing) appends carry no expectation.
+
+    An append runs to its end even when its caller is cancelled (a cancel request stops the
+    workflow while it writes), so the writer never loses track of its own last sequence: the next
+    append waits for it first.
+    """
+
+    def __init__(self, nc: NATS, task_id: str, *, attempt: int, expected: int, fenced: bool = True) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.task_id = task_id
+        self.attempt = attempt
+        self.expected = expected
+        self.fenced = fenced
+        self.lost: TaskLost | None = None
+        self.cancel_reason: str | None = None
+        """Set when an append found a cancel request: the task is to end ``cancelled``."""
+        self._filter = subjects.task_history(task_id)
+        self._inflight: asyncio.Future[int] | None = None
+
+    def restart_from(self, expected: int) -> None:
+        """Fence the next append on ``expected`` (after the attempt read the history again)."""
+        self.expected = expected
+        self.lost = None
+
+    async def append(
+        self,
+        event: TaskEvent,
+        kind: subjects.TaskKind,
+        *,
+        key: str,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """Append ``event`` to the task's history and return its stream sequence.
+
+        Raises :class:`TaskLost` when another attempt holds the task now, and
+        :class:`CancelRequested` when a cancel request was stored since this attempt's last append
+        (unless ``event`` is the ``task_cancelled`` that answers it)."""
+        previous = self._inflight
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        if self.lost is not None:
+            raise self.lost
+        work = asyncio.ensure_future(self._append(event, kind, key, headers))
+        work.add_done_callback(_retrieve)
+        self._inflight = work
+        return await asyncio.shield(work)
+
+    async def _append(
+        self, event: TaskEvent, kind: subjects.TaskKind, key: str, headers: dict[str, str] | None
+    ) -> int:
+        for _ in range(CANCEL_RETRIES):
+            fence = self.expected if self.fenced else None
+            answer = await bus.append_fenced(self.nc, event, kind, key=key, expect=fence, headers=headers)
+            if answer.error is None and not answer.duplicate:
+                self.expected = answer.seq
+                return answer.seq
+            if answer.error_code != WRONG_LAST_SEQUENCE:
+                bus.raise_for(answer)
+            if answer.error is None and not self.fenced:
+                return answer.seq  # unfenced: a duplicate inside the window, as before fencing
+            # Refused, or (nats-server 2.11 checks the message id first) taken for a duplicate of
+            # an event that another attempt stored: what stands last in the history decides.
+            found = await self._found(found_sequence(answer.error))
+            if found is not None and isinstance(found[1], TaskCancelRequested):
+                seq, reason = found[0], found[1].reason
+                self.expected = seq
+                self.cancel_reason = reason
+                if isinstance(event, TaskCancelled):
+                    continue  # the answer to that request: append it on top of the request
+                raise CancelRequested(self.task_id, reason, seq=seq)
+            self.lost = TaskLost(self.task_id, self.attempt, found=_describe(found))
+            raise self.lost
+        self.lost = TaskLost(self.task_id, self.attempt, found=f"{CANCEL_RETRIES} cancel requests in a row")
+        raise self.lost
+
+    async def _found(self, seq: int | None) -> tuple[int, object] | None:
+        """The event that stands last in the task's own history: the one the refusal named, or
+        (when it named none) the last one on the history's subjects."""
+        stream = subjects.task_stream_of(self.task_id)
+        try:
+            if seq is not None:
+                raw = await self.js.get_msg(stream, seq=seq, direct=True)
+            else:
+                raw = await self.js.get_last_msg(stream, self._filter, direct=True)
+        except (NotFoundError, nats.errors.TimeoutError) as exc:
+            log.debug("task %s: could not read what fenced its append: %s", self.task_id, exc)
+            return None
+        if raw.data is None:
+            return None
+        try:
+            decoded: object = task_decoder.decode(raw.data)
+        except msgspec.DecodeError:
+            decoded = raw.subject
+        return raw.seq or 0, decoded
+
+
+def _describe(found: tuple[int, object] | None) -> str:
+    if found is None:
+        return "an event it could not read"
+    seq, event = found
+    tag = type(event).__struct_config__.tag if isinstance(event, msgspec.Struct) else str(event)
+    attempt = getattr(event, "attempt", None)
+    return f"{tag}{f' of attempt {attempt}' if attempt else ''} at sequence {seq}"
+
+
+def _retrieve(future: asyncio.Future[int]) -> None:
+    """The append's outcome is the writer's state; a caller that was cancelled never asks for it."""
+    if not future.cancelled():
+        with contextlib.suppress(Exception):
+            future.exception()
