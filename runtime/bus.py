@@ -273,20 +273,30 @@ async def append_fenced(
     headers: dict[str, str] | None = None,
 ) -> PubAck:
     """Append one event of an attempt: refused (``WRONG_LAST_SEQUENCE``) unless the last event of
-    the task's own history is at stream sequence ``expect``. With ``expect`` None, unfenced. The
-    answer is returned as it is; ``victoria.runtime.fence`` decides what a refusal means."""
-    all_headers = event_headers(event.task_id, key, headers)
-    if expect is not None:
-        all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
-        all_headers["Nats-Expected-Last-Subject-Sequence-Subject"] = subjects.task_history(event.task_id)
+    the task's own history is at stream sequence ``expect``. The answer is returned as it is;
+    ``victoria.runtime.fence`` decides what a refusal means.
+
+    A fenced append carries no ``Nats-Msg-Id``: the fence already refuses a repeat, at any distance
+    in time, and every header is stored with the event and read by every consumer of it. With
+    ``expect`` None (a server that cannot fence) the message id is what is left against repeats."""
+    if expect is None:
+        all_headers = event_headers(event.task_id, key, headers)
+    else:
+        all_headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(expect),
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.task_history(event.task_id),
+        }
+        if headers:
+            all_headers.update(headers)
     return await publish(nc, subjects.task_event(event.task_id, kind), encode(event), all_headers)
 
 
 async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:
     """Store the model's answer to one request: True, or False when an answer to that request is
     stored already (each request's result subject takes one message, ever: expected sequence 0)."""
-    all_headers = event_headers(result.task_id, f"llm_res:{result.request_id}", headers)
-    all_headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+    all_headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+    if headers:
+        all_headers.update(headers)
     answer = await publish(
         nc, subjects.llm_result(result.task_id, result.request_id), encode(result), all_headers
     )

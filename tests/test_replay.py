@@ -197,3 +197,39 @@ async def test_the_runner_calls_the_model_only_for_requests_somebody_waits_for(
         await runner.stop()
     assert answered == {("superseded", "plan-v2"), ("adopted", "plan"), ("waiting", "plan")}
     assert fake.total_calls == 3
+
+
+async def test_a_fresh_request_of_a_task_cancelled_meanwhile_is_not_sent_to_the_model(
+    nc: NATS, fake: FakeLLM
+) -> None:
+    # One model call at a time, and the first one slow: the second request waits its turn while
+    # its task is cancelled, and is delivered young enough that no read of the stream is made.
+    fake.delay = 1.0
+    runner = LLMRunner(
+        nc,
+        Config.from_env(
+            {"VICTORIA_LLM_URL": fake.url, "VICTORIA_ACK_WAIT": "12", "VICTORIA_LLM_CONCURRENCY": "1"}
+        ),
+    )
+    await runner.start()
+    try:
+        await asyncio.sleep(3.5)  # the runner has listened for longer than a quarter of the ack wait
+        for task_id in ("slow", "doomed"):
+            await store(nc, TaskSubmitted(task_id=task_id, goal="g"), "submitted", "submitted")
+            request = LLMRequested(
+                task_id=task_id,
+                request_id="plan",
+                purpose="plan",
+                messages=[ChatMessage("user", task_id)],
+            )
+            await store(nc, request, "llm_request", "llm_req:plan")
+        await store(nc, TaskCancelRequested(task_id="doomed"), "cancel", "cancel")
+        for _ in range(100):
+            if await bus.last_llm_result(nc.jetstream(), "slow", "plan") is not None:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # the doomed request is delivered now, and must not be called
+    finally:
+        await runner.stop()
+    assert fake.total_calls == 1
+    assert await bus.last_llm_result(nc.jetstream(), "doomed", "plan") is None

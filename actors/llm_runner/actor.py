@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import ClassVar, Final
 
 import aiohttp
@@ -44,6 +44,7 @@ from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
+from victoria.runtime.protocol import AckSubject, parse_ack_subject
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ UNREACHABLE_GRACE: Final = 5.0  # seconds of refused connections before a call r
 _json: Final = msgspec.json.Encoder()
 _JSON: Final = {"content-type": "application/json"}
 MAX_DELIVER: Final = 5  # deliveries of one request to runners (runner crashes) before giving up
+FRESH_FRACTION: Final = 0.25  # of the ack wait: a first delivery this young needs no read of the history
+RECENTLY_ENDED: Final = 10_000  # cancelled or failed tasks remembered for fresh requests
 
 
 class LLMRunner(Actor):
@@ -61,8 +64,12 @@ class LLMRunner(Actor):
         super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.http: aiohttp.ClientSession | None = None
         self.consumers: list[WorkConsumer] = []
-        self._cancel_sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._calls: dict[str, set[asyncio.Task[LLMResult]]] = defaultdict(set)
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        """Tasks lately cancelled or failed, as the live subscriptions saw them: id -> what."""
+        self._listening_since = 0  # time.time_ns() once those subscriptions are in place
+        self._fresh_ns = int(self.config.ack_wait * FRESH_FRACTION * 1e9)
 
     async def on_start(self) -> None:
         # aiohttp rather than httpx here: this is the hot path, and httpx's connection pool cost
@@ -74,7 +81,9 @@ class LLMRunner(Actor):
             timeout=aiohttp.ClientTimeout(total=None),
             read_bufsize=1 << 20,  # one NDJSON line may carry a whole answer
         )
-        self._cancel_sub = await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel)
+        for kind in ("cancel", "failed"):
+            self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind(kind), cb=self._on_ended))
+        self._listening_since = time.time_ns()
         self.consumers = await self.consume_tasks(
             durable="llm-runner",
             kind="llm_request",
@@ -85,22 +94,29 @@ class LLMRunner(Actor):
 
     async def on_stop(self) -> None:
         await asyncio.gather(*(consumer.stop() for consumer in self.consumers))
-        if self._cancel_sub is not None:
-            await self._cancel_sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
         if self.http is not None:
             await self.http.close()
 
     def in_flight(self) -> int:
         return sum(len(calls) for calls in self._calls.values())
 
-    async def _on_cancel(self, msg: Msg) -> None:
+    async def _on_ended(self, msg: Msg) -> None:
+        """A task was cancelled (or failed): remember it a while, and abort its model calls."""
         try:
             task_id = subjects.task_id_of(msg.subject)
         except ValueError:
             return
-        for call in list(self._calls.get(task_id, ())):
-            log.info("task %s cancelled: aborting its model call", task_id)
-            call.cancel()
+        cancelled = msg.subject.endswith(".cancel")
+        self._ended[task_id] = "the task was cancelled" if cancelled else "the task has ended"
+        self._ended.move_to_end(task_id)
+        while len(self._ended) > RECENTLY_ENDED:
+            self._ended.popitem(last=False)
+        if cancelled:
+            for call in list(self._calls.get(task_id, ())):
+                log.info("task %s cancelled: aborting its model call", task_id)
+                call.cancel()
 
     async def _handle(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
@@ -117,8 +133,9 @@ class LLMRunner(Actor):
             current_trace_id.reset(trace_token)
 
     async def _answer(self, msg: Msg, event: LLMRequested) -> None:
-        deliveries = bus.delivery_count(msg)
-        unwanted = await self._unwanted(event, bus.stream_sequence(msg), redelivered=deliveries > 1)
+        ack = parse_ack_subject(msg.reply)
+        deliveries = ack.delivered if ack is not None else bus.delivery_count(msg)
+        unwanted = await self._unwanted(event, msg, ack)
         if unwanted is not None:
             log.info(
                 "task %s request %s not sent to the model: %s", event.task_id, event.request_id, unwanted
@@ -158,14 +175,31 @@ class LLMRunner(Actor):
             )
         await msg.ack()
 
-    async def _unwanted(self, event: LLMRequested, seq: int, *, redelivered: bool) -> str | None:
+    async def _unwanted(self, event: LLMRequested, msg: Msg, ack: AckSubject | None) -> str | None:
         """Why nobody waits for this request's answer any more, or None when somebody does.
 
         The attempt that stored a request writes nothing more until its answer comes, so the
         request is wanted while it is the last event of the task's own history (one direct get),
         or when only a newer attempt's start follows it (that attempt takes up the requests it
         finds waiting). Anything else after it means the task ended, was cancelled, or went on
-        without it (a resumed attempt that asks again under a new id)."""
+        without it (a resumed attempt that asks again under a new id).
+
+        A first delivery within a quarter of the ack wait of the request's storing needs no read:
+        a newer attempt exists only after its holder was silent for half the ack wait, and what
+        else can end the task meanwhile (a cancel request, a failure) reaches this runner on its
+        live subscriptions, which were in place when the request was stored. Freshness is the
+        stream's timestamp against this host's clock; clocks that disagree by more than that
+        quarter only cost a read, or (a clock behind) one wasted call for a superseded request."""
+        redelivered = ack is None or ack.delivered > 1
+        fresh = (
+            not redelivered
+            and ack is not None
+            and ack.timestamp_ns >= self._listening_since + self._fresh_ns
+            and time.time_ns() - ack.timestamp_ns < self._fresh_ns
+        )
+        if fresh:
+            return self._ended.get(event.task_id)
+        seq = ack.stream_seq if ack is not None else bus.stream_sequence(msg)
         if redelivered and await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None:
             return "it is answered already"
         last = await bus.last_history_event(self.js, event.task_id)
