@@ -2,7 +2,8 @@
 
 Each task is an asyncio task that makes the same three model calls as Victoria's agent run
 (understand, plan, step 1) over HTTP to the same model server, with the same prompts (streamed
-with ``--stream``, as Victoria's runner asks for them); its status
+with ``--stream``, as Victoria's runner asks for them) and the same HTTP client (aiohttp, one
+session with a connection pool, as the runner's); its status
 lives in a dict. The HTTP surface is the gateway's, on the same stack (Starlette served by uvicorn
 with uvloop and httptools): ``POST /run`` (``?async_mode=true`` answers 202 at once, otherwise it
 waits up to ``?wait=`` seconds for the task and answers 200 with the status, or 202),
@@ -20,7 +21,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import httpx
+import aiohttp
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
@@ -67,28 +68,43 @@ def stream_piece(line: str) -> tuple[str, bool]:
 
 class Baseline:
     def __init__(self, model_url: str, model: str, concurrency: int, *, stream: bool) -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self.http = httpx.AsyncClient(base_url=model_url, limits=limits, timeout=300.0)
+        self.model_url = model_url
+        self.concurrency = concurrency
+        self._http: aiohttp.ClientSession | None = None
         self.model = model
         self.stream = stream
         self.status: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The runner's settings: one session, a pool of ``concurrency`` connections, no timeout of
+        its own (the model's answer time is what it is)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                base_url=self.model_url,
+                connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+                read_bufsize=1 << 20,
+            )
+        return self._http
+
     async def ask(self, messages: list[dict[str, str]], *, json_mode: bool = False) -> str:
         body = chat_body(self.model, messages, json_mode=json_mode, stream=self.stream)
-        if not self.stream:
-            response = await self.http.post("/api/chat", json=body)
+        async with self.http.post(
+            "/api/chat", data=_json.encode(body), headers={"content-type": "application/json"}
+        ) as response:
             response.raise_for_status()
-            return str(msgspec.json.decode(response.content).get("message", {}).get("content", ""))
-        parts: list[str] = []
-        async with self.http.stream("POST", "/api/chat", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                piece, done = stream_piece(line)
+            if not self.stream:
+                data = msgspec.json.decode(await response.read())
+                return str(data.get("message", {}).get("content", ""))
+            parts: list[str] = []
+            async for raw in response.content:
+                piece, done = stream_piece(raw.decode("utf-8", "replace"))
                 parts.append(piece)
                 if done:
                     break
-        return "".join(parts)
+            return "".join(parts)
 
     async def run_task(self, task_id: str, goal: str, max_steps: int) -> None:
         state = self.status[task_id]

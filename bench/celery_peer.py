@@ -4,7 +4,8 @@ One Celery task per agent task, making the same three model calls with the same 
 baseline (``bench.baseline.SYSTEM``). Durable settings: ``acks_late`` (the message is acknowledged
 after the task ran), ``task_reject_on_worker_lost`` and a short Redis ``visibility_timeout``, so a
 task whose worker was killed is delivered again once that timeout passes, and runs again from its
-first step (its model calls are repeated). The worker uses the threads pool (the work is I/O).
+first step (its model calls are repeated). The worker uses the threads pool (the work is I/O);
+each thread calls the model with aiohttp, Victoria's runner's client, from an event loop of its own.
 Model answers are streamed when ``BENCH_MODEL_STREAM=1``, as the baseline's ``--stream``.
 
 Needs ``pip install celery redis`` and a Redis on 127.0.0.1:6379; the benchmark uses one database
@@ -13,6 +14,7 @@ Needs ``pip install celery redis`` and a Redis on 127.0.0.1:6379; the benchmark 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-import httpx
+import aiohttp
 from celery import Celery
 
 from bench.baseline import SYSTEM, chat_body, stream_piece
@@ -55,29 +57,43 @@ app.conf.update(
 _local = threading.local()
 
 
-def _client() -> httpx.Client:
-    client: httpx.Client | None = getattr(_local, "client", None)
-    if client is None:
-        client = httpx.Client(base_url=MODEL_URL, timeout=300.0)
-        _local.client = client
-    return client
+def _session() -> tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]:
+    """Each worker thread's own event loop and aiohttp session: the HTTP client Victoria's runner
+    uses, driven from Celery's threads."""
+    found: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = getattr(_local, "http", None)
+    if found is None:
+        loop = asyncio.new_event_loop()
+
+        async def make() -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
+                base_url=MODEL_URL, timeout=aiohttp.ClientTimeout(total=300.0), read_bufsize=1 << 20
+            )
+
+        found = (loop, loop.run_until_complete(make()))
+        _local.http = found
+    return found
 
 
-def _ask(messages: list[dict[str, str]], *, json_mode: bool = False) -> str:
-    body = chat_body("llama3.2", messages, json_mode=json_mode, stream=STREAM)
-    if not STREAM:
-        response = _client().post("/api/chat", json=body)
+async def _post(session: aiohttp.ClientSession, body: dict[str, Any]) -> str:
+    async with session.post("/api/chat", json=body) as response:
         response.raise_for_status()
-        return str(response.json().get("message", {}).get("content", ""))
-    parts: list[str] = []
-    with _client().stream("POST", "/api/chat", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            piece, done = stream_piece(line)
+        if not STREAM:
+            data = await response.json()
+            return str(data.get("message", {}).get("content", ""))
+        parts: list[str] = []
+        async for raw in response.content:
+            piece, done = stream_piece(raw.decode("utf-8", "replace"))
             parts.append(piece)
             if done:
                 break
-    return "".join(parts)
+        return "".join(parts)
+
+
+def _ask(messages: list[dict[str, str]], *, json_mode: bool = False) -> str:
+    loop, session = _session()
+    return loop.run_until_complete(
+        _post(session, chat_body("llama3.2", messages, json_mode=json_mode, stream=STREAM))
+    )
 
 
 @app.task(name="bench.agent")  # type: ignore[untyped-decorator]

@@ -186,7 +186,7 @@ def machine() -> dict[str, Any]:
         "uvloop",
         "uvicorn",
         "starlette",
-        "httpx",
+        "aiohttp",
         "msgspec",
         "celery",
     ):
