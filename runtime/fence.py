@@ -65,8 +65,6 @@ class TaskWriter:
         self.expected = expected
         self.fenced = fenced
         self.lost: TaskLost | None = None
-        self.cancel_reason: str | None = None
-        """Set when an append found a cancel request: the task is to end ``cancelled``."""
         self._filter = subjects.task_history(task_id)
         self._inflight: asyncio.Future[int] | None = None
 
@@ -104,20 +102,17 @@ class TaskWriter:
         for _ in range(CANCEL_RETRIES):
             fence = self.expected if self.fenced else None
             answer = await bus.append_fenced(self.nc, event, kind, key=key, expect=fence, headers=headers)
-            if answer.error is None and not answer.duplicate:
+            if answer.error is None:
+                # (A fenced append carries no message id, so it is never taken for a duplicate.)
                 self.expected = answer.seq
                 return answer.seq
             if answer.error_code != WRONG_LAST_SEQUENCE:
                 bus.raise_for(answer)
-            if answer.error is None and not self.fenced:
-                return answer.seq  # unfenced: a duplicate inside the window, as before fencing
-            # Refused, or (nats-server 2.11 checks the message id first) taken for a duplicate of
-            # an event that another attempt stored: what stands last in the history decides.
+            # Refused: what stands last in the history decides.
             found = await self._found(found_sequence(answer.error))
             if found is not None and isinstance(found[1], TaskCancelRequested):
                 seq, reason = found[0], found[1].reason
                 self.expected = seq
-                self.cancel_reason = reason
                 if isinstance(event, TaskCancelled):
                     continue  # the answer to that request: append it on top of the request
                 raise CancelRequested(self.task_id, reason, seq=seq)

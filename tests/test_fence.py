@@ -109,9 +109,9 @@ async def test_task_cancelled_is_stored_on_top_of_a_cancel_request_it_has_not_se
     seq = await submit(nc, "f-5")
     writer = TaskWriter(nc, "f-5", attempt=1, expected=seq)
     await bus.append(nc, TaskCancelRequested(task_id="f-5", reason="stop"), "cancel", key="cancel")
-    await writer.append(TaskCancelled(task_id="f-5", reason="stop"), "cancelled", key="terminal")
-    assert writer.cancel_reason == "stop"
-    assert (await kinds(nc, "f-5"))[-1] == "task_cancelled"
+    seq = await writer.append(TaskCancelled(task_id="f-5", reason="stop"), "cancelled", key="terminal")
+    assert await kinds(nc, "f-5") == ["task_submitted", "task_cancel_requested", "task_cancelled"]
+    assert writer.expected == seq
 
 
 async def test_an_append_whose_caller_is_cancelled_still_counts_for_the_next_one(nc: NATS) -> None:
