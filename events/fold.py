@@ -131,34 +131,29 @@ class TaskHistory:
         if self.closed and not isinstance(event, TaskSubmitted):
             # A late event (an in-flight model result, a duplicate) never reopens a finished task.
             return True
-        if self.terminal:
-            self._after_decision(event)
-            return True
+        self._remember(event)
+        if not self.terminal:
+            self._advance(event)
+        return True
+
+    def _remember(self, event: AnyTaskEvent) -> None:
+        """What holds whatever the status says: the submission, the attempts, the terminal event
+        that closes the history and (with ``memo``) what an attempt needs to resume the task."""
         match event:
             case TaskSubmitted():
                 self.submitted = event
                 self.created_at = event.ts
             case TaskStarted(attempt=attempt):
-                self.status = "running"
                 self.attempts = max(self.attempts, attempt)
             case TaskStage(stage=stage, step=step, key=key):
-                self.stage = stage
-                self.step = step
                 if self.memo:
                     self.stages_seen.add(key or stage_key(stage, step))
-                if self.status == "queued":
-                    self.status = "running"
             case LLMRequested(stage=stage, step=step, attempt=attempt):
                 if attempt is not None:
                     self.attempts = max(self.attempts, attempt)
-                if stage is not None:
-                    self.stage = stage
-                    self.step = step
-                    if self.memo:
-                        self.stages_seen.add(stage_key(stage, step))
-                if self.status == "queued":
-                    self.status = "running"
                 if self.memo:
+                    if stage is not None:
+                        self.stages_seen.add(stage_key(stage, step))
                     self.llm_requests[event.request_id] = event
             case LLMResult():
                 if self.memo:
@@ -166,56 +161,37 @@ class TaskHistory:
             case ToolResult():
                 if self.memo:
                     self.tool_results.setdefault(event.call_id, event)
-            case TaskCancelRequested(reason=reason):
-                self.cancel_reason = reason
-                self.status = "cancelled"
-                self.stage = "cancelled"
-                self.error = reason
-            case TaskCompleted(output=output, attempts=attempts):
-                self.closed = True
-                self.status = "completed"
-                self.stage = "done"
-                self.output = output
-                self.attempts = max(self.attempts, attempts)
-            case TaskFailed(error=error, error_kind=kind, attempts=attempts):
-                self.closed = True
-                self.status = "failed"
-                self.stage = "failed"
-                self.error = error
-                self.error_kind = kind
-                self.attempts = max(self.attempts, attempts)
-            case TaskCancelled(reason=reason, attempts=attempts):
-                self.closed = True
-                self.status = "cancelled"
-                self.stage = "cancelled"
-                self.error = reason
-                self.attempts = max(self.attempts, attempts)
-        return True
-
-    def _after_decision(self, event: AnyTaskEvent) -> None:
-        """An event after a cancel request decided the status: the status stays as it is; the
-        terminal event closes the history, and what an attempt must know to replay is kept."""
-        match event:
-            case TaskSubmitted():
-                self.submitted = event
             case TaskCompleted() | TaskFailed() | TaskCancelled():
-                # Only task_cancelled can follow a cancel request on a fenced history; another
-                # terminal event (an unfenced server) closes it without changing what was shown.
+                # After a cancel request only task_cancelled can be stored on a fenced history;
+                # another terminal event (an unfenced server) closes it without changing the status.
                 self.closed = True
                 self.attempts = max(self.attempts, event.attempts)
-            case TaskStarted(attempt=attempt):
-                self.attempts = max(self.attempts, attempt)
-            case LLMRequested(attempt=attempt):
-                if attempt is not None:
-                    self.attempts = max(self.attempts, attempt)
-                if self.memo:
-                    self.llm_requests[event.request_id] = event
-            case LLMResult():
-                if self.memo:
-                    self.llm_results.setdefault(event.request_id, event)
-            case ToolResult():
-                if self.memo:
-                    self.tool_results.setdefault(event.call_id, event)
+            case _:
+                pass
+
+    def _advance(self, event: AnyTaskEvent) -> None:
+        """The status fields, while no terminal event or cancel request has decided them."""
+        match event:
+            case TaskStarted():
+                self.status = "running"
+            case TaskStage(stage=stage, step=step):
+                self.stage, self.step = stage, step
+                if self.status == "queued":
+                    self.status = "running"
+            case LLMRequested(stage=stage, step=step):
+                if stage is not None:
+                    self.stage, self.step = stage, step
+                if self.status == "queued":
+                    self.status = "running"
+            case TaskCancelRequested(reason=reason):
+                self.cancel_reason = reason
+                self.status, self.stage, self.error = "cancelled", "cancelled", reason
+            case TaskCompleted(output=output):
+                self.status, self.stage, self.output = "completed", "done", output
+            case TaskFailed(error=error, error_kind=kind):
+                self.status, self.stage, self.error, self.error_kind = "failed", "failed", error, kind
+            case TaskCancelled(reason=reason):
+                self.status, self.stage, self.error = "cancelled", "cancelled", reason
             case _:
                 pass
 
