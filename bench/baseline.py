@@ -181,6 +181,8 @@ def create_app(baseline: Baseline) -> Starlette:
         if task is not None:
             await asyncio.wait({task}, timeout=wait)
         state = baseline.status[task_id]
+        if state["status"] == "completed":  # the old server's TaskResponse, as Victoria's gateway answers
+            return json_response({"status": "success", "output": state["output"], "task_id": task_id}, 200)
         if state["status"] in TERMINAL:
             return json_response(state, 200)
         accepted["status"] = state["status"]

@@ -43,12 +43,12 @@ REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload
 def answer(messages: list[dict[str, Any]]) -> str:
     """The reply to a chat, as ``tests/fakellm.FakeLLM.answer`` makes it in its normal mode."""
     system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
-    user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+    user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
     goal = str(user).removeprefix("Goal: ").split("\n")[0][:80]
-    if "JSON object" not in system:
-        if "plan" in str(system).lower():
+    if "carrying out a plan" not in str(system):
+        if "numbered plan" in str(system):
             return "1. Look at the goal.\n2. Answer it."
-        return f"The user wants: {goal}"
+        return json.dumps({"clear": True, "understanding": f"The user wants: {goal}"}, ensure_ascii=False)
     return json.dumps({"tool": "finish", "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
 
 

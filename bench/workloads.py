@@ -49,7 +49,7 @@ async def w1(port: int, *, tasks: int, clients: int, tag: str, time_limit: float
         if status != 200:
             return f"HTTP {status}: {body[:200]!r}"
         state = _status_of(body)
-        return None if state == "completed" else f"status {state}: {body[:200]!r}"
+        return None if state == "success" else f"status {state}: {body[:200]!r}"
 
     result = await closed_loop(
         HOST, port, clients=clients, total=tasks, make_request=make, check=check, time_limit=time_limit

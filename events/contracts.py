@@ -17,8 +17,9 @@ SCHEMA_VERSION: Final = 1
 
 TaskStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
-TASK_TYPES: Final[frozenset[str]] = frozenset({"capabilities", "files", "agent"})
-"""Explicit routes a client may ask for; without ``task_type`` Victoria's classifier chooses."""
+TASK_TYPES: Final[frozenset[str]] = frozenset({"capabilities", "files", "agent", "plan"})
+"""Explicit routes a client may ask for; without ``task_type`` Victoria's classifier chooses.
+``plan`` understands and plans, and answers with the plan (``POST /plan``)."""
 
 
 def utcnow() -> datetime:
@@ -43,6 +44,14 @@ class TaskEvent(Message, kw_only=True, frozen=True):
     task_id: str
 
 
+class ChatTurn(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One earlier exchange of the conversation a goal belongs to, as the old server's clients send
+    it (``chat_history``)."""
+
+    user: str = ""
+    assistant: str = ""
+
+
 class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
     goal: str
     task_type: str | None = None
@@ -58,6 +67,14 @@ class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
     """The task's trace (32 hex digits): every attempt of the task joins it."""
     traceparent: str | None = None
     """W3C traceparent of the gateway's request span, the parent of each attempt's span."""
+    chat_history: list[ChatTurn] = []
+    """The last turns of the conversation (bounded by the gateway), shown to the model."""
+    images: list[str] = []
+    """Images sent with the goal: keys (SHA-256 of the bytes) in the object store ``victoria_images``."""
+    verbose: bool = False
+    """The answer's ``knowledge.verbose_steps`` lists each step's thought, tool and input."""
+    max_steps_requested: int | None = None
+    """What the client asked for when it was above the ceiling and ``max_steps`` was lowered."""
 
 
 class TaskStarted(TaskEvent, tag="task_started", kw_only=True, frozen=True):
@@ -77,6 +94,9 @@ class TaskStage(TaskEvent, tag="task_stage", kw_only=True, frozen=True):
 class ChatMessage(msgspec.Struct, frozen=True, gc=False):
     role: str
     content: str
+    images: list[str] = []
+    """Keys of images in the object store ``victoria_images``; the runner sends their bytes in the
+    model protocol's own way (Ollama ``images``, OpenAI image parts)."""
 
 
 class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
@@ -146,11 +166,36 @@ class ModelCall(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     completion_tokens: int | None = None
 
 
+class VerboseStep(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One step of an agent run, as ``verbose`` answers list them."""
+
+    step: int
+    thought: str
+    tool: str
+    input: dict[str, Any] = {}
+
+
+class Knowledge(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """What a finished task knows beyond its output: the old server's ``knowledge`` object."""
+
+    routed_to: str = ""
+    """``agent_run``, ``veronica`` or ``capabilities`` (``plan`` for a plan only)."""
+    delegated_to: str | None = None
+    model_used: str | None = None
+    source: str = ""
+    """Where the answer came from: ``model``, ``workspace`` or ``capability_registry``."""
+    verbose_steps: list[VerboseStep] = []
+    clarification_questions: list[str] = []
+    """Set when the model found the goal too unclear to act on: the task asks back."""
+    suggested_restatement: str = ""
+
+
 class TaskCompleted(TaskEvent, tag="task_completed", kw_only=True, frozen=True):
     output: str
     attempts: int = 1
     model_calls: list[ModelCall] = []
     """Every model call of the task, on every attempt, each once."""
+    knowledge: Knowledge | None = None
 
 
 class TaskFailed(TaskEvent, tag="task_failed", kw_only=True, frozen=True):

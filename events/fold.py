@@ -20,6 +20,7 @@ import msgspec
 
 from victoria.events.contracts import (
     AnyTaskEvent,
+    Knowledge,
     LLMRequested,
     LLMResult,
     ModelCall,
@@ -56,6 +57,33 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     session_id: str | None = None
     error_kind: str | None = None
     trace_id: str | None = None
+    knowledge: dict[str, Any] = {}
+    """What the task knows beyond its output, in the old server's shape (``knowledge_of``)."""
+    clarification_questions: list[str] | None = None
+    """Set when the task ended asking the user back instead of acting (its ``output`` states them)."""
+    max_steps: int | None = None
+    max_steps_requested: int | None = None
+    """Set when the client asked for more steps than the ceiling: what it asked for."""
+
+
+def knowledge_of(submitted: TaskSubmitted | None, knowledge: Knowledge | None) -> dict[str, Any]:
+    """The old server's ``knowledge`` object: always a dict, with what this task knows."""
+    out: dict[str, Any] = {}
+    if knowledge is not None:
+        out["metadata"] = {"model_used": knowledge.model_used, "source": knowledge.source}
+        out["method"] = out["routed_to"] = knowledge.routed_to
+        out["delegated_to"] = knowledge.delegated_to
+        if knowledge.verbose_steps:
+            out["verbose_steps"] = msgspec.to_builtins(knowledge.verbose_steps)
+        if knowledge.clarification_questions:
+            out["clarification_questions"] = list(knowledge.clarification_questions)
+            out["suggested_restatement"] = knowledge.suggested_restatement
+    if submitted is not None:
+        out["project_context"] = submitted.project_context
+        if submitted.max_steps_requested is not None:
+            out["max_steps"] = submitted.max_steps
+            out["max_steps_requested"] = submitted.max_steps_requested
+    return out
 
 
 class TaskHistory:
@@ -68,6 +96,7 @@ class TaskHistory:
         "created_at",
         "error",
         "error_kind",
+        "knowledge",
         "last_seq",
         "llm_requests",
         "llm_results",
@@ -103,6 +132,7 @@ class TaskHistory:
         self.cancel_reason: str | None = None
         self.closed = False
         """A terminal event is stored: nothing more is written for the task."""
+        self.knowledge: Knowledge | None = None
         self.llm_requests: dict[str, LLMRequested] = {} if memo else _NOTHING
         self.llm_results: dict[str, LLMResult] = {} if memo else _NOTHING
         self.tool_results: dict[str, ToolResult] = {} if memo else _NOTHING
@@ -186,8 +216,9 @@ class TaskHistory:
             case TaskCancelRequested(reason=reason):
                 self.cancel_reason = reason
                 self.status, self.stage, self.error = "cancelled", "cancelled", reason
-            case TaskCompleted(output=output):
+            case TaskCompleted(output=output, knowledge=knowledge):
                 self.status, self.stage, self.output = "completed", "done", output
+                self.knowledge = knowledge
             case TaskFailed(error=error, error_kind=kind):
                 self.status, self.stage, self.error, self.error_kind = "failed", "failed", error, kind
             case TaskCancelled(reason=reason):
@@ -227,6 +258,12 @@ class TaskHistory:
             session_id=sub.session_id if sub else None,
             error_kind=self.error_kind,
             trace_id=sub.trace_id if sub else None,
+            knowledge=knowledge_of(sub, self.knowledge),
+            clarification_questions=list(self.knowledge.clarification_questions)
+            if self.knowledge is not None and self.knowledge.clarification_questions
+            else None,
+            max_steps=sub.max_steps if sub else None,
+            max_steps_requested=sub.max_steps_requested if sub else None,
         )
 
 

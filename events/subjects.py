@@ -42,6 +42,9 @@ HEARTBEAT_STREAM: Final = "VICTORIA_HEARTBEATS"
 DLQ_STREAM: Final = "VICTORIA_DLQ"
 LOG_STREAM: Final = "VICTORIA_LOGS"
 IDEMPOTENCY_BUCKET: Final = "victoria_idempotency"
+IMAGES_BUCKET: Final = "victoria_images"
+TELEGRAM: Final = "telegram"
+"""The service name of the Telegram bot that registers with the gateway and beats through it."""
 
 TaskKind = Literal[
     "submitted",
@@ -159,6 +162,11 @@ def heartbeat(name: str, instance: str) -> str:
 
 
 ALL_HEARTBEATS: Final = f"{PREFIX}.heartbeat.>"
+
+
+def heartbeats_of(name: str) -> str:
+    """Filter for the heartbeats of every instance of one service."""
+    return f"{PREFIX}.heartbeat.{_check(name, 'service name')}.*"
 
 
 def dead_letter_task(task_id: str) -> str:

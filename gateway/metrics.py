@@ -44,6 +44,20 @@ MODEL_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 1
 _services = msgspec.json.Decoder(ServicesReply)
 
 
+async def consumer_counts(js: JetStreamContext, durable: str) -> tuple[int, int]:
+    """(waiting, held) messages of one durable consumer over the task streams."""
+    waiting = held = 0
+    for stream in subjects.TASK_STREAMS:
+        try:
+            info = await js.consumer_info(stream, durable, timeout=1.0)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("consumer %s on %s: %s", durable, stream, exc)
+            continue
+        waiting += info.num_pending or 0
+        held += info.num_ack_pending or 0
+    return waiting, held
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -181,15 +195,7 @@ class Metrics:
             ("victoria", self.tasks, "running"),
             ("llm-runner", self.model_requests, "in_flight"),
         ):
-            queued = in_flight = 0
-            for stream in subjects.TASK_STREAMS:
-                try:
-                    info = await js.consumer_info(stream, durable, timeout=1.0)
-                except (nats.errors.Error, TimeoutError) as exc:
-                    log.debug("consumer %s on %s: %s", durable, stream, exc)
-                    continue
-                queued += info.num_pending or 0
-                in_flight += info.num_ack_pending or 0
+            queued, in_flight = await consumer_counts(js, durable)
             gauge.labels("queued").set(queued)
             gauge.labels(running).set(in_flight)
 

@@ -2,29 +2,65 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Annotated, Any, Final
 
 import msgspec
 
-from victoria.events.contracts import TASK_TYPES
+from victoria.events.contracts import TASK_TYPES, ChatTurn
+from victoria.runtime.config import DEFAULT_MAX_STEPS_CEILING
+from victoria.runtime.images import MAX_IMAGE_BYTES, MAX_IMAGES
 
-MAX_BODY: Final = 1024 * 1024  # bytes
+MAX_BODY: Final = 1024 * 1024  # bytes of a body, but for goals
+MAX_RUN_BODY: Final = 64 * 1024 * 1024  # bytes of a POST /run or /stream body (images in base64)
 MAX_GOAL: Final = 100_000  # characters
-MAX_WAIT: Final = 300.0  # seconds a sync POST /run may hold its connection
-DEFAULT_WAIT: Final = 30.0  # seconds
+MAX_WAIT: Final = 3600.0  # seconds a sync POST /run may be asked (?wait=) to hold its connection
+MAX_HISTORY_TURNS: Final = 10  # turns of chat_history that reach the model, the latest
+MAX_HISTORY_CHARS: Final = 16_000  # characters of chat_history that reach the model, the latest
 
 
-class RunRequest(msgspec.Struct, kw_only=True):
-    goal: Annotated[str, msgspec.Meta(max_length=MAX_GOAL)]
+class _Turn(msgspec.Struct):
+    user: str | None = None
+    assistant: str | None = None
+
+
+class _RunBody(msgspec.Struct, kw_only=True):
+    """The body as the old server's clients send it; fields nobody here knows are ignored."""
+
+    goal: Annotated[str, msgspec.Meta(max_length=MAX_GOAL)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=MAX_GOAL)] | None = None
     task_type: str | None = None
     project_context: Any = None
     session_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    max_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
+    max_steps: int | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    chat_history: list[_Turn] | None = None
+    verbose: bool | None = None
+    images_base64: list[str] | None = None
+    use_enhanced: bool | None = None
 
 
-_decoder: Final = msgspec.json.Decoder(RunRequest)
+class RunRequest(msgspec.Struct, kw_only=True):
+    """A goal as the gateway takes it: checked, bounded, with what the client asked for kept."""
+
+    goal: str
+    task_type: str | None = None
+    project_context: Any = None
+    session_id: str | None = None
+    max_steps: int | None = None
+    max_steps_requested: int | None = None
+    """What the client asked for, when it was above the ceiling and ``max_steps`` was lowered."""
+    model: str | None = None
+    chat_history: list[ChatTurn] = []
+    verbose: bool = False
+    images: list[bytes] = []
+    use_enhanced: bool = False
+    """Accepted from the old server's clients; nothing here is "enhanced" (``GET /status`` says so)."""
+
+
+_decoder: Final = msgspec.json.Decoder(_RunBody)
 _FIELD: Final = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)|field `([A-Za-z_][A-Za-z0-9_]*)`")
 
 
@@ -45,34 +81,104 @@ class BadRequest(Exception):
         return out
 
 
-def parse_run_request(raw: bytes) -> RunRequest:
-    if len(raw) > MAX_BODY:
-        raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+def parse_run_request(raw: bytes, *, max_steps_ceiling: int = DEFAULT_MAX_STEPS_CEILING) -> RunRequest:
+    if len(raw) > MAX_RUN_BODY:
+        raise BadRequest(413, "body_too_large", f"the body is over {MAX_RUN_BODY} bytes")
     if not raw.strip():
         raise BadRequest(400, "invalid_json", "the body is empty; send a JSON object with a goal", "goal")
     try:
-        request = _decoder.decode(raw)
+        body = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _FIELD.search(text)
         field = (match.group(1) or match.group(2)) if match else None
-        if text.startswith("Expected `object`"):
+        if field is None and text.startswith("Expected `object`"):
             raise BadRequest(422, "invalid_body", "the body must be a JSON object", None) from None
         raise BadRequest(422, "invalid_field", text, field) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(400, "invalid_json", "the body is nested too deeply") from None
-    if not request.goal.strip():
+    goal = body.goal if body.goal is not None else body.prompt
+    if goal is None:
+        raise BadRequest(422, "invalid_field", "goal is required (prompt is taken for it too)", "goal")
+    if not goal.strip():
         raise BadRequest(422, "invalid_field", "goal must not be empty", "goal")
-    if request.task_type is not None and request.task_type not in TASK_TYPES:
+    if body.task_type is not None and body.task_type not in TASK_TYPES:
         raise BadRequest(
             422,
             "invalid_field",
-            f"task_type must be one of {sorted(TASK_TYPES)} or absent, got {request.task_type!r}",
+            f"task_type must be one of {sorted(TASK_TYPES)} or absent, got {body.task_type!r}",
             "task_type",
         )
-    return request
+    max_steps, requested = body.max_steps, None
+    if max_steps is not None:
+        if max_steps < 1:
+            raise BadRequest(
+                422, "invalid_field", f"max_steps must be at least 1, got {max_steps}", "max_steps"
+            )
+        if max_steps > max_steps_ceiling:
+            max_steps, requested = max_steps_ceiling, max_steps
+    return RunRequest(
+        goal=goal,
+        task_type=body.task_type,
+        project_context=body.project_context,
+        session_id=body.session_id,
+        max_steps=max_steps,
+        max_steps_requested=requested,
+        model=body.model,
+        chat_history=_recent_turns(body.chat_history or []),
+        verbose=bool(body.verbose),
+        images=_images(body.images_base64 or []),
+        use_enhanced=bool(body.use_enhanced),
+    )
+
+
+def _recent_turns(turns: list[_Turn]) -> list[ChatTurn]:
+    """The latest turns, at most ``MAX_HISTORY_TURNS`` of them and ``MAX_HISTORY_CHARS`` in all."""
+    kept: list[ChatTurn] = []
+    budget = MAX_HISTORY_CHARS
+    for turn in reversed(turns[-MAX_HISTORY_TURNS:]):
+        user, assistant = (turn.user or "").strip(), (turn.assistant or "").strip()
+        if not user and not assistant:
+            continue
+        size = len(user) + len(assistant)
+        if size > budget:
+            if not kept:  # the latest turn alone is too long: keep its end
+                half = budget // 2
+                kept.append(ChatTurn(user=user[-half:], assistant=assistant[-half:]))
+            break
+        kept.append(ChatTurn(user=user, assistant=assistant))
+        budget -= size
+    return kept[::-1]
+
+
+def _images(encoded: list[str]) -> list[bytes]:
+    if len(encoded) > MAX_IMAGES:
+        raise BadRequest(
+            422, "invalid_field", f"at most {MAX_IMAGES} images, got {len(encoded)}", "images_base64"
+        )
+    out: list[bytes] = []
+    for n, text in enumerate(encoded):
+        if text.startswith("data:") and "," in text:  # a data URL: keep what follows the comma
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(
+                422, "invalid_field", f"images_base64[{n}] is not base64", "images_base64"
+            ) from None
+        if not data:
+            raise BadRequest(422, "invalid_field", f"images_base64[{n}] is empty", "images_base64")
+        if len(data) > MAX_IMAGE_BYTES:
+            raise BadRequest(
+                422,
+                "invalid_field",
+                f"images_base64[{n}] is {len(data)} bytes; an image may be {MAX_IMAGE_BYTES}",
+                "images_base64",
+            )
+        out.append(data)
+    return out
 
 
 def parse_bool(name: str, raw: str | None) -> bool:
@@ -86,9 +192,10 @@ def parse_bool(name: str, raw: str | None) -> bool:
     raise BadRequest(422, "invalid_parameter", f"{name} must be true or false, got {raw!r}", name)
 
 
-def parse_wait(raw: str | None) -> float:
+def parse_wait(raw: str | None) -> float | None:
+    """Seconds a sync request may wait (``?wait=``), or None: until the task ends."""
     if raw is None or raw.strip() == "":
-        return DEFAULT_WAIT
+        return None
     try:
         value = float(raw)
     except ValueError:

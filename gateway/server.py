@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import uvicorn
 
-from victoria.gateway.app import Backend, GatewayState, create_app
+from victoria.gateway.app import create_app
+from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.metrics import Metrics
 from victoria.gateway.views import TaskViews
 from victoria.runtime import bus

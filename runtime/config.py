@@ -29,6 +29,7 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8010
 DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8010"
 DEFAULT_MAX_STEPS: Final = 8
+DEFAULT_MAX_STEPS_CEILING: Final = 50  # steps: a larger max_steps is lowered to this
 DEFAULT_RESTART_BACKOFF: Final = 0.5  # seconds before the first restart of a crashed actor
 DEFAULT_CRASH_LOOP_LIMIT: Final = 6  # restarts ...
 DEFAULT_CRASH_LOOP_WINDOW: Final = 120.0  # ... within this many seconds: the actor is left down
@@ -179,6 +180,8 @@ class Config:
     """VICTORIA_CRASH_LOOP_LIMIT: restarts within VICTORIA_CRASH_LOOP_WINDOW after which an actor is left down."""
     crash_loop_window: float = DEFAULT_CRASH_LOOP_WINDOW
     """VICTORIA_CRASH_LOOP_WINDOW: seconds over which restarts are counted."""
+    max_steps_ceiling: int = DEFAULT_MAX_STEPS_CEILING
+    """VICTORIA_MAX_STEPS: the most steps a task may take; a larger ``max_steps`` is lowered to it."""
     postgres_dsn: str | None = None
     """VICTORIA_POSTGRES_DSN: PostgreSQL to probe (and, later, to keep history in); none by default."""
     probe_interval: float = DEFAULT_PROBE_INTERVAL
@@ -234,6 +237,9 @@ class Config:
             ),
             crash_loop_window=_get(
                 env, "VICTORIA_CRASH_LOOP_WINDOW", DEFAULT_CRASH_LOOP_WINDOW, _positive_float, "seconds"
+            ),
+            max_steps_ceiling=_get(
+                env, "VICTORIA_MAX_STEPS", DEFAULT_MAX_STEPS_CEILING, _positive_int, "a count"
             ),
             postgres_dsn=_get(env, "VICTORIA_POSTGRES_DSN", None, _dsn, "a postgresql:// DSN"),
             probe_interval=_get(

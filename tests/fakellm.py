@@ -29,6 +29,10 @@ class FakeLLM:
         self.prompts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.aborted = 0
+        self.images: list[str] = []
+        """Every image a request carried (base64), in either protocol's shape."""
+        self.requests: list[dict[str, Any]] = []
+        """Every chat request body, as it came."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,10 +55,12 @@ class FakeLLM:
                     self._send(404, {"error": "not found"})
                     return
                 content = fake.answer(body.get("messages") or [])
-                key = json.dumps(body.get("messages"), sort_keys=True)
+                key = json.dumps(body.get("messages"), sort_keys=True, ensure_ascii=False)
                 with fake.lock:
                     fake.calls[self.path] += 1
                     fake.prompts[key] += 1
+                    fake.requests.append(body)
+                    fake.images.extend(images_in(body.get("messages") or []))
                 if fake.delay:
                     deadline = time.monotonic() + fake.delay
                     while time.monotonic() < deadline:
@@ -170,15 +176,23 @@ class FakeLLM:
             return sum(n - 1 for n in self.prompts.values() if n > 1)
 
     def answer(self, messages: list[dict[str, Any]]) -> str:
-        system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
-        user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        system = next((text_of(m) for m in messages if m.get("role") == "system"), "")
+        user = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
         goal = user.removeprefix("Goal: ").split("\n")[0][:80]
-        if "JSON object" not in system:
+        if "carrying out a plan" not in system:
             if self.mode == "empty":
                 return ""
-            if "plan" in system.lower():
+            if "numbered plan" in system:
                 return "1. Look at the goal.\n2. Answer it."
-            return f"The user wants: {goal}"
+            if "???" in goal:  # the goal is too unclear: the understand step asks back
+                return json.dumps(
+                    {
+                        "clear": False,
+                        "questions": ["Which project do you mean?", "What should the result look like?"],
+                        "suggested_restatement": f"Describe the project named in: {goal.strip('? ')}",
+                    }
+                )
+            return json.dumps({"clear": True, "understanding": f"The user wants: {goal}"}, ensure_ascii=False)
         if self.mode == "nonjson":
             return f"Sure! Here is my answer about {goal}, in plain words."
         if self.mode == "partial":
@@ -189,6 +203,11 @@ class FakeLLM:
             return '{"tool": "list_directory", "args": {"path": "."}}'
         return json.dumps({"tool": "finish", "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
 
+    def prompts_text(self) -> str:
+        """Every prompt seen, as one text to search."""
+        with self.lock:
+            return "\n".join(self.prompts)
+
     def start(self) -> FakeLLM:
         self._thread = threading.Thread(target=self.server.serve_forever, name="fakellm", daemon=True)
         self._thread.start()
@@ -197,6 +216,27 @@ class FakeLLM:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def text_of(message: dict[str, Any]) -> str:
+    """A message's text: its content, or the text parts of an OpenAI content list."""
+    content = message.get("content", "")
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+    return str(content)
+
+
+def images_in(messages: list[dict[str, Any]]) -> list[str]:
+    """Images as Ollama (``images``) or an OpenAI-compatible server (``image_url`` parts) takes them."""
+    found: list[str] = []
+    for message in messages:
+        found.extend(message.get("images") or [])
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image_url":
+                    found.append(str(part["image_url"]["url"]))
+    return found
 
 
 def main() -> None:

@@ -185,6 +185,14 @@ class System:
         assert response.status_code == 202, response.text
         return str(response.json()["task_id"])
 
+    def run(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A sync ``POST /run`` as the old server's clients send it; then the task's status object."""
+        response = self.http.post("/run", json=body)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        assert answer["status"] in ("success", "failed", "cancelled", "needs_clarification"), answer
+        return self.status(answer["task_id"])
+
     def status(self, task_id: str) -> dict[str, Any]:
         response = self.http.get(f"/run/status/{task_id}")
         assert response.status_code == 200, response.text

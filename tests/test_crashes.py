@@ -79,7 +79,7 @@ def test_killing_veronica_falls_back_to_victorias_own_run(tmp_path: Path, worksp
             lambda: next(e for e in system.services() if e["name"] == "veronica")["status"] == "down",
             what="veronica down",
         )
-        body = system.http.post("/run", json={"goal": "List the files in the project root."}).json()
+        body = system.run({"goal": "List the files in the project root."})
         assert body["status"] == "completed"
         nats_url = (system.data_dir / "nats.url").read_text().strip()
         kinds = [e["type"] for e in stream_messages(nats_url, f"victoria.task.*.{body['task_id']}.>")]

@@ -137,7 +137,7 @@ def test_an_actor_in_a_crash_loop_is_left_down_and_reported(
         time.sleep(1.0)
         assert next(e for e in system.services() if e["name"] == "veronica")["status"] == "down"
         # The rest of the system keeps working; file requests fall back to Victoria's own run.
-        body = system.http.post("/run", json={"goal": "List the files in the project root."}).json()
+        body = system.run({"goal": "List the files in the project root."})
         assert body["status"] == "completed"
     finally:
         system.close()
@@ -201,7 +201,7 @@ def test_a_hung_veronica_is_declared_down_and_victoria_stops_waiting_for_her(
         downs = stream_messages(nats_url(system), "victoria.svc.veronica.*.down")
         assert downs[-1]["source"] == "heartbeat" and "no heartbeat" in downs[-1]["reason"]
         started = time.monotonic()
-        body = system.http.post("/run", json={"goal": "List the files in the project root."}).json()
+        body = system.run({"goal": "List the files in the project root."})
         assert body["status"] == "completed"
         assert time.monotonic() - started < 10  # not the 30 s delegation deadline
     finally:

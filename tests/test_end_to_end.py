@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from tests.fakellm import FakeLLM
 from tests.system import System, stream_messages
+from victoria.gateway.requests import MAX_RUN_BODY
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +22,9 @@ def test_a_goal_completes_in_sync_mode_through_the_agent_run(system: System, fak
     before = fake_llm.total_calls
     response = system.http.post("/run", json={"goal": "Write a haiku about NATS", "task_type": "agent"})
     assert response.status_code == 200, response.text
-    body = response.json()
+    answer = response.json()  # the old server's TaskResponse
+    assert (answer["status"], answer["output"]) == ("success", "Done: Write a haiku about NATS")
+    body = system.status(answer["task_id"])
     assert body["status"] == "completed"
     assert body["output"] == "Done: Write a haiku about NATS"
     assert body["attempts"] == 1
@@ -51,7 +55,7 @@ def test_a_listing_request_is_delegated_to_veronica_without_a_model_call(
         "/run", json={"goal": "List the files in the project root. Only names, up to 8."}
     )
     body = response.json()
-    assert body["status"] == "completed", body
+    assert body["status"] == "success", body
     names = body["output"].splitlines()
     assert names == [
         "alpha.txt",
@@ -68,9 +72,7 @@ def test_a_listing_request_is_delegated_to_veronica_without_a_model_call(
 
 def test_a_russian_listing_request_is_delegated_too(system: System, fake_llm: FakeLLM) -> None:
     before = fake_llm.total_calls
-    body = system.http.post(
-        "/run", json={"goal": "Выведи список файлов в корне проекта. Только имена, до 8 штук."}
-    ).json()
+    body = system.run({"goal": "Выведи список файлов в корне проекта. Только имена, до 8 штук."})
     assert body["status"] == "completed"
     assert len(body["output"].splitlines()) == 8
     assert fake_llm.total_calls == before
@@ -80,18 +82,14 @@ def test_a_russian_question_about_capabilities_is_answered_in_russian_without_a_
     system: System, fake_llm: FakeLLM
 ) -> None:
     before = fake_llm.total_calls
-    body = system.http.post(
-        "/run", json={"goal": "Что ты умеешь? Ответь в двух коротких предложениях."}
-    ).json()
+    body = system.run({"goal": "Что ты умеешь? Ответь в двух коротких предложениях."})
     assert body["status"] == "completed"
     assert "Victoria" in body["output"] and "журнал" in body["output"]
     assert fake_llm.total_calls == before
 
 
 def test_reading_a_file_outside_the_workspace_is_refused(system: System) -> None:
-    body = system.http.post(
-        "/run", json={"goal": "Read the file ../../etc/passwd", "task_type": "files"}
-    ).json()
+    body = system.run({"goal": "Read the file ../../etc/passwd", "task_type": "files"})
     # Veronica refuses; Victoria falls back to her own run, which completes with the model's answer.
     assert body["status"] == "completed"
     assert "root:" not in (body["output"] or "")
@@ -145,7 +143,8 @@ def test_an_unknown_task_is_404_and_an_unsafe_id_is_404_too(system: System) -> N
 
 
 def test_health_ready_and_services_answer(system: System) -> None:
-    assert system.http.get("/health").json() == {"status": "ok"}
+    health = system.http.get("/health").json()
+    assert (health["status"], health["agent"], health["nats"]) == ("ok", "Victoria", "connected")
     assert system.http.get("/ready").status_code == 200
     entries = system.wait_for(
         lambda: (
@@ -233,6 +232,17 @@ def test_the_cli_runs_a_goal_and_prints_stages_and_the_result(system: System) ->
         check=False,
     )
     assert json.loads(status.stdout)["status"] == "completed"
+
+
+def test_victoria_run_sync_prints_the_answer_of_one_synchronous_request(system: System) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "victoria", "run", "Write a haiku about NATS", "--sync", "--url", system.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "Done: Write a haiku about NATS"), out.stderr
 
 
 def test_watch_prints_task_events_using_the_url_recorded_in_the_data_dir(system: System) -> None:
@@ -327,10 +337,7 @@ def test_an_overlong_idempotency_key_is_rejected_by_name(system: System) -> None
 
 
 def test_metrics_are_served_in_prometheus_text(system: System) -> None:
-    assert (
-        system.http.post("/run", json={"goal": "Count me", "task_type": "agent"}).json()["status"]
-        == "completed"
-    )
+    assert system.run({"goal": "Count me", "task_type": "agent"})["status"] == "completed"
     response = system.http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -394,17 +401,31 @@ def test_cancel_aborts_the_model_call_in_flight(system: System, fake_llm: FakeLL
         fake_llm.chunk_delay = 0.0
 
 
-def test_a_body_over_a_megabyte_is_refused_without_being_read_whole(system: System) -> None:
-    big = b'{"goal": "' + b"x" * (2 * 1024 * 1024) + b'"}'
-    response = system.http.post("/run", content=big, headers={"content-type": "application/json"})
-    assert response.status_code == 413
-    assert response.json()["error"] == "body_too_large"
+def test_a_body_over_its_limit_is_refused_without_being_read_whole(system: System) -> None:
+    # A goal may carry images: 64 MB. Declared bigger, it is refused before a byte is read.
+    with socket.create_connection(("127.0.0.1", system.port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n{" % (MAX_RUN_BODY + 1)
+        )
+        answer = b""
+        while b"}" not in answer:  # the head, then the JSON body
+            piece = raw.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer, answer
 
-    def chunks() -> Iterator[bytes]:
+    def chunks(megabytes: int) -> Iterator[bytes]:
         yield b'{"goal": "'
-        for _ in range(40):
+        for _ in range(megabytes * 16):
             yield b"y" * 65536
         yield b'"}'
 
-    streamed = system.http.post("/run", content=chunks(), headers={"content-type": "application/json"})
+    streamed = system.http.post("/run", content=chunks(65), headers={"content-type": "application/json"})
     assert streamed.status_code == 413
+    # Elsewhere (the Telegram bot's beats, ...) the limit is 1 MB.
+    beat = system.http.post(
+        "/api/telegram/heartbeat", content=chunks(2), headers={"content-type": "application/json"}
+    )
+    assert beat.status_code == 413

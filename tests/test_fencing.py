@@ -182,7 +182,7 @@ def test_a_server_older_than_2_11_is_refused_at_start_naming_its_version_unless_
         unfenced.start()
         try:
             assert "running unfenced" in unfenced.log()
-            body = unfenced.http.post("/run", json={"goal": "Write a haiku", "task_type": "agent"}).json()
+            body = unfenced.run({"goal": "Write a haiku", "task_type": "agent"})
             assert body["status"] == "completed", body
         finally:
             unfenced.close()

@@ -366,7 +366,12 @@ def test_status_dict_is_plain_json_ready_data() -> None:
         "session_id",
         "error_kind",
         "trace_id",
+        "knowledge",
+        "clarification_questions",
+        "max_steps",
+        "max_steps_requested",
     }
+    assert isinstance(d["knowledge"], dict)
 
 
 def test_russian_text_is_preserved_in_goal_output_and_error() -> None:
@@ -430,3 +435,47 @@ def test_a_status_view_fold_keeps_only_what_a_status_shows_and_its_neighbours_st
         assert not history.llm_requests and not history.stages_seen
     full = fold("t1", events)
     assert full.stages_seen == {"understanding", "step:2"} and "understand" in full.llm_requests
+
+
+def test_a_completed_tasks_knowledge_is_in_the_old_servers_shape() -> None:
+    from victoria.events.contracts import Knowledge, VerboseStep
+
+    knowledge = Knowledge(
+        routed_to="agent_run",
+        source="model",
+        model_used="qwen",
+        verbose_steps=[VerboseStep(step=1, thought="look", tool="list_directory", input={"path": "."})],
+    )
+    start = TaskSubmitted(
+        task_id="t1", goal="g", project_context={"repo": "x"}, max_steps=50, max_steps_requested=500, ts=at(0)
+    )
+    h = fold("t1", [start, TaskCompleted(task_id="t1", output="ok", knowledge=knowledge, ts=at(1))])
+    view = h.view()
+    assert view.knowledge == {
+        "metadata": {"model_used": "qwen", "source": "model"},
+        "method": "agent_run",
+        "routed_to": "agent_run",
+        "delegated_to": None,
+        "verbose_steps": [{"step": 1, "thought": "look", "tool": "list_directory", "input": {"path": "."}}],
+        "project_context": {"repo": "x"},
+        "max_steps": 50,
+        "max_steps_requested": 500,
+    }
+    assert (view.max_steps, view.max_steps_requested, view.clarification_questions) == (50, 500, None)
+
+
+def test_a_task_that_asks_back_shows_its_questions() -> None:
+    from victoria.events.contracts import Knowledge
+
+    knowledge = Knowledge(
+        routed_to="agent_run", clarification_questions=["Which one?"], suggested_restatement="r"
+    )
+    h = fold(
+        "t1", [submitted(), TaskCompleted(task_id="t1", output="Which one?", knowledge=knowledge, ts=at(1))]
+    )
+    assert h.view().clarification_questions == ["Which one?"]
+    assert h.view().knowledge["suggested_restatement"] == "r"
+
+
+def test_a_status_without_a_terminal_event_has_an_empty_knowledge_dict_but_its_context() -> None:
+    assert fold("t1", [submitted()]).view().knowledge == {"project_context": None}

@@ -40,10 +40,7 @@ def mode(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
 
 
 def run_agent(system: System, goal: str) -> dict[str, object]:
-    response = system.http.post("/run", json={"goal": goal, "task_type": "agent"})
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
+    return system.run({"goal": goal, "task_type": "agent"})
 
 
 def test_a_non_json_reply_is_taken_as_the_answer(strict_system: System, mode: FakeLLM) -> None:

@@ -45,7 +45,7 @@ def test_one_task_is_one_trace_across_every_process(
 ) -> None:
     fake_llm.mode = "tool"  # step 1 lists files through Veronica, step 2 finishes
     try:
-        body = traced.http.post("/run", json={"goal": "Look around", "task_type": "agent"}).json()
+        body = traced.run({"goal": "Look around", "task_type": "agent"})
     finally:
         fake_llm.mode = "normal"
     assert body["status"] == "completed"
@@ -106,7 +106,7 @@ def test_every_actor_logs_its_start_and_each_task_step_at_debug_with_the_task_an
     traced: System, fake_llm: FakeLLM
 ) -> None:
     fake_llm.mode = "normal"
-    body = traced.http.post("/run", json={"goal": "Log this one", "task_type": "agent"}).json()
+    body = traced.run({"goal": "Log this one", "task_type": "agent"})
     assert body["status"] == "completed"
     url = (traced.data_dir / "nats.url").read_text().strip()
 
@@ -129,11 +129,11 @@ def test_every_actor_logs_its_start_and_each_task_step_at_debug_with_the_task_an
 def test_a_task_that_went_well_adds_nothing_to_the_info_log_and_a_failed_one_does(
     system: System, fake_llm: FakeLLM
 ) -> None:
-    quiet = system.http.post("/run", json={"goal": "Quiet one", "task_type": "agent"}).json()
+    quiet = system.run({"goal": "Quiet one", "task_type": "agent"})
     assert quiet["status"] == "completed"
     fake_llm.mode = "error"
     try:
-        failed = system.http.post("/run", json={"goal": "Noisy one", "task_type": "agent"}).json()
+        failed = system.run({"goal": "Noisy one", "task_type": "agent"})
     finally:
         fake_llm.mode = "normal"
     assert failed["status"] == "failed"

@@ -122,7 +122,7 @@ def prompts(fake: FakeLLM) -> str:
 
 
 async def test_a_resumed_task_takes_a_stored_answer_to_the_same_question(nc: NATS, fake: FakeLLM) -> None:
-    same = workflow.fingerprint(understand_messages(), model=None, json_mode=False)
+    same = workflow.fingerprint(understand_messages(), model=None, json_mode=True)
     await history_of_an_earlier_attempt(nc, "same-question", fingerprint=same)
     events = await run_actors(nc, fake, "same-question")
     assert isinstance(events[-1], TaskCompleted)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_status_survives_a_gateway_killed_with_sigkill(system: System) -> None:
-    body = system.http.post("/run", json={"goal": "Remember me", "task_type": "agent"}).json()
+    body = system.run({"goal": "Remember me", "task_type": "agent"})
     assert body["status"] == "completed"
     old_pid = system.pid_of("gateway")
     os.kill(old_pid, signal.SIGKILL)
@@ -49,7 +49,8 @@ def test_status_survives_a_restart_of_the_whole_system(
     first = System(tmp_path / "data", env=env).start()
     try:
         answer = first.http.post("/run", json={"goal": "Survive", "task_type": "agent"}, headers=headers)
-        done = answer.json()
+        assert answer.json()["status"] == "success"
+        done = first.status(answer.json()["task_id"])
         assert done["status"] == "completed"
         children = psutil.Process(first.process.pid).children(recursive=True) if first.process else []
         assert len(children) == 6  # nats-server, gateway and four actors

@@ -45,10 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--url", default=None, help="gateway URL (default VICTORIA_URL or http://127.0.0.1:8010)"
     )
-    run.add_argument("--task-type", default=None, choices=("capabilities", "files", "agent"))
+    run.add_argument("--task-type", default=None, choices=("capabilities", "files", "agent", "plan"))
     run.add_argument("--max-steps", type=int, default=None)
     run.add_argument("--model", default=None)
     run.add_argument("--no-follow", action="store_true", help="print the task id and return")
+    run.add_argument(
+        "--sync",
+        action="store_true",
+        help="one synchronous POST /run, as the old server's clients make it; prints its answer",
+    )
     run.add_argument("--json", action="store_true", help="print the final status object as JSON")
 
     status = sub.add_parser("status", help="print a task's status")
@@ -137,6 +142,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 body["max_steps"] = args.max_steps
             if args.model:
                 body["model"] = args.model
+            if args.sync:
+                return client.run_sync(base, body, as_json=args.json)
             return client.run(base, body, follow=not args.no_follow, as_json=args.json)
         if command == "status":
             return client.status(base, args.task_id)

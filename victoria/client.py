@@ -63,6 +63,30 @@ def run(base: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
     return 0 if status["status"] == "completed" else 1
 
 
+SYNC_TIMEOUT: Final = 960.0  # seconds: the task deadline (900 s) and then some, as the old clients wait
+
+
+def run_sync(base: str, body: dict[str, Any], *, as_json: bool) -> int:
+    """One synchronous ``POST /run``, as the old server's clients make it: its ``TaskResponse``."""
+    try:
+        with httpx.Client(timeout=httpx.Timeout(CONNECT_TIMEOUT, read=SYNC_TIMEOUT)) as http:
+            response = http.post(f"{base}/run", json=body)
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if response.status_code not in (200, 202):
+        return _error(response)
+    answer = response.json()
+    if as_json:
+        _print(json.dumps(answer, ensure_ascii=False, indent=2))
+    elif answer["status"] == "success":
+        _print(answer.get("output") or "")
+    elif answer["status"] == "needs_clarification":
+        _print("\n".join(answer.get("clarification_questions") or []))
+    else:
+        _print(f"{answer['status']}: {answer.get('error') or answer.get('message') or ''}")
+    return 0 if answer["status"] in ("success", "needs_clarification") else 1
+
+
 def _follow(http: httpx.Client, base: str, task_id: str, started: float, *, quiet: bool) -> None:
     """Print each stage as it happens, and the model's words as they are written, until the end."""
     with http.stream("GET", f"{base}/run/{task_id}/events") as response:

@@ -12,7 +12,8 @@
     │   ├── LLMUnavailable(ConnectionError)      the model server refused or is unreachable
     │   ├── LLMTimeout(TimeoutError)       the call passed its deadline
     │   ├── LLMHTTPError                   the model server answered with an HTTP error status
-    │   └── LLMProtocolError               the answer was not in the protocol's shape
+    │   ├── LLMProtocolError               the answer was not in the protocol's shape
+    │   └── ImageMissing                   an image of the request is no longer stored
     ├── ToolError                          a tool call failed (bad path, outside the workspace, ...)
     │   └── OutsideWorkspace(PermissionError)
     ├── TaskAborted                        a task fails for good: its model call failed in a way
@@ -89,6 +90,14 @@ class LLMHTTPError(LLMError):
 
 class LLMProtocolError(LLMError):
     kind = "protocol"
+
+
+class ImageMissing(LLMError):
+    kind = "protocol"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"image {key} is not in the image store (kept 7 days)")
+        self.key = key
 
 
 class ToolError(VictoriaError):

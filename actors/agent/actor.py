@@ -65,7 +65,7 @@ class Victoria(Actor):
     def __init__(self, nc: NATS, config: Config, *, restarts: int = 0, fenced: bool = True) -> None:
         super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.consumers: list[WorkConsumer] = []
-        self.running: dict[str, set[asyncio.Task[str]]] = {}
+        self.running: dict[str, set[asyncio.Task[workflow.Outcome]]] = {}
         """Task id -> its workflows running here (two only while this instance overtook itself)."""
         self.cancel_reasons: dict[str, str] = {}
         self.waiters: dict[tuple[str, str], set[asyncio.Future[LLMResult]]] = {}
@@ -274,8 +274,10 @@ class Victoria(Actor):
         try:
             try:
                 async with asyncio.timeout(self._remaining(task)) as deadline:
-                    output = await run
-                terminal = TaskCompleted(task_id=task.task_id, output=output, attempts=attempt)
+                    outcome = await run
+                terminal = TaskCompleted(
+                    task_id=task.task_id, output=outcome.output, attempts=attempt, knowledge=outcome.knowledge
+                )
             except TimeoutError:
                 if not deadline.expired():
                     raise

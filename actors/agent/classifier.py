@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-RouteKind = Literal["capabilities", "files", "agent"]
+RouteKind = Literal["capabilities", "files", "agent", "plan"]
 
 
 @dataclass(frozen=True, slots=True)

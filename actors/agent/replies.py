@@ -1,4 +1,7 @@
-"""Reading a model's step reply, whatever it is: JSON, JSON in prose or fences, partial JSON, text."""
+"""Reading a model's replies, whatever they are: JSON, JSON in prose or fences, partial JSON, text.
+
+``parse_action`` reads a step reply (a tool call or the final answer); ``parse_understanding``
+reads the understand step's reply (what is asked, or the questions to ask back)."""
 
 from __future__ import annotations
 
@@ -14,12 +17,27 @@ TOOLS: Final = ("list_directory", "read_file", "finish")
 @dataclass(frozen=True, slots=True)
 class Finish:
     answer: str
+    thought: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     tool: str
     args: dict[str, Any] = field(default_factory=dict)
+    thought: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Understanding:
+    """What the understand step made of the goal: ``text``, or questions to ask the user first."""
+
+    text: str
+    questions: list[str] = field(default_factory=list)
+    restatement: str = ""
+
+    @property
+    def unclear(self) -> bool:
+        return bool(self.questions)
 
 
 Action = Finish | ToolCall
@@ -42,11 +60,41 @@ def parse_action(text: str) -> Action:
     if obj is not None:
         action = _from_object(obj)
         if action is not None:
+            thought = obj.get("thought") or obj.get("reasoning")
+            if isinstance(thought, str) and thought.strip():
+                return _with_thought(action, thought.strip())
             return action
     partial = _from_partial(stripped)
     if partial is not None:
         return partial
     return Finish(stripped)
+
+
+def _with_thought(action: Action, thought: str) -> Action:
+    if isinstance(action, Finish):
+        return Finish(action.answer, thought)
+    return ToolCall(action.tool, action.args, thought)
+
+
+def parse_understanding(text: str) -> Understanding:
+    """The understand step's reply: JSON ``{"understanding": ..., "clear": true}`` or ``{"clear":
+    false, "questions": [...], "suggested_restatement": ...}``; anything else is the understanding
+    in plain words. Questions count only when the model said the goal is not clear."""
+    stripped = (text or "").strip()
+    obj = _find_object(stripped)
+    if obj is None:
+        return Understanding(stripped)
+    understanding = obj.get("understanding") or obj.get("summary") or ""
+    if not isinstance(understanding, str):
+        understanding = str(understanding)
+    questions = obj.get("questions") or []
+    if not isinstance(questions, list):
+        questions = [questions]
+    asked = [str(q).strip() for q in questions if str(q).strip()]
+    restatement = obj.get("suggested_restatement") or obj.get("restatement") or ""
+    if obj.get("clear") is False and asked:
+        return Understanding(understanding.strip(), asked[:10], str(restatement).strip())
+    return Understanding(understanding.strip() or stripped)
 
 
 def _find_object(text: str) -> dict[str, Any] | None:

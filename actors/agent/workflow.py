@@ -20,12 +20,21 @@ from typing import Final, Literal, Protocol
 import msgspec
 
 from victoria.actors.agent import capabilities, classifier
-from victoria.actors.agent.replies import Finish, ToolCall, parse_action
+from victoria.actors.agent.replies import Finish, ToolCall, Understanding, parse_action, parse_understanding
 from victoria.errors import TaskAborted
-from victoria.events.contracts import ChatMessage, FilesRequest, LLMResult, TaskSubmitted, ToolResult
+from victoria.events.contracts import (
+    ChatMessage,
+    FilesRequest,
+    Knowledge,
+    LLMResult,
+    TaskSubmitted,
+    ToolResult,
+    VerboseStep,
+)
 
-VERSION: Final = 2
-"""The workflow's version, stored with each model request. 1: before requests carried it."""
+VERSION: Final = 3
+"""The workflow's version, stored with each model request. 1: before requests carried it. 3: the
+understand step answers in JSON and may ask back; earlier turns and images are in the prompts."""
 
 
 def fingerprint(messages: list[ChatMessage], *, model: str | None, json_mode: bool) -> str:
@@ -55,8 +64,12 @@ class TaskContext(Protocol):
 
 SYSTEM: dict[str, str] = {
     "understand": (
-        "You are Victoria, an agent that carries out a user's goal. In one or two sentences, say what "
-        "the user wants and what a good answer must contain. Answer in the user's language."
+        "You are Victoria, an agent that carries out a user's goal. Read the goal (and the conversation "
+        'before it, if any) and reply with one JSON object: {"clear": true, "understanding": "<in one or '
+        'two sentences, what the user wants and what a good answer must contain>"}. Only when the goal '
+        "is too unclear to act on even with the conversation so far, reply instead "
+        '{"clear": false, "questions": ["<what you need to ask the user>"], "suggested_restatement": '
+        '"<the goal as you would restate it>"}. Write in the user\'s language.'
     ),
     "plan": (
         "You are Victoria. Write a short numbered plan (at most {max_steps} steps) to reach the goal. "
@@ -73,9 +86,18 @@ SYSTEM: dict[str, str] = {
 }
 
 
+class Outcome(msgspec.Struct, frozen=True, gc=False):
+    """What a task came to: its output and what it knows beyond it."""
+
+    output: str
+    knowledge: Knowledge
+
+
 def route_of(task: TaskSubmitted) -> classifier.Route:
     if task.task_type == "capabilities":
         return classifier.Route("capabilities")
+    if task.task_type == "plan":
+        return classifier.Route("plan")
     if task.task_type == "files":
         return classifier.files_route(task.goal)
     if task.task_type == "agent":
@@ -83,12 +105,15 @@ def route_of(task: TaskSubmitted) -> classifier.Route:
     return classifier.classify(task.goal)
 
 
-async def run(ctx: TaskContext) -> str:
+async def run(ctx: TaskContext) -> Outcome:
     task = ctx.task
     route = route_of(task)
     if route.kind == "capabilities":
         await ctx.stage("answering", detail="from the capability registry")
-        return capabilities.answer(classifier.language(task.goal))
+        answer = capabilities.answer(classifier.language(task.goal))
+        return Outcome(answer, Knowledge(routed_to="capabilities", source="capability_registry"))
+    if route.kind == "plan":
+        return await plan_only(ctx)
     if route.kind == "files":
         await ctx.stage("delegating", detail=f"veronica: {route.op} {route.path}")
         result = await ctx.files(
@@ -99,7 +124,9 @@ async def run(ctx: TaskContext) -> str:
             timeout=ctx.delegate_timeout,
         )
         if result.ok:
-            return result.output
+            return Outcome(
+                result.output, Knowledge(routed_to="veronica", delegated_to="veronica", source="workspace")
+            )
         await ctx.stage("fallback", detail=f"delegation failed: {result.error}")
     return await agent_run(ctx)
 
@@ -111,34 +138,126 @@ def _context_block(task: TaskSubmitted) -> str:
     return f"\n\nProject context (JSON): {text[:4000]}"
 
 
-async def agent_run(ctx: TaskContext) -> str:
+def _conversation(task: TaskSubmitted) -> list[ChatMessage]:
+    """The earlier turns of the conversation, as chat messages before the goal."""
+    messages: list[ChatMessage] = []
+    for turn in task.chat_history:
+        if turn.user:
+            messages.append(ChatMessage("user", turn.user))
+        if turn.assistant:
+            messages.append(ChatMessage("assistant", turn.assistant))
+    return messages
+
+
+class _Models:
+    """The model that answered last: ``knowledge.model_used``."""
+
+    def __init__(self) -> None:
+        self.used: str | None = None
+
+    async def ask(
+        self, ctx: TaskContext, request_id: str, messages: list[ChatMessage], *, json_mode: bool = False
+    ) -> str:
+        result = await _ask(ctx, request_id, messages, json_mode=json_mode)
+        self.used = result.model or self.used
+        return result.content
+
+
+async def _understand_and_plan(ctx: TaskContext, models: _Models) -> tuple[str, Understanding, str | None]:
+    """(goal with its context, what is asked, the plan; None when the model asks back first)."""
     task = ctx.task
     goal = task.goal + _context_block(task)
+    earlier = _conversation(task)
     await ctx.stage("understanding")
-    understanding = await _ask(
-        ctx, "understand", [ChatMessage("system", SYSTEM["understand"]), ChatMessage("user", goal)]
+    understanding = parse_understanding(
+        await models.ask(
+            ctx,
+            "understand",
+            [
+                ChatMessage("system", SYSTEM["understand"]),
+                *earlier,
+                ChatMessage("user", goal, task.images),
+            ],
+            json_mode=True,
+        )
     )
+    if understanding.unclear:
+        return goal, understanding, None
     await ctx.stage("planning")
-    plan = await _ask(
+    plan = await models.ask(
         ctx,
         "plan",
         [
             ChatMessage("system", SYSTEM["plan"].format(max_steps=task.max_steps)),
-            ChatMessage("user", f"Goal: {goal}\n\nWhat is asked: {understanding}"),
+            *earlier,
+            ChatMessage("user", f"Goal: {goal}\n\nWhat is asked: {understanding.text}", task.images),
         ],
     )
+    return goal, understanding, plan
+
+
+def _asking_back(
+    task: TaskSubmitted, understanding: Understanding, models: _Models, routed_to: str
+) -> Outcome:
+    lead = (
+        "Уточните, пожалуйста:"
+        if classifier.language(task.goal) == "ru"
+        else "Before I start, please tell me:"
+    )
+    output = lead + "\n" + "\n".join(f"{n}. {q}" for n, q in enumerate(understanding.questions, 1))
+    knowledge = Knowledge(
+        routed_to=routed_to,
+        source="model",
+        model_used=models.used,
+        clarification_questions=understanding.questions,
+        suggested_restatement=understanding.restatement,
+    )
+    return Outcome(output, knowledge)
+
+
+async def plan_only(ctx: TaskContext) -> Outcome:
+    """Understand and plan, no steps: the plan is the answer (``POST /plan``)."""
+    models = _Models()
+    _, understanding, plan = await _understand_and_plan(ctx, models)
+    if plan is None:
+        return _asking_back(ctx.task, understanding, models, "plan")
+    answer = plan.strip() or understanding.text
+    return Outcome(answer, Knowledge(routed_to="plan", source="model", model_used=models.used))
+
+
+async def agent_run(ctx: TaskContext) -> Outcome:
+    task = ctx.task
+    models = _Models()
+    goal, understanding, plan = await _understand_and_plan(ctx, models)
+    if plan is None:
+        return _asking_back(task, understanding, models, "agent_run")
     transcript: list[ChatMessage] = [
         ChatMessage("system", SYSTEM["step"].format()),
-        ChatMessage("user", f"Goal: {goal}\n\nPlan:\n{plan}"),
+        ChatMessage("user", f"Goal: {goal}\n\nPlan:\n{plan}", task.images),
     ]
     observations: list[str] = []
+    steps: list[VerboseStep] = []
+
+    def done(answer: str) -> Outcome:
+        knowledge = Knowledge(
+            routed_to="agent_run",
+            source="model",
+            model_used=models.used,
+            verbose_steps=steps if task.verbose else [],
+        )
+        return Outcome(answer, knowledge)
+
     for step in range(1, task.max_steps + 1):
         await ctx.stage("step", step=step)
-        reply = await _ask(ctx, f"step-{step}", transcript, json_mode=True)
+        reply = await models.ask(ctx, f"step-{step}", transcript, json_mode=True)
         action = parse_action(reply)
         if isinstance(action, Finish):
-            return action.answer.strip() or best_effort(understanding, plan, observations)
+            steps.append(
+                VerboseStep(step=step, thought=action.thought, tool="finish", input={"answer": action.answer})
+            )
+            return done(action.answer.strip() or best_effort(understanding.text, plan, observations))
         assert isinstance(action, ToolCall)
+        steps.append(VerboseStep(step=step, thought=action.thought, tool=action.tool, input=action.args))
         op: Literal["list", "read"] = "list" if action.tool == "list_directory" else "read"
         path = str(action.args.get("path") or ".")
         result = await ctx.files(
@@ -153,7 +272,7 @@ async def agent_run(ctx: TaskContext) -> str:
             ChatMessage("assistant", reply),
             ChatMessage("user", f"Result of {action.tool}({path}):\n{observation[:8000]}"),
         ]
-    return best_effort(understanding, plan, observations)
+    return done(best_effort(understanding.text, plan, observations))
 
 
 WAIT_FIRST: Final = 1.0  # seconds before asking a model server that was unreachable again
@@ -162,7 +281,7 @@ WAIT_MAX: Final = 30.0  # seconds between tries, at most
 
 async def _ask(
     ctx: TaskContext, request_id: str, messages: list[ChatMessage], *, json_mode: bool = False
-) -> str:
+) -> LLMResult:
     """One model answer. While the model server is unreachable the task waits in the stage
     ``waiting_for_model`` and asks again with backoff; the task's deadline ends the wait."""
     purpose = request_id.split("-")[0]
@@ -170,7 +289,7 @@ async def _ask(
     while True:
         result = await ctx.llm(rid, purpose, messages, json_mode=json_mode)
         if result.ok:
-            return result.content
+            return result
         if result.error_kind != "unavailable":
             raise TaskAborted(
                 ctx.task.task_id,

@@ -44,6 +44,7 @@ from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
+from victoria.runtime.images import ImageStore
 from victoria.runtime.protocol import AckSubject, parse_ack_subject
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class LLMRunner(Actor):
         self.http: aiohttp.ClientSession | None = None
         self.consumers: list[WorkConsumer] = []
         self._subs: list[Subscription] = []
+        self.images = ImageStore(self.js)
         self._calls: dict[str, set[asyncio.Task[LLMResult]]] = defaultdict(set)
         self._ended: OrderedDict[str, str] = OrderedDict()
         """Tasks lately cancelled or failed, as the live subscriptions saw them: id -> what."""
@@ -297,7 +299,9 @@ class LLMRunner(Actor):
     ) -> protocols.Completion:
         assert self.http is not None
         api = self.config.llm_api
-        body = protocols.request_body(api, model, event.messages, json_mode=event.json_mode)
+        keys = {key for message in event.messages for key in message.images}
+        pictures = {key: await self.images.base64_of(key) for key in sorted(keys)}
+        body = protocols.request_body(api, model, event.messages, json_mode=event.json_mode, images=pictures)
         delay = 0.25
         first_try = time.monotonic()
         while True:

@@ -5,8 +5,11 @@ Pure code: build the request body, read the answer. The runner does the I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -29,9 +32,18 @@ def endpoint(api: Api) -> str:
 
 
 def request_body(
-    api: Api, model: str, messages: list[ChatMessage], *, json_mode: bool, stream: bool = True
+    api: Api,
+    model: str,
+    messages: list[ChatMessage],
+    *,
+    json_mode: bool,
+    stream: bool = True,
+    images: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    msgs = [{"role": m.role, "content": m.content} for m in messages]
+    """The chat request. ``images`` maps a message's image keys to their bytes in base64: Ollama
+    takes them in the message's ``images``, an OpenAI-compatible server as ``image_url`` parts
+    with a data URL."""
+    msgs = [_message(api, m, images or {}) for m in messages]
     body: dict[str, Any] = {"model": model, "messages": msgs, "stream": stream}
     if api == "ollama":
         if json_mode:
@@ -39,6 +51,41 @@ def request_body(
     elif stream:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def _message(api: Api, message: ChatMessage, images: Mapping[str, str]) -> dict[str, Any]:
+    data = [images[key] for key in message.images if key in images]
+    if not data:
+        return {"role": message.role, "content": message.content}
+    if api == "ollama":
+        return {"role": message.role, "content": message.content, "images": data}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    parts += [
+        {"type": "image_url", "image_url": {"url": f"data:{image_type(b64)};base64,{b64}"}} for b64 in data
+    ]
+    return {"role": message.role, "content": parts}
+
+
+_SIGNATURES: Final = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def image_type(b64: str) -> str:
+    """The media type of an image in base64, from its first bytes (PNG when unknown)."""
+    try:
+        head = base64.b64decode(b64[:24], validate=False)
+    except (binascii.Error, ValueError):
+        return "image/png"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
 
 
 _json = msgspec.json.Decoder()

@@ -1,0 +1,57 @@
+"""What the routes depend on: the NATS connection and what is built on it, once it is there."""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from victoria.events import subjects
+from victoria.gateway.idempotency import IdempotencyStore
+from victoria.gateway.metrics import Metrics
+from victoria.gateway.views import TaskViews
+from victoria.runtime.config import Config
+from victoria.runtime.images import ImageStore
+
+READY_CACHE: Final = 1.0  # seconds a /ready answer is reused
+
+
+class Backend:
+    """What the HTTP handlers need: set once NATS is connected, None before (and answers 503)."""
+
+    def __init__(self, nc: NATS, views: TaskViews, config: Config, metrics: Metrics | None = None) -> None:
+        self.nc = nc
+        self.metrics = metrics or Metrics()
+        self.js: JetStreamContext = nc.jetstream()
+        self.views = views
+        self.config = config
+        self.idempotency = IdempotencyStore(self.js)
+        self.images = ImageStore(self.js)
+        self._ready_at = 0.0
+        self._ready = False
+
+    async def ready(self) -> bool:
+        if not self.nc.is_connected:
+            return False
+        now = time.monotonic()
+        if now - self._ready_at < READY_CACHE:
+            return self._ready
+        ok = False
+        try:
+            for stream in subjects.TASK_STREAMS:
+                await self.js.stream_info(stream)
+            ok = True
+        except Exception:  # any failure means "not ready"; the reason is in the NATS log
+            ok = False
+        self._ready, self._ready_at = ok, now
+        return ok
+
+
+class GatewayState:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backend: Backend | None = None
+        self.actor: object | None = None
+        self.started = time.monotonic()

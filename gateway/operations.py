@@ -1,0 +1,65 @@
+"""What an operator asks the gateway: readiness, the services and their dependencies, metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+from nats.js import JetStreamContext
+from starlette.requests import Request
+from starlette.responses import Response
+
+from victoria.events import subjects
+from victoria.events.codec import encode
+from victoria.events.contracts import ServicesReply, ServicesRequest
+from victoria.gateway.backend import Backend, GatewayState
+from victoria.gateway.http import json_response, unavailable
+from victoria.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from victoria.gateway.metrics import consumer_counts
+
+SERVICES_TIMEOUT: Final = 1.0  # seconds to wait for the monitor
+_services: Final = msgspec.json.Decoder(ServicesReply)
+
+
+async def ready(request: Request, state: GatewayState) -> Response:
+    """``GET /ready``: 200 once NATS and the task streams answer, else 503 with ``Retry-After``."""
+    backend = state.backend
+    if backend is not None and await backend.ready():
+        return json_response({"status": "ready"})
+    return json_response({"status": "not ready"}, 503, {"Retry-After": "1"})
+
+
+async def service_view(backend: Backend) -> tuple[list[Any], list[Any]]:
+    """The monitor's services and dependencies, as plain data; empty when it does not answer."""
+    try:
+        reply = await backend.nc.request(
+            subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=SERVICES_TIMEOUT
+        )
+        answer = _services.decode(reply.data)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, msgspec.DecodeError):
+        return [], []
+    return msgspec.to_builtins(answer.services), msgspec.to_builtins(answer.dependencies)
+
+
+async def services(request: Request, backend: Backend) -> Response:
+    """``GET /services``: one entry per actor instance, and the probed dependencies."""
+    try:
+        reply = await backend.nc.request(
+            subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=SERVICES_TIMEOUT
+        )
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return unavailable("the service monitor does not answer")
+    data = msgspec.json.decode(reply.data)
+    return json_response({"services": data.get("services", []), "dependencies": data.get("dependencies", [])})
+
+
+async def task_counts(js: JetStreamContext) -> dict[str, int]:
+    queued, running = await consumer_counts(js, "victoria")
+    return {"queued": queued, "running": running}
+
+
+async def metrics(request: Request, backend: Backend) -> Response:
+    """``GET /metrics``: Prometheus text."""
+    body = await backend.metrics.render(backend.nc, backend.js)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -1,0 +1,77 @@
+"""One task: its status, its cancel, its events as they happen."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from victoria.events import subjects
+from victoria.events.contracts import TaskCancelRequested
+from victoria.events.fold import TaskHistory
+from victoria.gateway.backend import Backend
+from victoria.gateway.follow import Quiet, Stored, Tokens, follow
+from victoria.gateway.http import json_response, not_found
+from victoria.runtime import bus
+
+CANCEL_VIEW_WAIT: Final = 2.0  # seconds a cancel waits for this gateway's view to show its effect
+
+
+async def lookup(backend: Backend, task_id: str) -> TaskHistory | None:
+    if not subjects.is_token(task_id):
+        return None
+    return await backend.views.get(task_id)
+
+
+async def status(request: Request, backend: Backend) -> Response:
+    """``GET /run/status/{task_id}``: the status object, folded from the task's events."""
+    history = await lookup(backend, request.path_params["task_id"])
+    if history is None:
+        return not_found(request.path_params["task_id"])
+    return json_response(history.view())
+
+
+async def cancel(request: Request, backend: Backend) -> Response:
+    """``POST /run/{task_id}/cancel``: 202 with the status ``cancelled`` from now on, or 200 with
+    the status when the task had ended before."""
+    task_id = request.path_params["task_id"]
+    history = await lookup(backend, task_id)
+    if history is None:
+        return not_found(task_id)
+    if history.terminal:
+        return json_response(history.view(), 200)
+    # Recorded, not carried out here: the attempt that holds the task (or the first to see it,
+    # if none does yet) writes task_cancelled. The request alone decides the status, unless
+    # the terminal event came first; the answer waits until this gateway's view has either.
+    cancel = TaskCancelRequested(task_id=task_id, reason="cancelled by request")
+    await bus.append(backend.nc, cancel, "cancel", key="cancel")
+    await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
+    if history.terminal and history.status != "cancelled":
+        return json_response(history.view(), 200)  # it had ended before the request
+    return json_response({"task_id": task_id, "status": history.status, "cancel": "requested"}, 202)
+
+
+async def events(request: Request, backend: Backend) -> Response:
+    """``GET /run/{task_id}/events``: server-sent events, the task's own from the first, then live,
+    with the model's words as ``token_chunk``; the terminal event last."""
+    task_id = request.path_params["task_id"]
+    if await lookup(backend, task_id) is None:
+        return not_found(task_id)
+    return StreamingResponse(
+        _sse(backend, task_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(backend: Backend, task_id: str) -> AsyncIterator[bytes]:
+    yield b": connected\n\n"
+    async for item in follow(backend.js, backend.nc, task_id):
+        if isinstance(item, Quiet):
+            yield b": keep-alive\n\n"
+        elif isinstance(item, Tokens):
+            yield b"event: token_chunk\ndata: %s\n\n" % item.data
+        elif isinstance(item, Stored):
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (item.seq, item.tag.encode(), item.data)
