@@ -192,10 +192,13 @@ async def stream(request: Request, backend: Backend) -> Response:
             )
 
         try:
-            return await submit(request, backend, body, span, answer, task_id=task_id)
+            response = await submit(request, backend, body, span, answer, task_id=task_id)
         except BaseException:
             await follower.close()
             raise
+        if not isinstance(response, StreamingResponse):  # the first answer to a repeated key
+            await follower.close()
+        return response
     finally:
         span.end()
 
