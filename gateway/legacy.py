@@ -62,6 +62,7 @@ MODELS_TIMEOUT: Final = 3.0  # seconds to ask a model server for its models
 BOT_INTERVAL: Final = 60.0  # seconds between a Telegram bot's heartbeats unless it says otherwise
 END_VIEW_WAIT: Final = 2.0  # seconds /stream waits for the gateway's view to fold the terminal event
 _token_chunk: Final = msgspec.json.Decoder(TokenChunk)
+_any: Final = msgspec.json.Decoder()
 _INSTANCE: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -226,6 +227,18 @@ def _steps(event: AnyTaskEvent) -> list[dict[str, Any]]:
             return [_stage_step(stage, step, detail)]
         case LLMRequested(stage=stage, step=step) if stage is not None:
             return [_stage_step(stage, step, "")]
+        case LLMResult(ok=True, request_id=request_id, content=content) if not request_id.startswith("step-"):
+            # The model's words before the steps: what it understood, and its plan.
+            if request_id.startswith("plan"):
+                return [{"type": "step", "stepType": "plan", "title": "Plan", "content": content}]
+            return [
+                {
+                    "type": "step",
+                    "stepType": "understood",
+                    "title": "Understood",
+                    "content": _understood(content),
+                }
+            ]
         case LLMResult(ok=False, error=error):
             return [
                 {
@@ -252,6 +265,19 @@ def _steps(event: AnyTaskEvent) -> list[dict[str, Any]]:
             return [{"type": "error", "content": f"cancelled: {reason}"}]
         case _:
             return []
+
+
+def _understood(content: str) -> str:
+    """The understanding in an understand reply (JSON, or plain words from a model that ignored it)."""
+    try:
+        reply = _any.decode(content)
+    except msgspec.DecodeError:
+        return content
+    if isinstance(reply, dict):
+        if reply.get("clear") is False:
+            return "\n".join(str(q) for q in reply.get("questions") or [])
+        return str(reply.get("understanding") or "")
+    return content
 
 
 def _stage_step(stage: str, step: int | None, detail: str) -> dict[str, Any]:

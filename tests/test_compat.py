@@ -227,7 +227,9 @@ def test_an_sse_reader_of_stream_gets_start_steps_chunks_and_a_last_end(system: 
         == "Done: Write a haiku about NATS"
     )
     steps = [line for line in lines if line["type"] == "step"]
-    assert [s["stepType"] for s in steps][:3] == ["understanding", "planning", "step"]
+    assert [s["stepType"] for s in steps] == ["understanding", "understood", "planning", "plan", "step"]
+    assert steps[1]["content"] == "The user wants: Write a haiku about NATS"
+    assert steps[3]["content"] == "1. Look at the goal.\n2. Answer it."
     assert all(set(s) >= {"stepType", "title", "content"} for s in steps)
     end = lines[-1]
     assert (end["status"], end["output"]) == ("success", "Done: Write a haiku about NATS")
