@@ -75,6 +75,14 @@ class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
     """The answer's ``knowledge.verbose_steps`` lists each step's thought, tool and input."""
     max_steps_requested: int | None = None
     """What the client asked for when it was above the ceiling and ``max_steps`` was lowered."""
+    project: str | None = None
+    """The slug of the users' project that ``project_context`` named (PostgreSQL ``projects``)."""
+    workspace: str | None = None
+    """That project's ``workspace_path``: the task's workspace instead of ``VICTORIA_WORKSPACE``."""
+    expert: str | None = None
+    """The expert chosen for the task (PostgreSQL ``experts``, by its category and words)."""
+    expert_prompt: str = ""
+    """That expert's ``system_prompt``: it leads the task's model calls."""
 
 
 class TaskStarted(TaskEvent, tag="task_started", kw_only=True, frozen=True):
@@ -286,6 +294,8 @@ class FilesRequest(Message, tag="files_request", kw_only=True, frozen=True):
     limit: int | None = None
     goal: str = ""
     task_id: str | None = None
+    workspace: str | None = None
+    """The task's own workspace (its project's), instead of Veronica's ``VICTORIA_WORKSPACE``."""
 
 
 class FilesReply(Message, tag="files_reply", kw_only=True, frozen=True):

@@ -64,6 +64,8 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     max_steps: int | None = None
     max_steps_requested: int | None = None
     """Set when the client asked for more steps than the ceiling: what it asked for."""
+    project: str | None = None
+    expert: str | None = None
 
 
 def knowledge_of(submitted: TaskSubmitted | None, knowledge: Knowledge | None) -> dict[str, Any]:
@@ -80,6 +82,10 @@ def knowledge_of(submitted: TaskSubmitted | None, knowledge: Knowledge | None) -
             out["suggested_restatement"] = knowledge.suggested_restatement
     if submitted is not None:
         out["project_context"] = submitted.project_context
+        if submitted.expert is not None:
+            out["expert"] = submitted.expert
+        if submitted.project is not None:
+            out["project"] = submitted.project
         if submitted.max_steps_requested is not None:
             out["max_steps"] = submitted.max_steps
             out["max_steps_requested"] = submitted.max_steps_requested
@@ -264,6 +270,8 @@ class TaskHistory:
             else None,
             max_steps=sub.max_steps if sub else None,
             max_steps_requested=sub.max_steps_requested if sub else None,
+            project=sub.project if sub else None,
+            expert=sub.expert if sub else None,
         )
 
 

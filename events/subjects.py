@@ -43,6 +43,7 @@ DLQ_STREAM: Final = "VICTORIA_DLQ"
 LOG_STREAM: Final = "VICTORIA_LOGS"
 IDEMPOTENCY_BUCKET: Final = "victoria_idempotency"
 IMAGES_BUCKET: Final = "victoria_images"
+SESSIONS_BUCKET: Final = "victoria_sessions"
 TELEGRAM: Final = "telegram"
 """The service name of the Telegram bot that registers with the gateway and beats through it."""
 

@@ -2,7 +2,7 @@
 
 - ``legacy``: the old Victoria server's contract (``POST /run``, ``/stream``, ``/plan``,
   ``GET /status``, ``/health``, ``/api/available-models``, the Telegram bot's routes);
-- ``tasks``: one task's status, cancel and events;
+- ``tasks``: one task's status, cancel and events; ``history``: the task history in PostgreSQL;
 - ``operations``: readiness, services, metrics.
 
 Each route is a plain function of the request and what it depends on: the ``Backend`` (NATS and
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from victoria.gateway import legacy, operations, tasks
+from victoria.gateway import history, legacy, operations, tasks
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.http import json_response, unavailable
 from victoria.gateway.requests import BadRequest
@@ -77,8 +77,9 @@ def create_app(state: GatewayState) -> Starlette:
             Route("/api/telegram/register", with_backend(legacy.telegram_register), methods=["POST"]),
             Route("/api/telegram/heartbeat", with_backend(legacy.telegram_heartbeat), methods=["POST"]),
             Route("/health/telegram", with_backend(legacy.telegram_health), methods=["GET"]),
-            # one task
+            # one task; the history of all of them
             Route("/run/status/{task_id}", with_backend(tasks.status), methods=["GET"]),
+            Route("/runs", with_backend(history.runs), methods=["GET"]),
             Route("/run/{task_id}/cancel", with_backend(tasks.cancel), methods=["POST"]),
             Route("/run/{task_id}/events", with_backend(tasks.events), methods=["GET"]),
             # operations

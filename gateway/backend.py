@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
+import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -14,6 +15,8 @@ from victoria.gateway.metrics import Metrics
 from victoria.gateway.views import TaskViews
 from victoria.runtime.config import Config
 from victoria.runtime.images import ImageStore
+from victoria.runtime.memory import KvMemory, PgMemory
+from victoria.runtime.registry import Registry
 
 READY_CACHE: Final = 1.0  # seconds a /ready answer is reused
 
@@ -29,8 +32,27 @@ class Backend:
         self.config = config
         self.idempotency = IdempotencyStore(self.js)
         self.images = ImageStore(self.js)
+        self.pool: asyncpg.Pool | None = None
+        self.registry = Registry(
+            None,
+            experts_timeout=config.startup_experts_timeout,
+            projects_timeout=config.startup_registry_timeout,
+            refresh=config.registry_refresh,
+        )
+        self.memory: KvMemory | PgMemory = KvMemory(self.js)
         self._ready_at = 0.0
         self._ready = False
+
+    def use_database(self, pool: asyncpg.Pool) -> None:
+        """The users' PostgreSQL: experts, projects, session memory and the task history."""
+        self.pool = pool
+        self.registry.pool = pool
+        self.memory = PgMemory(pool)
+
+    async def close(self) -> None:
+        await self.registry.stop()
+        if self.pool is not None:
+            await self.pool.close()
 
     async def ready(self) -> bool:
         if not self.nc.is_connected:

@@ -135,11 +135,15 @@ def parse_run_request(raw: bytes, *, max_steps_ceiling: int = DEFAULT_MAX_STEPS_
 
 
 def _recent_turns(turns: list[_Turn]) -> list[ChatTurn]:
+    return bounded_turns([ChatTurn(user=t.user or "", assistant=t.assistant or "") for t in turns])
+
+
+def bounded_turns(turns: list[ChatTurn]) -> list[ChatTurn]:
     """The latest turns, at most ``MAX_HISTORY_TURNS`` of them and ``MAX_HISTORY_CHARS`` in all."""
     kept: list[ChatTurn] = []
     budget = MAX_HISTORY_CHARS
     for turn in reversed(turns[-MAX_HISTORY_TURNS:]):
-        user, assistant = (turn.user or "").strip(), (turn.assistant or "").strip()
+        user, assistant = turn.user.strip(), turn.assistant.strip()
         if not user and not assistant:
             continue
         size = len(user) + len(assistant)

@@ -15,7 +15,7 @@ from victoria.gateway.app import create_app
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.metrics import Metrics
 from victoria.gateway.views import TaskViews
-from victoria.runtime import bus
+from victoria.runtime import bus, db
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.logbus import BusLogHandler
@@ -80,6 +80,7 @@ async def serve(
     if log_handler is not None:
         await log_handler.aclose()
     if backend is not None:
+        await backend.close()
         await backend.views.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(backend.nc.drain(), 5.0)
@@ -108,7 +109,18 @@ async def _connect(
     metrics = Metrics()
     views = TaskViews(nc.jetstream(), observer=metrics.observe)
     await views.start()
-    state.backend = Backend(nc, views, config, metrics)
+    backend = Backend(nc, views, config, metrics)
+    if config.postgres_dsn:
+        # No connection is opened here: a database that is slow or silent delays no start.
+        backend.use_database(
+            await db.create_pool(
+                config.postgres_dsn,
+                command_timeout=config.db_command_timeout,
+                connect_timeout=config.db_connect_timeout,
+            )
+        )
+    backend.registry.start()
+    state.backend = backend
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
     actor = GatewayActor(nc, config, restarts=restarts)
     await actor.start()

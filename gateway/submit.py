@@ -13,13 +13,21 @@ from opentelemetry.trace import Span
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from victoria.events.contracts import TaskSubmitted
+from victoria.actors.agent import classifier
+from victoria.events.contracts import ChatTurn, TaskSubmitted
 from victoria.events.fold import TaskHistory
 from victoria.gateway.backend import Backend
-from victoria.gateway.requests import RunRequest, clean_header, parse_idempotency_key
+from victoria.gateway.requests import (
+    BadRequest,
+    RunRequest,
+    bounded_turns,
+    clean_header,
+    parse_idempotency_key,
+)
 from victoria.gateway.views import TaskViews
-from victoria.runtime import bus, tracing
+from victoria.runtime import bus, memory, tracing
 from victoria.runtime.config import DEFAULT_MAX_STEPS
+from victoria.runtime.registry import UnknownProject
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,12 @@ async def submit(
     request still waits (or died before it answered), the repeat answers for the same task. A
     streamed answer is not kept: its repeat streams the same task again."""
     idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
+    try:
+        project = backend.registry.project(body.project_context)
+    except UnknownProject as exc:
+        raise BadRequest(422, "invalid_field", str(exc), "project_context") from None
+    category = body.task_type or classifier.classify(body.goal).kind
+    expert = backend.registry.expert_for(body.goal, category)
     task_id = task_id or uuid.uuid4().hex
     first = True
     if idempotency_key is not None:
@@ -76,10 +90,14 @@ async def submit(
             deadline_s=backend.config.task_deadline,
             trace_id=tracing.trace_id_of(span),
             traceparent=trace_headers.get("traceparent"),
-            chat_history=body.chat_history,
+            chat_history=body.chat_history or await recall(backend, body.session_id),
             images=images,
             verbose=body.verbose,
             max_steps_requested=body.max_steps_requested,
+            project=project.slug if project is not None else None,
+            workspace=project.workspace_path if project is not None else None,
+            expert=expert.name,
+            expert_prompt=expert.system_prompt,
         )
         ack = await bus.append(backend.nc, event, "submitted", key="submitted", headers=trace_headers)
         backend.views.record(event, ack.seq)
@@ -90,6 +108,17 @@ async def submit(
             idempotency_key, task_id, response.status_code, bytes(response.body)
         )
     return response
+
+
+async def recall(backend: Backend, session_id: str | None) -> list[ChatTurn]:
+    """The session's last exchanges, bounded like ``chat_history``; none when it is slow to say."""
+    if not session_id:
+        return []
+    try:
+        return bounded_turns(await asyncio.wait_for(backend.memory.recent(session_id), memory.READ_TIMEOUT))
+    except Exception as exc:  # the task goes on without its memory rather than wait
+        log.warning("session %s: its memory was not read (%s: %s)", session_id, type(exc).__name__, exc)
+        return []
 
 
 async def wait_terminal(views: TaskViews, task_id: str, wait: float) -> TaskHistory | None:

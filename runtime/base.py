@@ -104,12 +104,14 @@ class Actor:
         self,
         *,
         durable: str,
-        kind: subjects.TaskKind,
+        kind: subjects.TaskKind | tuple[subjects.TaskKind, ...] | None,
         concurrency: int,
         handler: Handler,
         max_deliver: int = -1,
+        max_ack_pending: int = 20_000,
     ) -> list[WorkConsumer]:
-        """One durable consumer of ``kind`` events per task shard, ``concurrency`` handlers in all."""
+        """One durable consumer of ``kind`` events (of each of several kinds; of every event of
+        every task, model results included, for None) per task shard, ``concurrency`` handlers in all."""
         gate = asyncio.Semaphore(concurrency)
         per_shard = max(1, -(-concurrency // subjects.TASK_SHARDS))
         return [
@@ -118,11 +120,12 @@ class Actor:
                     self.nc,
                     stream=subjects.task_stream(shard),
                     durable=durable,
-                    filter_subject=subjects.shard_events_of_kind(shard, kind),
+                    filter_subject=_filter(shard, kind),
                     ack_wait=self.config.ack_wait,
                     concurrency=per_shard,
                     handler=handler,
                     max_deliver=max_deliver,
+                    max_ack_pending=max_ack_pending,
                     gate=gate,
                 )
             )
@@ -179,3 +182,11 @@ class Actor:
             except Exception as exc:  # a missed beat is reported by the monitor, not fatal here
                 log.warning("heartbeat not sent: %s", exc)
             await asyncio.sleep(self.config.heartbeat_interval)
+
+
+def _filter(shard: int, kind: subjects.TaskKind | tuple[subjects.TaskKind, ...] | None) -> str | list[str]:
+    if kind is None:
+        return subjects.shard_events(shard)
+    if isinstance(kind, tuple):
+        return [subjects.shard_events_of_kind(shard, one) for one in kind]
+    return subjects.shard_events_of_kind(shard, kind)

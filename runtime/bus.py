@@ -27,7 +27,7 @@ from victoria.errors import BrokerUnavailable, FencingUnsupported
 from victoria.events import subjects
 from victoria.events.codec import encode, task_decoder
 from victoria.events.contracts import AnyTaskEvent, DeadLetter, LLMResult, TaskEvent
-from victoria.runtime import images
+from victoria.runtime import images, memory
 from victoria.runtime.config import DEFAULT_DEDUP_WINDOW, Config
 from victoria.runtime.protocol import (
     WRONG_LAST_SEQUENCE,
@@ -118,6 +118,7 @@ async def ensure_streams(js: JetStreamContext, *, dedup_window: float = DEFAULT_
             log.warning("stream %s has subjects %s; updating", config.name, info.config.subjects)
             await js.update_stream(config=config)
     await images.ensure_bucket(js)
+    await memory.ensure_bucket(js)
     try:
         await js.key_value(subjects.IDEMPOTENCY_BUCKET)
     except (NotFoundError, BucketNotFoundError):

@@ -33,6 +33,11 @@ DEFAULT_MAX_STEPS_CEILING: Final = 50  # steps: a larger max_steps is lowered to
 DEFAULT_RESTART_BACKOFF: Final = 0.5  # seconds before the first restart of a crashed actor
 DEFAULT_CRASH_LOOP_LIMIT: Final = 6  # restarts ...
 DEFAULT_CRASH_LOOP_WINDOW: Final = 120.0  # ... within this many seconds: the actor is left down
+DEFAULT_DB_COMMAND_TIMEOUT: Final = 10.0  # seconds, one PostgreSQL statement
+DEFAULT_DB_CONNECT_TIMEOUT: Final = 5.0  # seconds, one PostgreSQL connection
+DEFAULT_STARTUP_EXPERTS_TIMEOUT: Final = 30.0  # seconds, one load of the experts
+DEFAULT_STARTUP_REGISTRY_TIMEOUT: Final = 20.0  # seconds, one load of the project registry
+DEFAULT_REGISTRY_REFRESH: Final = 5.0  # seconds between loads of experts and projects
 DEFAULT_PROBE_INTERVAL: Final = 10.0  # seconds
 DEFAULT_PROBE_TIMEOUT: Final = 3.0  # seconds
 DEFAULT_PROBE_FAILURES: Final = 3  # in a row
@@ -183,7 +188,19 @@ class Config:
     max_steps_ceiling: int = DEFAULT_MAX_STEPS_CEILING
     """VICTORIA_MAX_STEPS: the most steps a task may take; a larger ``max_steps`` is lowered to it."""
     postgres_dsn: str | None = None
-    """VICTORIA_POSTGRES_DSN: PostgreSQL to probe (and, later, to keep history in); none by default."""
+    """VICTORIA_POSTGRES_DSN (or DATABASE_URL, the old server's name): the users' PostgreSQL, with
+    their experts and projects, where the task history and session memory are kept; none by default."""
+    db_command_timeout: float = DEFAULT_DB_COMMAND_TIMEOUT
+    """VICTORIA_DB_COMMAND_TIMEOUT: seconds one PostgreSQL statement may take."""
+    db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
+    """VICTORIA_DB_CONNECT_TIMEOUT: seconds one PostgreSQL connection may take to open."""
+    startup_experts_timeout: float = DEFAULT_STARTUP_EXPERTS_TIMEOUT
+    """VICTORIA_STARTUP_EXPERTS_TIMEOUT: seconds one load of the experts may take."""
+    startup_registry_timeout: float = DEFAULT_STARTUP_REGISTRY_TIMEOUT
+    """VICTORIA_STARTUP_REGISTRY_TIMEOUT: seconds one load of the project registry may take."""
+    registry_refresh: float = DEFAULT_REGISTRY_REFRESH
+    """VICTORIA_REGISTRY_REFRESH: seconds between loads of experts and projects (changes made by other
+    tools are used after at most this long)."""
     probe_interval: float = DEFAULT_PROBE_INTERVAL
     """VICTORIA_PROBE_INTERVAL: seconds between probes of the model server (and PostgreSQL)."""
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
@@ -241,7 +258,36 @@ class Config:
             max_steps_ceiling=_get(
                 env, "VICTORIA_MAX_STEPS", DEFAULT_MAX_STEPS_CEILING, _positive_int, "a count"
             ),
-            postgres_dsn=_get(env, "VICTORIA_POSTGRES_DSN", None, _dsn, "a postgresql:// DSN"),
+            postgres_dsn=_get(
+                env,
+                "VICTORIA_POSTGRES_DSN" if env.get("VICTORIA_POSTGRES_DSN", "").strip() else "DATABASE_URL",
+                None,
+                _dsn,
+                "a postgresql:// DSN",
+            ),
+            db_command_timeout=_get(
+                env, "VICTORIA_DB_COMMAND_TIMEOUT", DEFAULT_DB_COMMAND_TIMEOUT, _positive_float, "seconds"
+            ),
+            db_connect_timeout=_get(
+                env, "VICTORIA_DB_CONNECT_TIMEOUT", DEFAULT_DB_CONNECT_TIMEOUT, _positive_float, "seconds"
+            ),
+            startup_experts_timeout=_get(
+                env,
+                "VICTORIA_STARTUP_EXPERTS_TIMEOUT",
+                DEFAULT_STARTUP_EXPERTS_TIMEOUT,
+                _positive_float,
+                "seconds",
+            ),
+            startup_registry_timeout=_get(
+                env,
+                "VICTORIA_STARTUP_REGISTRY_TIMEOUT",
+                DEFAULT_STARTUP_REGISTRY_TIMEOUT,
+                _positive_float,
+                "seconds",
+            ),
+            registry_refresh=_get(
+                env, "VICTORIA_REGISTRY_REFRESH", DEFAULT_REGISTRY_REFRESH, _positive_float, "seconds"
+            ),
             probe_interval=_get(
                 env, "VICTORIA_PROBE_INTERVAL", DEFAULT_PROBE_INTERVAL, _positive_float, "seconds"
             ),

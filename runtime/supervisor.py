@@ -36,7 +36,7 @@ from victoria.runtime.natsserver import EmbeddedNats
 
 log = logging.getLogger(__name__)
 
-ACTORS: Final = ("victoria", "veronica", "monitor", "llm-runner")
+ACTORS: Final = ("victoria", "veronica", "monitor", "llm-runner", "projector")
 BACKOFF_MAX: Final = 30.0  # seconds
 STABLE_AFTER: Final = 60.0  # seconds of uptime after which the backoff starts over
 STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL on shutdown

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.fakellm import FakeLLM
+from tests.pg import fresh_database
 from tests.system import NatsServer, System
 
 # Property tests check what is generated, not how fast: this machine is shared and its speed moves
@@ -80,3 +81,10 @@ async def strict_loop() -> AsyncIterator[None]:
     await asyncio.sleep(0)
     loop.set_exception_handler(previous)
     assert not errors, f"unhandled exceptions in the event loop: {errors}"
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped after it."""
+    with fresh_database() as dsn:
+        yield dsn

@@ -370,6 +370,8 @@ def test_status_dict_is_plain_json_ready_data() -> None:
         "clarification_questions",
         "max_steps",
         "max_steps_requested",
+        "project",
+        "expert",
     }
     assert isinstance(d["knowledge"], dict)
 

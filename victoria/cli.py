@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 
-ACTOR_NAMES = ("victoria", "veronica", "monitor", "llm-runner")
+ACTOR_NAMES = ("victoria", "veronica", "monitor", "llm-runner", "projector")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a task")
     cancel.add_argument("task_id")
     cancel.add_argument("--url", default=None)
+
+    runs = sub.add_parser("runs", help="list tasks from the history (PostgreSQL), newest first")
+    runs.add_argument("--url", default=None)
+    runs.add_argument("--status", choices=("queued", "running", "completed", "failed", "cancelled"))
+    runs.add_argument("--project")
+    runs.add_argument("--since", help="ISO 8601 time or Unix seconds")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--json", action="store_true")
+
+    from victoria import admin
+
+    admin.add_commands(sub)
 
     watch = sub.add_parser("watch", help="print events as they arrive (like nats sub, readable)")
     watch.add_argument("subject", nargs="?", default="victoria.>")
@@ -130,6 +142,16 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         url = bus.resolve_nats_url(config, args.nats_url)
         factory = _actor_factory(args.name)
         return process.run(process.serve_actor(factory, config, url, name=args.name, log_handler=log_handler))
+    if command in ("db", "experts", "projects"):
+        from victoria import admin
+
+        return process.run(admin.run(args, config))
+    if command == "runs":
+        from victoria import client
+
+        params = {"status": args.status, "project": args.project, "since": args.since, "limit": args.limit}
+        base = (args.url or config.gateway_url).rstrip("/")
+        return client.runs(base, {k: v for k, v in params.items() if v is not None}, as_json=args.json)
     if command in ("run", "status", "cancel"):
         from victoria import client
 
@@ -170,6 +192,10 @@ def _actor_factory(name: str) -> type[Actor]:
         from victoria.actors.monitor.actor import Monitor
 
         return Monitor
+    if name == "projector":
+        from victoria.actors.projector.actor import Projector
+
+        return Projector
     from victoria.actors.llm_runner.actor import LLMRunner
 
     return LLMRunner

@@ -181,3 +181,22 @@ def cancel(base: str, task_id: str) -> int:
         return _error(response)
     _print(json.dumps(response.json(), ensure_ascii=False, indent=2))
     return 0
+
+
+def runs(base: str, params: dict[str, Any], *, as_json: bool) -> int:
+    """``victoria runs``: the task history, newest first, one line each."""
+    try:
+        response = httpx.get(f"{base}/runs", params=params, timeout=CONNECT_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if response.status_code != 200:
+        return _error(response)
+    body = response.json()
+    if as_json:
+        _print(json.dumps(body, ensure_ascii=False, indent=2))
+        return 0
+    for run in body["runs"]:
+        goal = " ".join(str(run["goal"]).split())[:60]
+        project = f" [{run['project']}]" if run.get("project") else ""
+        _print(f"{run['created_at'][:19]}  {run['task_id']}  {run['status']:<9}  {goal}{project}")
+    return 0

@@ -32,9 +32,10 @@ from victoria.events.contracts import (
     VerboseStep,
 )
 
-VERSION: Final = 3
+VERSION: Final = 4
 """The workflow's version, stored with each model request. 1: before requests carried it. 3: the
-understand step answers in JSON and may ask back; earlier turns and images are in the prompts."""
+understand step answers in JSON and may ask back; earlier turns and images are in the prompts. 4: the
+task's expert's prompt leads the system prompts."""
 
 
 def fingerprint(messages: list[ChatMessage], *, model: str | None, json_mode: bool) -> str:
@@ -119,7 +120,12 @@ async def run(ctx: TaskContext) -> Outcome:
         result = await ctx.files(
             "delegate",
             FilesRequest(
-                op=route.op, path=route.path, limit=route.limit, goal=task.goal, task_id=task.task_id
+                op=route.op,
+                path=route.path,
+                limit=route.limit,
+                goal=task.goal,
+                task_id=task.task_id,
+                workspace=task.workspace,
             ),
             timeout=ctx.delegate_timeout,
         )
@@ -136,6 +142,13 @@ def _context_block(task: TaskSubmitted) -> str:
         return ""
     text = msgspec.json.encode(task.project_context).decode()
     return f"\n\nProject context (JSON): {text[:4000]}"
+
+
+def _system(task: TaskSubmitted, instructions: str) -> str:
+    """The system prompt of a model call: the task's expert's own prompt leads, then ours."""
+    if not task.expert_prompt.strip():
+        return instructions
+    return f"{task.expert_prompt.strip()}\n\n{instructions}"
 
 
 def _conversation(task: TaskSubmitted) -> list[ChatMessage]:
@@ -174,7 +187,7 @@ async def _understand_and_plan(ctx: TaskContext, models: _Models) -> tuple[str, 
             ctx,
             "understand",
             [
-                ChatMessage("system", SYSTEM["understand"]),
+                ChatMessage("system", _system(task, SYSTEM["understand"])),
                 *earlier,
                 ChatMessage("user", goal, task.images),
             ],
@@ -188,7 +201,7 @@ async def _understand_and_plan(ctx: TaskContext, models: _Models) -> tuple[str, 
         ctx,
         "plan",
         [
-            ChatMessage("system", SYSTEM["plan"].format(max_steps=task.max_steps)),
+            ChatMessage("system", _system(task, SYSTEM["plan"].format(max_steps=task.max_steps))),
             *earlier,
             ChatMessage("user", f"Goal: {goal}\n\nWhat is asked: {understanding.text}", task.images),
         ],
@@ -232,7 +245,7 @@ async def agent_run(ctx: TaskContext) -> Outcome:
     if plan is None:
         return _asking_back(task, understanding, models, "agent_run")
     transcript: list[ChatMessage] = [
-        ChatMessage("system", SYSTEM["step"].format()),
+        ChatMessage("system", _system(task, SYSTEM["step"].format())),
         ChatMessage("user", f"Goal: {goal}\n\nPlan:\n{plan}", task.images),
     ]
     observations: list[str] = []
@@ -262,7 +275,7 @@ async def agent_run(ctx: TaskContext) -> Outcome:
         path = str(action.args.get("path") or ".")
         result = await ctx.files(
             f"step-{step}",
-            FilesRequest(op=op, path=path, goal=task.goal, task_id=task.task_id),
+            FilesRequest(op=op, path=path, goal=task.goal, task_id=task.task_id, workspace=task.workspace),
             timeout=ctx.delegate_timeout,
         )
         observation = result.output if result.ok else f"error: {result.error}"

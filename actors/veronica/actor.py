@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import ClassVar
 
 import msgspec
@@ -84,7 +85,8 @@ class Veronica(Actor):
             self._busy -= 1
 
     def handle(self, request: FilesRequest) -> FilesReply:
-        workspace = self.config.workspace
+        # A task of one of the users' projects works in that project's workspace.
+        workspace = Path(request.workspace) if request.workspace else self.config.workspace
         try:
             if request.op == "read":
                 text = files.read_file(workspace, request.path)
