@@ -104,14 +104,14 @@ class Actor:
         self,
         *,
         durable: str,
-        kind: subjects.TaskKind | tuple[subjects.TaskKind, ...] | None,
+        kind: subjects.TaskKind | None,
         concurrency: int,
         handler: Handler,
         max_deliver: int = -1,
         max_ack_pending: int = 20_000,
     ) -> list[WorkConsumer]:
-        """One durable consumer of ``kind`` events (of each of several kinds; of every event of
-        every task, model results included, for None) per task shard, ``concurrency`` handlers in all."""
+        """One durable consumer of ``kind`` events (every event of every task, model results
+        included, for None) per task shard, ``concurrency`` handlers in all."""
         gate = asyncio.Semaphore(concurrency)
         per_shard = max(1, -(-concurrency // subjects.TASK_SHARDS))
         return [
@@ -184,9 +184,5 @@ class Actor:
             await asyncio.sleep(self.config.heartbeat_interval)
 
 
-def _filter(shard: int, kind: subjects.TaskKind | tuple[subjects.TaskKind, ...] | None) -> str | list[str]:
-    if kind is None:
-        return subjects.shard_events(shard)
-    if isinstance(kind, tuple):
-        return [subjects.shard_events_of_kind(shard, one) for one in kind]
-    return subjects.shard_events_of_kind(shard, kind)
+def _filter(shard: int, kind: subjects.TaskKind | None) -> str:
+    return subjects.shard_events(shard) if kind is None else subjects.shard_events_of_kind(shard, kind)

@@ -41,7 +41,7 @@ class WorkConsumer:
         *,
         stream: str,
         durable: str,
-        filter_subject: str | list[str],
+        filter_subject: str,
         ack_wait: float,
         concurrency: int,
         handler: Handler,
@@ -55,8 +55,7 @@ class WorkConsumer:
         self.durable = durable
         self.config = jsapi.ConsumerConfig(
             durable_name=durable,
-            filter_subject=filter_subject if isinstance(filter_subject, str) else None,
-            filter_subjects=filter_subject if isinstance(filter_subject, list) else None,
+            filter_subject=filter_subject,
             ack_policy=jsapi.AckPolicy.EXPLICIT,
             deliver_policy=jsapi.DeliverPolicy.ALL,
             ack_wait=ack_wait,

@@ -2,10 +2,10 @@
 the next task's prompts like ``chat_history`` (which, when a client sends it, wins).
 
 Kept in PostgreSQL (``victoria.session_memory``) when it is configured, else in the JetStream
-key-value bucket ``victoria_sessions``, so that it works without a database too. The projector
-writes an exchange when a task of a session completes; the gateway reads them when the next task
-of that session is submitted, with a short deadline (a slow database costs a task its memory,
-never its start).
+key-value bucket ``victoria_sessions``, so that it works without a database too. An exchange is
+written when a task of a session completes (by the projector with a database, by Victoria without);
+the gateway reads them when the next task of that session is submitted, with a short deadline (a
+slow database costs a task its memory, never its start).
 """
 
 from __future__ import annotations

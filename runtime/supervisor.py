@@ -176,7 +176,9 @@ class Supervisor:
 
     def _start_children(self) -> None:
         gateway = Child("gateway", ["gateway", "--host", self.host, "--port", str(self.port)])
-        self.children = [gateway] + [Child(name, ["actor", name]) for name in ACTORS]
+        # The projector keeps the task history in PostgreSQL: without a database it has nothing to do.
+        actors = [name for name in ACTORS if name != "projector" or self.config.postgres_dsn]
+        self.children = [gateway] + [Child(name, ["actor", name]) for name in actors]
         for child in self.children:
             self._watchers.append(asyncio.create_task(self._supervise(child), name=f"supervise-{child.name}"))
 

@@ -53,7 +53,7 @@ def test_status_survives_a_restart_of_the_whole_system(
         done = first.status(answer.json()["task_id"])
         assert done["status"] == "completed"
         children = psutil.Process(first.process.pid).children(recursive=True) if first.process else []
-        assert len(children) == 7  # nats-server, gateway and five actors
+        assert len(children) == 6  # nats-server, gateway and four actors (no projector: no database)
         assert first.stop() == 0  # SIGTERM: a clean stop
         _, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"left running after a clean stop: {alive}"

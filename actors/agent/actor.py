@@ -52,6 +52,7 @@ from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
 from victoria.runtime.fence import TaskWriter
+from victoria.runtime.memory import Exchange, KvMemory
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Victoria(Actor):
         self.veronica: dict[str, str | None] = {}
         """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
         self.veronica_went_down = asyncio.Event()
+        self.memory = KvMemory(self.js)
 
     async def on_start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.ALL_LLM_RESULTS, cb=self._on_result))
@@ -226,6 +228,7 @@ class Victoria(Actor):
         """End the task without running it when its history or its deliveries say so (and say
         how); None when it is to run."""
         if history.closed:
+            await self._remember(history)  # in case the attempt that finished it died before it could
             await msg.ack()
             return "already finished"
         if history.cancel_reason is not None:
@@ -341,7 +344,31 @@ class Victoria(Actor):
                 task_id=event.task_id, reason=exc.reason, attempts=event.attempts, model_calls=calls
             )
             await writer.append(event, "cancelled", key="terminal", headers=headers)
+        history.apply(event)
+        await self._remember(history)
         return event
+
+    async def _remember(self, history: TaskHistory) -> None:
+        """A completed task of a session joins that session's memory. With PostgreSQL the projector
+        keeps it there; without, it goes into the key-value bucket here (once: it is keyed by the
+        task). A failure costs the session this exchange, never the task."""
+        submitted = history.submitted
+        if self.config.postgres_dsn or submitted is None or not submitted.session_id:
+            return
+        if history.status != "completed" or history.output is None:
+            return
+        try:
+            await self.memory.remember(
+                submitted.session_id,
+                Exchange(history.task_id, submitted.goal, history.output, history.updated_at or submitted.ts),
+            )
+        except Exception as exc:  # NATS trouble, a race lost ten times: the task is done all the same
+            log.warning(
+                "task %s: not added to the memory of session %s: %s",
+                history.task_id,
+                submitted.session_id,
+                exc,
+            )
 
 
 def _status(event: TaskCompleted | TaskFailed | TaskCancelled) -> subjects.TaskKind:

@@ -7,16 +7,16 @@ finds its sequence already reached and changes nothing, and after being down the
 catches up from where it stopped. While PostgreSQL is away it waits, retrying with backoff, and
 holds its place in the streams (in-progress acks keep the event); nothing is skipped.
 
-It also keeps each session's memory: when a task of a ``session_id`` completes, its goal and answer
-are remembered, in PostgreSQL when it is configured, else in the key-value bucket
-``victoria_sessions`` (``victoria.runtime.memory``).
+It also keeps each session's memory there: when a task of a ``session_id`` completes, its goal and
+answer go into ``victoria.session_memory``, in the same transaction. It runs only with a database
+(``victoria up`` starts it when ``VICTORIA_POSTGRES_DSN`` is set; without one, Victoria keeps the
+sessions' memory in a key-value bucket, ``victoria.runtime.memory``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final
 
@@ -24,6 +24,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from victoria.errors import ConfigError
 from victoria.events import subjects
 from victoria.events.contracts import (
     AnyTaskEvent,
@@ -41,14 +42,12 @@ from victoria.runtime import bus, db
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
-from victoria.runtime.memory import Exchange, KvMemory
 from victoria.runtime.protocol import parse_ack_subject
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST: Final = 0.5  # seconds before trying PostgreSQL again
 RETRY_MAX: Final = 10.0  # seconds between tries, at most
-SUBMISSIONS_KEPT: Final = 10_000  # submissions remembered to find a completed task's session (no database)
 
 
 class Projector(Actor):
@@ -58,24 +57,22 @@ class Projector(Actor):
         super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.consumers: list[WorkConsumer] = []
         self.pool: asyncpg.Pool | None = None
-        self.memory = KvMemory(self.js)
         self.migrated = asyncio.Event()
         self.projected = 0
-        self._submissions: OrderedDict[str, TaskSubmitted] = OrderedDict()
         self._db_down: str | None = None
 
     async def on_start(self) -> None:
-        if self.config.postgres_dsn:
-            self.pool = await db.create_pool(
-                self.config.postgres_dsn,
-                command_timeout=self.config.db_command_timeout,
-                connect_timeout=self.config.db_connect_timeout,
-            )
-            self.spawn(self._migrate(), critical=True)
+        if not self.config.postgres_dsn:
+            raise ConfigError("VICTORIA_POSTGRES_DSN", "the projector needs a database (or DATABASE_URL)")
+        self.pool = await db.create_pool(
+            self.config.postgres_dsn,
+            command_timeout=self.config.db_command_timeout,
+            connect_timeout=self.config.db_connect_timeout,
+        )
+        self.spawn(self._migrate(), critical=True)
         self.consumers = await self.consume_tasks(
-            # The history needs every event; session memory alone (no database) needs two kinds.
-            durable="projector" if self.pool is not None else "projector-memory",
-            kind=None if self.pool is not None else ("submitted", "completed"),
+            durable="projector",
+            kind=None,
             concurrency=subjects.TASK_SHARDS,  # one event at a time in each stream: in order
             handler=self._handle,
             max_ack_pending=1,
@@ -122,14 +119,11 @@ class Projector(Actor):
         if event is None or ack is None:
             await msg.ack()  # nothing to project (bus.decode_task_event logged it)
             return
-        if self.pool is None:
-            await self._remember_without_database(event)
-        else:
-            await self.migrated.wait()
-            await self._retrying(
-                f"projecting {ack.stream} {ack.stream_seq}",
-                lambda: self._project(ack.stream, ack.stream_seq, event),
-            )
+        await self.migrated.wait()
+        await self._retrying(
+            f"projecting {ack.stream} {ack.stream_seq}",
+            lambda: self._project(ack.stream, ack.stream_seq, event),
+        )
         self.projected += 1
         await msg.ack()
 
@@ -147,23 +141,6 @@ class Projector(Actor):
                 "ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq",
                 stream,
                 seq,
-            )
-
-    async def _remember_without_database(self, event: AnyTaskEvent) -> None:
-        if isinstance(event, TaskSubmitted):
-            self._submissions[event.task_id] = event
-            while len(self._submissions) > SUBMISSIONS_KEPT:
-                self._submissions.popitem(last=False)
-            return
-        if not isinstance(event, TaskCompleted):
-            return
-        submitted = self._submissions.pop(event.task_id, None)
-        if submitted is None:  # submitted before this projector started: read it back
-            found = await bus.last_task_event(self.js, event.task_id, "submitted")
-            submitted = found if isinstance(found, TaskSubmitted) else None
-        if submitted is not None and submitted.session_id:
-            await self.memory.remember(
-                submitted.session_id, Exchange(event.task_id, submitted.goal, event.output, event.ts)
             )
 
 
