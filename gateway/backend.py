@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -17,6 +16,9 @@ from victoria.runtime.config import Config
 from victoria.runtime.images import ImageStore
 from victoria.runtime.memory import KvMemory, PgMemory
 from victoria.runtime.registry import Registry
+
+if TYPE_CHECKING:  # asyncpg is loaded only where a database is configured
+    import asyncpg
 
 READY_CACHE: Final = 1.0  # seconds a /ready answer is reused
 

@@ -6,7 +6,6 @@ import base64
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -94,6 +93,8 @@ async def runs(request: Request, backend: Backend) -> Response:
         "output, error, error_kind, attempts, created_at, updated_at, ended_at FROM victoria.tasks "
         f"WHERE {' AND '.join(where)} ORDER BY created_at DESC, task_id DESC LIMIT ${len(args)}"
     )
+    import asyncpg  # loaded with the database, not before
+
     try:
         rows = await backend.pool.fetch(sql, *args)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -15,7 +15,7 @@ from victoria.gateway.app import create_app
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.metrics import Metrics
 from victoria.gateway.views import TaskViews
-from victoria.runtime import bus, db
+from victoria.runtime import bus
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.logbus import BusLogHandler
@@ -111,6 +111,8 @@ async def _connect(
     await views.start()
     backend = Backend(nc, views, config, metrics)
     if config.postgres_dsn:
+        from victoria.runtime import db  # asyncpg is loaded only where a database is configured
+
         # No connection is opened here: a database that is slow or silent delays no start.
         backend.use_database(
             await db.create_pool(

@@ -118,17 +118,28 @@ async def ensure_streams(js: JetStreamContext, *, dedup_window: float = DEFAULT_
             log.warning("stream %s has subjects %s; updating", config.name, info.config.subjects)
             await js.update_stream(config=config)
     await images.ensure_bucket(js)
-    await memory.ensure_bucket(js)
+    await ensure_key_value(
+        js,
+        subjects.IDEMPOTENCY_BUCKET,
+        ttl=IDEMPOTENCY_TTL,
+        description="Idempotency-Key of POST /run -> the first answer",
+    )
+    await ensure_key_value(
+        js,
+        subjects.SESSIONS_BUCKET,
+        ttl=memory.TTL,
+        description="session id -> its last exchanges (goal, answer)",
+    )
+
+
+async def ensure_key_value(js: JetStreamContext, bucket: str, *, ttl: float, description: str) -> None:
+    """A key-value bucket on disk, one value a key, made if missing."""
     try:
-        await js.key_value(subjects.IDEMPOTENCY_BUCKET)
+        await js.key_value(bucket)
     except (NotFoundError, BucketNotFoundError):
-        with contextlib.suppress(BadRequestError):
+        with contextlib.suppress(BadRequestError):  # another process made it in the meantime
             await js.create_key_value(
-                bucket=subjects.IDEMPOTENCY_BUCKET,
-                history=1,
-                ttl=IDEMPOTENCY_TTL,
-                storage=jsapi.StorageType.FILE,
-                description="Idempotency-Key of POST /run -> the first answer",
+                bucket=bucket, history=1, ttl=ttl, storage=jsapi.StorageType.FILE, description=description
             )
 
 

@@ -11,25 +11,22 @@ slow database costs a task its memory, never its start).
 from __future__ import annotations
 
 import base64
-import contextlib
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import asyncpg
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as jsapi
 from nats.js.errors import (
-    BadRequestError,
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NotFoundError,
 )
 from nats.js.kv import KeyValue
 
 from victoria.events import subjects
 from victoria.events.contracts import ChatTurn
+
+if TYPE_CHECKING:  # asyncpg is loaded only where a database is configured
+    import asyncpg
 
 KEPT: Final = 10  # exchanges of a session kept (and read)
 TTL: Final = 30 * 86_400.0  # seconds a session's memory lives in the key-value bucket
@@ -50,20 +47,6 @@ _exchanges: Final = msgspec.json.Decoder(list[Exchange])
 def session_key(session_id: str) -> str:
     """A key-value key for any session id (keys take only a few characters)."""
     return base64.urlsafe_b64encode(session_id.encode()).decode().rstrip("=") or "_"
-
-
-async def ensure_bucket(js: JetStreamContext) -> None:
-    try:
-        await js.key_value(subjects.SESSIONS_BUCKET)
-    except (NotFoundError, BucketNotFoundError):
-        with contextlib.suppress(BadRequestError):
-            await js.create_key_value(
-                bucket=subjects.SESSIONS_BUCKET,
-                history=1,
-                ttl=TTL,
-                storage=jsapi.StorageType.FILE,
-                description="session id -> its last exchanges (goal, answer)",
-            )
 
 
 def turns(exchanges: list[Exchange]) -> list[ChatTurn]:

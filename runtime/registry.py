@@ -16,11 +16,12 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Final
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, Final
 
 from victoria.errors import VictoriaError
+
+if TYPE_CHECKING:  # asyncpg is loaded only where a database is configured
+    import asyncpg
 
 log = logging.getLogger(__name__)
 
