@@ -343,9 +343,7 @@ async def status(request: Request, state: GatewayState) -> Response:
         "victoria_enhanced": {"enabled": False},
     }
     if backend is not None and backend.nc.is_connected:
-        services, dependencies = await service_view(backend)
-        body["services"] = services
-        body["dependencies"] = dependencies
+        body.update(await service_view(backend) or {"services": [], "dependencies": []})
         body["tasks"] = await task_counts(backend.js)
     return json_response(body)
 

@@ -30,28 +30,27 @@ async def ready(request: Request, state: GatewayState) -> Response:
     return json_response({"status": "not ready"}, 503, {"Retry-After": "1"})
 
 
-async def service_view(backend: Backend) -> tuple[list[Any], list[Any]]:
-    """The monitor's services and dependencies, as plain data; empty when it does not answer."""
+async def service_view(backend: Backend) -> dict[str, list[Any]] | None:
+    """The monitor's services and dependencies, as plain data; None when it does not answer."""
     try:
         reply = await backend.nc.request(
             subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=SERVICES_TIMEOUT
         )
         answer = _services.decode(reply.data)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, msgspec.DecodeError):
-        return [], []
-    return msgspec.to_builtins(answer.services), msgspec.to_builtins(answer.dependencies)
+        return None
+    return {
+        "services": msgspec.to_builtins(answer.services),
+        "dependencies": msgspec.to_builtins(answer.dependencies),
+    }
 
 
 async def services(request: Request, backend: Backend) -> Response:
     """``GET /services``: one entry per actor instance, and the probed dependencies."""
-    try:
-        reply = await backend.nc.request(
-            subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=SERVICES_TIMEOUT
-        )
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+    view = await service_view(backend)
+    if view is None:
         return unavailable("the service monitor does not answer")
-    data = msgspec.json.decode(reply.data)
-    return json_response({"services": data.get("services", []), "dependencies": data.get("dependencies", [])})
+    return json_response(view)
 
 
 async def task_counts(js: JetStreamContext) -> dict[str, int]:

@@ -61,7 +61,8 @@ async def submit(
         project = backend.registry.project(body.project_context)
     except UnknownProject as exc:
         raise BadRequest(422, "invalid_field", str(exc), "project_context") from None
-    category = body.task_type or classifier.classify(body.goal).kind
+    # The classifier runs only when there are experts to choose among (the users' database).
+    category = (body.task_type or classifier.classify(body.goal).kind) if backend.registry.experts else ""
     expert = backend.registry.expert_for(body.goal, category)
     task_id = task_id or uuid.uuid4().hex
     first = True
