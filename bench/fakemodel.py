@@ -11,7 +11,11 @@ Control and counting, across every process that calls it:
 - ``GET /stats``: ``calls``, ``repeated`` (calls whose message list was seen before), ``in_flight``,
   ``max_in_flight``, ``aborted`` (clients gone before the answer), ``streamed`` (calls that asked
   for a stream), ``by_path``, ``delay``.
-- ``POST /reset``: zero the counters. ``POST /config`` with ``{"delay": seconds}``: answer delay.
+- ``POST /reset``: zero the counters. ``POST /config`` with ``{"delay": seconds}``: answer delay;
+  ``{"load_time": seconds}``: above 0, the server holds one model at a time and takes one call at a
+  time, first come first served (as Ollama does with a big model), and a call for a model other
+  than the loaded one first costs this long (a swap; ``swaps`` and ``loaded`` in the stats,
+  ``/api/ps`` names the loaded model).
 
 Run alone: ``python -m bench.fakemodel --port 11434 [--delay 2]``.
 """
@@ -37,6 +41,8 @@ MAX_BODY: Final = 16 * 1024 * 1024  # bytes of request body
 _decode = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 
+MODELS: Final = ("fake", "llama3.2", "bench-a", "bench-b")
+"""What ``/api/tags`` and ``/v1/models`` list: the default model and W4's two."""
 REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
 
 
@@ -53,8 +59,12 @@ def answer(messages: list[dict[str, Any]]) -> str:
 
 
 class FakeModel:
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, load_time: float = 0.0) -> None:
         self.delay = delay
+        self.load_time = load_time
+        self.loaded: str | None = None
+        self.swaps = 0
+        self.serial = asyncio.Lock()  # FIFO: first come, first served
         self.calls = 0
         self.by_path: Counter[str] = Counter()
         self.seen: set[bytes] = set()
@@ -74,6 +84,9 @@ class FakeModel:
             "streamed": self.streamed,
             "by_path": dict(self.by_path),
             "delay": self.delay,
+            "load_time": self.load_time,
+            "loaded": self.loaded,
+            "swaps": self.swaps,
         }
 
     def reset(self) -> None:
@@ -84,6 +97,7 @@ class FakeModel:
         self.max_in_flight = self.in_flight
         self.aborted = 0
         self.streamed = 0
+        self.swaps = 0
 
     def count(self, path: str, messages: list[dict[str, Any]]) -> None:
         self.calls += 1
@@ -128,7 +142,13 @@ class FakeModel:
 
     async def route(self, writer: asyncio.StreamWriter, method: str, path: str, body: bytes) -> bool:
         if method == "GET" and path in ("/api/tags", "/v1/models", "/"):
-            await self._send(writer, 200, {"models": [{"name": "fake"}], "data": [{"id": "fake"}]})
+            await self._send(
+                writer, 200, {"models": [{"name": n} for n in MODELS], "data": [{"id": n} for n in MODELS]}
+            )
+            return True
+        if method == "GET" and path == "/api/ps":
+            loaded = [{"name": self.loaded, "model": self.loaded}] if self.loaded else []
+            await self._send(writer, 200, {"models": loaded})
             return True
         if method == "GET" and path == "/stats":
             await self._send(writer, 200, self.stats())
@@ -139,9 +159,11 @@ class FakeModel:
             return True
         if method == "POST" and path == "/config":
             try:
-                self.delay = float(_decode.decode(body or b"{}").get("delay", self.delay))
+                settings = _decode.decode(body or b"{}")
+                self.delay = float(settings.get("delay", self.delay))
+                self.load_time = float(settings.get("load_time", self.load_time))
             except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
-                await self._send(writer, 400, {"error": 'expected {"delay": seconds}'})
+                await self._send(writer, 400, {"error": 'expected {"delay": seconds, "load_time": seconds}'})
                 return True
             await self._send(writer, 200, self.stats())
             return True
@@ -164,6 +186,21 @@ class FakeModel:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.load_time > 0:
+                async with self.serial:  # one model, one call at a time, in arrival order
+                    if self.loaded != model:
+                        if self.loaded is not None:
+                            self.swaps += 1
+                        await asyncio.sleep(self.load_time)
+                        self.loaded = model
+                    if stream:
+                        self.streamed += 1
+                        await self._stream(writer, path, model, content)
+                    else:
+                        if self.delay > 0:
+                            await asyncio.sleep(self.delay)
+                        await self._send(writer, 200, self._whole(path, model, content))
+                return True
             if stream:
                 self.streamed += 1
                 await self._stream(writer, path, model, content)

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import psutil
 
-from bench import fakemodel, workloads
+from bench import fakemodel, w4, workloads
 from bench.loadgen import max_rate, run_fast, wrk_rate
 from bench.procs import (
     HOST,
@@ -69,13 +69,23 @@ class Sizes:
     w3_tasks: int
     w3_model_delay: float
     capacity_seconds: float
+    w4_tasks: int = 24
+    w4_load_time: float = 1.0  # seconds a swap costs the fake model server
+    w4_call_time: float = 0.2  # seconds one call takes once its model is loaded
+    w4_lone_duration: float = 25.0  # seconds model A's tasks keep coming
+    w4_lone_workers: int = 4
+    w4_lone_at: float = 2.0  # seconds in, the lone task for B is submitted
 
 
 FULL: Final = Sizes(2000, 64, 3, 100, 128, 200, 2.0, 20.0, 50, 1.0, 3.0)
 QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0)
 Driver = Callable[[int, int, str], dict[str, Any]]  # (tasks, clients, tag) -> W1 figures
-WORKLOADS: Final = ("W1", "W2", "W3")
+WORKLOADS: Final = ("W1", "W2", "W3", "W4")
 SYSTEMS: Final = ("victoria", "baseline", "celery")
+EXTRA_SYSTEMS: Final = ("scale",)
+"""Run only when named in ``--systems``: ``scale`` is W1 in four layouts (``SCALE_LAYOUTS``)."""
+SCALE_LAYOUTS: Final = ((1, 1), (1, 2), (3, 1), (3, 2))
+"""(NATS servers, processes of each actor): one server, or a local cluster with 3 replicas."""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -211,6 +221,15 @@ def _git(*args: str) -> str:
         return ""
     out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
     return out.stdout.strip()
+
+
+def supervisor_url(data_dir: Path) -> str:
+    """The NATS URL ``victoria up`` recorded, with the ``supervisor`` user's credentials in it."""
+    from victoria.runtime import credentials
+
+    url = (data_dir / "nats.url").read_text().strip()
+    users = credentials.read(data_dir / credentials.FILE_NAME) or {}
+    return credentials.with_user(url, "supervisor", users["supervisor"]) if "supervisor" in users else url
 
 
 def stream_counts(nats_url: str) -> dict[str, dict[str, int]]:
@@ -438,7 +457,7 @@ class Run:
         out["gateway_capacity"] = self.gateway_capacity(port)
         services = self.services(port)
         if "W1" in self.only:
-            nats_url = (data_dir / "nats.url").read_text().strip()
+            nats_url = supervisor_url(data_dir)
             out["W1"] = self.run_w1(
                 self.http_driver(port), "victoria-w1", up.pid, counts=lambda: stream_counts(nats_url)
             )
@@ -458,12 +477,63 @@ class Run:
 
             out["W3"] = self.run_w3(port, "victoria-w3", kill, ack_wait + 60)
             out["W3"]["ack_wait_s"] = ack_wait
+        if "W4" in self.only:
+            out["W4"] = self.run_w4(port)
         out["rss_at_end"] = rss(up.pid)
         self.procs.stop(up)
         say("victoria: restart on the same data dir")
         up = self.procs.start("victoria-up-restart", victoria_argv(port, data_dir), env)
         out["ready_after_restart_s"] = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
         self.procs.stop(up)
+
+    def run_w4(self, port: int) -> dict[str, Any]:
+        """W4 against Victoria, and the same calls sent as they come, against the same fake."""
+        sizes = self.sizes
+        max_wait = float(self.victoria_env.get("VICTORIA_MODEL_MAX_WAIT", 30.0))
+        fakemodel.control(
+            self.fake_url, "/config", {"delay": sizes.w4_call_time, "load_time": sizes.w4_load_time}
+        )
+        limit = 600.0
+        try:
+            say(f"victoria-w4: {sizes.w4_tasks} tasks for two models, interleaved")
+            ours = run_fast(
+                w4.victoria_interleaved(
+                    port, self.fake_url, tasks=sizes.w4_tasks, tag="victoria-w4", limit=limit
+                )
+            )
+            say(f"victoria-w4: {ours['seconds']} s, {ours['swaps']} swaps, {ours['completed']} completed")
+            say("as-they-come-w4: the same calls sent as they come")
+            plain = run_fast(w4.as_they_come(self.fake_url, tasks=sizes.w4_tasks, tag="plain-w4"))
+            say(
+                f"as-they-come-w4: {plain['seconds']} s, {plain['swaps']} swaps, {plain['completed']} completed"
+            )
+            say(
+                f"victoria-w4: a lone task for B while A's tasks keep coming for {sizes.w4_lone_duration:g} s"
+            )
+            lone = run_fast(
+                w4.lone_task(
+                    port,
+                    self.fake_url,
+                    duration=sizes.w4_lone_duration,
+                    workers=sizes.w4_lone_workers,
+                    lone_at=sizes.w4_lone_at,
+                    tag="victoria-w4-lone",
+                    limit=limit,
+                )
+            )
+            say(f"victoria-w4: the lone task ended {lone['status']} after {lone['seconds']} s")
+        finally:
+            fakemodel.control(self.fake_url, "/config", {"delay": 0.0, "load_time": 0.0})
+        own_calls = 3 * (sizes.w4_call_time + sizes.w4_load_time)
+        return {
+            "load_time_s": sizes.w4_load_time,
+            "call_time_s": sizes.w4_call_time,
+            "max_wait_s": max_wait,
+            "interleaved": ours,
+            "as_they_come": plain,
+            "time_ratio": round(ours["seconds"] / plain["seconds"], 3) if plain["seconds"] else None,
+            "lone": {**lone, "bound_s": round(max_wait + own_calls, 2)},
+        }
 
     def services(self, port: int) -> dict[str, int]:
         """Actor name -> pid, from GET /services, once every actor is up (bounded wait)."""
@@ -596,6 +666,48 @@ class Run:
             )
         self.procs.stop(worker)
         celery_peer.flush()
+
+    def scale(self, out: dict[str, Any]) -> None:
+        """W1 with 1 and 2 instances of each actor, on one NATS server and on a 3-node cluster
+        (``victoria up --nodes 3``: every stream with 3 replicas), in one run."""
+        rows: list[dict[str, Any]] = []
+        for nodes, instances in SCALE_LAYOUTS:
+            tag = f"scale-{nodes}node-{instances}x"
+            port = free_port()
+            env = clean_env(
+                {
+                    "VICTORIA_LLM_URL": self.fake_url,
+                    "VICTORIA_LLM_CONCURRENCY": str(LLM_CONCURRENCY),
+                    **self.victoria_env,
+                }
+            )
+            argv = [
+                *victoria_argv(port, self.work / tag),
+                "--nodes",
+                str(nodes),
+                "--instances",
+                str(instances),
+            ]
+            say(f"{tag}: victoria up --nodes {nodes} --instances {instances}")
+            up = self.procs.start(tag, argv, env)
+            ready = round(up.wait_http(port, "/ready", READY_TIMEOUT + 30.0), 2)
+            time.sleep(2.0)
+            w1 = self.run_w1(self.http_driver(port), tag, up.pid)
+            rows.append(
+                {
+                    "nats_servers": nodes,
+                    "replicas": 3 if nodes == 3 else 1,
+                    "instances_of_each_actor": instances,
+                    "ready_s": ready,
+                    "tasks_per_s": w1["tasks_per_s"],
+                    "latency": w1["latency"],
+                    "errors_all_rounds": w1["errors_all_rounds"],
+                    "cpu_ms_per_task_total_system": w1.get("cpu_ms_per_task_total_system"),
+                    "cpu_ms_per_task": w1.get("cpu_ms_per_task"),
+                }
+            )
+            self.procs.stop(up)
+        out["W1_scale"] = rows
 
     # --- all -----------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -831,6 +943,27 @@ def markdown(results: dict[str, Any]) -> str:
         f"against the gateway's /health {_fmt(_get(gw, 'loadgen', 'requests_per_s'), 0)} requests/s "
         f"(wrk: {_fmt(_get(gw, 'wrk', 'requests_per_s'), 0)}).",
     ]
+    if _get(results, "victoria", "W4"):
+        v4 = results["victoria"]["W4"]
+        ours, plain, lone = v4["interleaved"], v4["as_they_come"], v4["lone"]
+        notes.append(
+            f"W4 ({ours['tasks']} tasks for two models, interleaved; the fake model server holds one model, "
+            f"takes one call at a time, {v4['load_time_s']:g} s a swap, {v4['call_time_s']:g} s a call): "
+            f"Victoria {ours['seconds']} s and {ours['swaps']} swaps ({ours['completed']} completed); the same "
+            f"calls sent as they come {plain['seconds']} s and {plain['swaps']} swaps ({plain['completed']} "
+            f"completed); ratio {v4['time_ratio']} (target at most 1/3). A lone task for the other model while "
+            f"the first one's tasks kept coming: {lone['status']} after {lone['seconds']} s (bound: "
+            f"VICTORIA_MODEL_MAX_WAIT {v4['max_wait_s']:g} s plus its own calls = {lone['bound_s']} s; "
+            f"showed waiting_for_model: {lone['showed_waiting_for_model']})."
+        )
+    for layout in _get(results, "scale", "W1_scale") or []:
+        notes.append(
+            f"W1 on {layout['nats_servers']} NATS server(s), {layout['replicas']} replica(s), "
+            f"{layout['instances_of_each_actor']} instance(s) of each actor: {_fmt(layout['tasks_per_s'])} tasks/s, "
+            f"p50 {_fmt(_get(layout, 'latency', 'p50_ms'))} ms, p99 {_fmt(_get(layout, 'latency', 'p99_ms'))} ms, "
+            f"{_fmt(layout['cpu_ms_per_task_total_system'], 2)} ms of CPU per task, "
+            f"{layout['errors_all_rounds']} errors, ready in {layout['ready_s']} s."
+        )
     if "W3" in results.get("workloads", []):
         notes.append(
             f"W3: Victoria redelivers after VICTORIA_ACK_WAIT ({ack_wait:g} s{default}); Celery after its "
@@ -896,8 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
     if not only <= set(WORKLOADS):
         parser.error(f"--only takes {', '.join(WORKLOADS)}")
     systems = [s.strip() for s in (args.systems or ",".join(SYSTEMS)).split(",") if s.strip()]
-    if not set(systems) <= set(SYSTEMS):
-        parser.error(f"--systems takes {', '.join(SYSTEMS)}")
+    if not set(systems) <= {*SYSTEMS, *EXTRA_SYSTEMS}:
+        parser.error(f"--systems takes {', '.join((*SYSTEMS, *EXTRA_SYSTEMS))}")
     if "celery" in systems and not celery_available():
         if args.systems:
             parser.error("celery needs `pip install celery redis` and Redis on 127.0.0.1:6379")

@@ -371,3 +371,75 @@ class TokenChunk(Message, tag="token_chunk", kw_only=True, frozen=True):
     seq: int
     text: str
     done: bool = False
+
+
+# --- model-aware scheduling (issue 14) -------------------------------------------------------------
+
+
+class ModelWait(Message, tag="model_wait", kw_only=True, frozen=True):
+    """A model call waits for its model (another one is loaded), on ``victoria.progress.<task_id>``;
+    not stored. ``place`` counts from 1 among the calls waiting for that model; ``waiting`` False
+    says the wait is over (the call went to the server)."""
+
+    task_id: str
+    request_id: str
+    model: str
+    place: int = 0
+    waiting: bool = True
+    server: str = ""
+    instance: str = ""
+    waited_s: float = 0.0
+    """Seconds the call has waited so far."""
+
+
+class ModelDemand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One runner instance's work for one model server, in the bucket ``victoria_models`` under
+    ``demand.<server>.<instance>``: model -> [has calls running (or just ended), has calls waiting]."""
+
+    instance: str
+    models: dict[str, list[bool]] = {}
+    at: float = 0.0
+    """Unix seconds when written; a record older than a few refreshes is ignored."""
+
+
+class ModelServerShare(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """What runner instances agree a model server runs now, in ``victoria_models`` under
+    ``server.<server>``; changed only with compare-and-set, so two instances never swap it both ways."""
+
+    active: list[str] = []
+    """Models calls may go to now (at most the server's ``max_loaded``)."""
+    draining: list[str] = []
+    """Active models that take no new calls: a call for another model has waited too long."""
+    by: str = ""
+    at: float = 0.0
+
+
+class ModelInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    name: str
+    loaded: bool = False
+    size_bytes: int | None = None
+    parameter_size: str | None = None
+    calls: int = 0
+    """Calls measured below (the recent ones)."""
+    ttft_s: float | None = None
+    """Median time to first token of recent calls, seconds."""
+    tokens_per_s: float | None = None
+    """Median output tokens per second of recent calls."""
+
+
+class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One model server as a runner sees it, in ``victoria_models`` under ``info.<server>``: for
+    ``/services`` and ``victoria models``."""
+
+    url: str
+    api: str
+    status: Literal["unknown", "up", "down"] = "unknown"
+    models: list[ModelInfo] = []
+    loaded: list[str] = []
+    """Loaded now: what the server says (Ollama /api/ps), or for servers that cannot tell, the
+    model of the last call it served."""
+    loaded_source: Literal["server", "last_served"] = "last_served"
+    swaps: int = 0
+    """Model changes this runner instance has seen the server make since it started."""
+    instance: str = ""
+    at: float = 0.0

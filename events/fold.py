@@ -66,6 +66,10 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     """Set when the client asked for more steps than the ceiling: what it asked for."""
     project: str | None = None
     expert: str | None = None
+    model_wait: dict[str, Any] | None = None
+    """Set while the task's model call waits for its model (another is loaded): ``model``,
+    ``place`` among the calls waiting for it, ``since``; ``stage`` is then ``waiting_for_model``.
+    Not an event: the gateway takes it from ``victoria.progress.<task_id>``."""
 
 
 def knowledge_of(submitted: TaskSubmitted | None, knowledge: Knowledge | None) -> dict[str, Any]:

@@ -16,6 +16,8 @@ subject                                 what travels on it                      
 ``victoria.rpc.<service>.<method>``    request/reply calls (Veronica, the monitor)    (none)
 ``victoria.log.<actor>.<level>``       log records as events                          LOGS
 ``victoria.tokens.<task_id>``          streamed model tokens, best effort             (none)
+``victoria.result.<task_id>.<r>``       a model answer, once stored (to the asker)     (none)
+``victoria.progress.<task_id>``        a model call waiting for its model             (none)
 =====================================  =============================================  ==========
 
 A task's own history (``task_history``: ``victoria.task.<s>.<task_id>.*``, one token after the id)
@@ -44,6 +46,8 @@ LOG_STREAM: Final = "VICTORIA_LOGS"
 IDEMPOTENCY_BUCKET: Final = "victoria_idempotency"
 IMAGES_BUCKET: Final = "victoria_images"
 SESSIONS_BUCKET: Final = "victoria_sessions"
+MODELS_BUCKET: Final = "victoria_models"
+"""Model servers as the runners share them: what each runs now, what waits, what it serves."""
 TELEGRAM: Final = "telegram"
 """The service name of the Telegram bot that registers with the gateway and beats through it."""
 
@@ -117,6 +121,13 @@ def llm_result(task_id: str, request_id: str) -> str:
 ALL_LLM_RESULTS: Final = f"{PREFIX}.task.*.*.{LLM_RESULT}.*"
 
 
+def result_stored(task_id: str, request_id: str) -> str:
+    """Where the runner says, once JetStream has stored it, the model's answer to one request: the
+    asking attempt listens here, not on the stream's subject, whose core subscribers would also
+    hear a publish the stream did not store (a cluster electing a leader)."""
+    return f"{PREFIX}.result.{_check(task_id, 'task id')}.{_check(request_id, 'request id')}"
+
+
 def all_tasks_of_kind(kind: TaskKind) -> str:
     """Filter for one kind of event of every task, in every shard (for core subscriptions)."""
     return f"{PREFIX}.task.*.*.{kind}"
@@ -187,6 +198,8 @@ def rpc(service: str, method: str) -> str:
 
 VERONICA_FILES: Final = f"{PREFIX}.rpc.veronica.files"
 MONITOR_SERVICES: Final = f"{PREFIX}.rpc.monitor.services"
+RUNNER_HOLDING: Final = f"{PREFIX}.rpc.llm-runner.holding"
+"""Asked of every runner by one that got a request again: answered only by one calling for it."""
 
 
 def log(actor: str, level: str) -> str:
@@ -198,3 +211,11 @@ ALL_LOGS: Final = f"{PREFIX}.log.>"
 
 def tokens(task_id: str) -> str:
     return f"{PREFIX}.tokens.{_check(task_id, 'task id')}"
+
+
+def progress(task_id: str) -> str:
+    """Transient progress of a task that no event records (a model call waiting for its model)."""
+    return f"{PREFIX}.progress.{_check(task_id, 'task id')}"
+
+
+ALL_PROGRESS: Final = f"{PREFIX}.progress.*"

@@ -3,7 +3,9 @@
 - ``legacy``: the old Victoria server's contract (``POST /run``, ``/stream``, ``/plan``,
   ``GET /status``, ``/health``, ``/api/available-models``, the Telegram bot's routes);
 - ``tasks``: one task's status, cancel and events; ``history``: the task history in PostgreSQL;
-- ``operations``: readiness, services, metrics.
+- ``operations``: readiness, services, metrics;
+- ``dashboard``: the page (``GET /``) and its files; ``tasklist``: the live list of tasks
+  (``/tasks``, ``/tasks/events``); ``tasklogs``: one task's log records.
 
 Each route is a plain function of the request and what it depends on: the ``Backend`` (NATS and
 what is built on it; 503 with ``Retry-After`` while it is not there) or the ``GatewayState``.
@@ -17,11 +19,14 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from victoria.gateway import history, legacy, operations, tasks
+from victoria.gateway import dashboard, history, legacy, operations, tasklist, tasklogs, tasks
+from victoria.gateway.admission import RETRY_AFTER, Overloaded
+from victoria.gateway.auth import RequireToken
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.http import json_response, unavailable
 from victoria.gateway.requests import BadRequest
@@ -45,6 +50,9 @@ def create_app(state: GatewayState) -> Starlette:
                 return await route(request, backend)
             except BadRequest as exc:
                 return json_response(exc.body(), exc.status)
+            except Overloaded as exc:
+                headers = {"Retry-After": str(RETRY_AFTER)}
+                return json_response({"error": "overloaded", "detail": str(exc)}, 503, headers)
             except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
                 log.warning("%s %s: NATS trouble: %s", request.method, request.url.path, exc)
                 return unavailable(f"NATS did not answer: {type(exc).__name__}")
@@ -86,6 +94,18 @@ def create_app(state: GatewayState) -> Starlette:
             Route("/ready", with_state(operations.ready), methods=["GET"]),
             Route("/services", with_backend(operations.services), methods=["GET"]),
             Route("/metrics", with_backend(operations.metrics), methods=["GET"]),
+            Route("/openapi.json", operations.openapi, methods=["GET"]),
+            # the dashboard and what it reads beyond the routes above
+            Route("/tasks", with_backend(tasklist.tasks), methods=["GET"]),
+            Route("/tasks/events", with_backend(tasklist.task_events), methods=["GET"]),
+            Route("/run/{task_id}/logs", with_backend(tasklogs.logs), methods=["GET"]),
+            Route("/", dashboard.page, methods=["GET"]),
+            *(Route(path, dashboard.asset, methods=["GET"]) for path in sorted(dashboard.PATHS - {"/"})),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
+        middleware=[
+            Middleware(
+                RequireToken, tokens=state.tokens, on_refusal=lambda: state.metrics.refusal("unauthorized")
+            )
+        ],
     )

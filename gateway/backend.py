@@ -9,6 +9,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from victoria.events import subjects
+from victoria.gateway.admission import Admission
+from victoria.gateway.auth import Tokens
 from victoria.gateway.idempotency import IdempotencyStore
 from victoria.gateway.metrics import Metrics
 from victoria.gateway.views import TaskViews
@@ -42,6 +44,7 @@ class Backend:
             refresh=config.registry_refresh,
         )
         self.memory: KvMemory | PgMemory = KvMemory(self.js)
+        self.admission = Admission(self.js, config.max_tasks_in_flight)
         self._ready_at = 0.0
         self._ready = False
 
@@ -74,8 +77,12 @@ class Backend:
 
 
 class GatewayState:
-    def __init__(self, config: Config) -> None:
+    """What lives as long as the process: set before NATS is there (and ``backend`` once it is)."""
+
+    def __init__(self, config: Config, tokens: Tokens | None = None) -> None:
         self.config = config
+        self.tokens = tokens if tokens is not None else Tokens.from_config(config)
+        self.metrics = Metrics()
         self.backend: Backend | None = None
         self.actor: object | None = None
         self.started = time.monotonic()

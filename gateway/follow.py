@@ -52,7 +52,14 @@ class Quiet:
     """Nothing happened for ``KEEPALIVE`` seconds."""
 
 
-Followed = Stored | Tokens | Quiet
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A ``model_wait`` payload: the task's model call waits for its model (not stored)."""
+
+    data: bytes
+
+
+Followed = Stored | Tokens | Progress | Quiet
 
 
 class Follower:
@@ -74,6 +81,7 @@ class Follower:
         if self._subs:
             return
         self._subs.append(await self.nc.subscribe(subjects.tokens(self.task_id), cb=self._put))
+        self._subs.append(await self.nc.subscribe(subjects.progress(self.task_id), cb=self._put))
         self._subs.append(
             await self.js.subscribe(
                 subjects.task_events(self.task_id),
@@ -96,6 +104,9 @@ class Follower:
                 continue
             if msg.subject.startswith(f"{subjects.PREFIX}.tokens."):
                 yield Tokens(bytes(msg.data))
+                continue
+            if msg.subject.startswith(f"{subjects.PREFIX}.progress."):
+                yield Progress(bytes(msg.data))
                 continue
             event = bus.decode_task_event(msg.data, msg.subject)
             if event is None:

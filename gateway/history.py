@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from victoria.events import subjects
 from victoria.events.contracts import TaskStatusName
 from victoria.gateway.backend import Backend
 from victoria.gateway.http import json_response
 from victoria.gateway.requests import BadRequest
+from victoria.gateway.schemas import RunRow, RunsPage
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 STATUSES: Final[tuple[TaskStatusName, ...]] = ("queued", "running", "completed", "failed", "cancelled")
 OUTPUT_SHOWN: Final = 500  # characters of each task's output in a listing
+_UNIX_SECONDS: Final = r"^[0-9]+(\.[0-9]+)?$"
+
+
+class RunsQuery(msgspec.Struct, kw_only=True):
+    """The query of ``GET /runs``, as the parsers below read it."""
+
+    status: TaskStatusName | None = None
+    since: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="Tasks created at or after: an ISO 8601 time or Unix seconds",
+                extra_json_schema={"anyOf": [{"format": "date-time"}, {"pattern": _UNIX_SECONDS}]},
+            ),
+        ]
+        | None
+    ) = None
+    project: Annotated[str, msgspec.Meta(description="The project's slug")] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT, description="Tasks per page")] = DEFAULT_LIMIT
+    cursor: Annotated[str, msgspec.Meta(description="The `next` of the page before")] | None = None
 
 
 def _since(raw: str | None) -> datetime | None:
@@ -38,9 +61,15 @@ def _since(raw: str | None) -> datetime | None:
 def _limit(raw: str | None) -> int:
     if raw is None or not raw.strip():
         return DEFAULT_LIMIT
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    text = raw.strip()
+    try:
+        # isdecimal, not isdigit: int() refuses digits such as "²"; and it refuses over 4,300 of them
+        value = int(text) if text.isdecimal() else 0
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
         raise BadRequest(422, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}, got {raw!r}", "limit")
-    return int(raw)
+    return value
 
 
 def _cursor(created_at: datetime, task_id: str) -> str:
@@ -52,6 +81,8 @@ def _after_cursor(raw: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         moment, task_id = base64.urlsafe_b64decode(raw.encode()).decode().split("|", 1)
+        if not subjects.is_token(task_id):  # no task id has one; and PostgreSQL text takes no NUL
+            raise ValueError(task_id)
         return datetime.fromisoformat(moment), task_id
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(422, "invalid_parameter", "cursor is not one this listing gave", "cursor") from None
@@ -73,6 +104,8 @@ async def runs(request: Request, backend: Backend) -> Response:
     if status is not None and status not in STATUSES:
         raise BadRequest(422, "invalid_parameter", f"status must be one of {list(STATUSES)}", "status")
     limit = _limit(query.get("limit"))
+    if "\x00" in query.get("project", ""):  # PostgreSQL text cannot hold it; no slug has it
+        raise BadRequest(422, "invalid_parameter", "project must not contain NUL characters", "project")
     where: list[str] = ["TRUE"]
     args: list[object] = []
     for clause, value in (
@@ -107,11 +140,11 @@ async def runs(request: Request, backend: Backend) -> Response:
     following = (
         _cursor(rows[limit - 1]["created_at"], rows[limit - 1]["task_id"]) if len(rows) > limit else None
     )
-    return json_response({"runs": page, "next": following})
+    return json_response(RunsPage(runs=page, next=following))
 
 
-def _run(row: Any) -> dict[str, Any]:
+def _run(row: Any) -> RunRow:
     out = dict(row)
     if out.get("output") and len(out["output"]) > OUTPUT_SHOWN:
         out["output"] = out["output"][:OUTPUT_SHOWN] + "…"
-    return out
+    return RunRow(**out)

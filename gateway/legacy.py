@@ -9,11 +9,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-import httpx
 import msgspec
 import nats.errors
 from nats.js.errors import NotFoundError
@@ -51,6 +50,23 @@ from victoria.gateway.requests import (
     parse_run_request,
     parse_wait,
 )
+from victoria.gateway.schemas import (
+    Accepted,
+    AvailableModels,
+    Enhanced,
+    Health,
+    ModelServer,
+    PlanAnswer,
+    SystemStatus,
+    TaskCancelledAnswer,
+    TaskFailedAnswer,
+    TaskNeedsClarification,
+    TaskResponse,
+    TaskSucceeded,
+    TelegramBeat,
+    TelegramHealth,
+    TelegramRegistered,
+)
 from victoria.gateway.submit import submit, wait_terminal
 from victoria.runtime import tracing
 
@@ -61,6 +77,7 @@ WAIT_SLACK: Final = 60.0  # seconds past the task deadline a sync request may wa
 MODELS_TIMEOUT: Final = 3.0  # seconds to ask a model server for its models
 BOT_INTERVAL: Final = 60.0  # seconds between a Telegram bot's heartbeats unless it says otherwise
 END_VIEW_WAIT: Final = 2.0  # seconds /stream waits for the gateway's view to fold the terminal event
+MAX_BOT_VERSION: Final = 200  # characters: it goes into every /services answer
 _token_chunk: Final = msgspec.json.Decoder(TokenChunk)
 _any: Final = msgspec.json.Decoder()
 _INSTANCE: Final = re.compile(r"[^A-Za-z0-9_-]")
@@ -87,37 +104,63 @@ def _sync_wait(request: Request, backend: Backend) -> float:
     return asked if asked is not None else backend.config.task_deadline + WAIT_SLACK
 
 
-def accepted(task_id: str, history: TaskHistory | None, message: str) -> dict[str, Any]:
-    return {
-        "task_id": task_id,
-        "correlation_id": history.submitted.correlation_id if history and history.submitted else None,
-        "status_url": f"/run/status/{task_id}",
-        "message": message,
-        "status": history.status if history is not None else "queued",
-    }
+def accepted(task_id: str, history: TaskHistory | None, message: str) -> Accepted:
+    return Accepted(
+        task_id=task_id,
+        correlation_id=history.submitted.correlation_id if history and history.submitted else None,
+        status_url=f"/run/status/{task_id}",
+        message=message,
+        status=history.status if history is not None else "queued",
+    )
 
 
-def task_response(history: TaskHistory) -> dict[str, Any]:
+def task_response(history: TaskHistory) -> TaskResponse:
     """The old server's ``TaskResponse`` for a task whose status is final."""
     view = history.view()
-    ids = {"correlation_id": view.correlation_id, "task_id": view.task_id}
     if view.status == "completed" and view.clarification_questions:
-        return {
-            "status": "needs_clarification",
-            "clarification_questions": view.clarification_questions,
-            "suggested_restatement": view.knowledge.get("suggested_restatement", ""),
-            **ids,
-        }
+        return TaskNeedsClarification(
+            clarification_questions=view.clarification_questions,
+            suggested_restatement=str(view.knowledge.get("suggested_restatement", "")),
+            correlation_id=view.correlation_id,
+            task_id=view.task_id,
+        )
     if view.status == "completed":
-        return {"status": "success", "output": view.output or "", "knowledge": view.knowledge, **ids}
-    return {
-        "status": view.status,
-        "error": view.error or view.status,
-        "error_kind": view.error_kind,
-        "output": view.output,
-        "knowledge": view.knowledge,
-        **ids,
-    }
+        return TaskSucceeded(
+            output=view.output or "",
+            knowledge=view.knowledge,
+            correlation_id=view.correlation_id,
+            task_id=view.task_id,
+        )
+    ended = TaskCancelledAnswer if view.status == "cancelled" else TaskFailedAnswer
+    return ended(
+        error=view.error or view.status,
+        error_kind=view.error_kind,
+        output=view.output,
+        knowledge=view.knowledge,
+        correlation_id=view.correlation_id,
+        task_id=view.task_id,
+    )
+
+
+async def _submit(
+    request: Request,
+    backend: Backend,
+    body: RunRequest,
+    span: Span,
+    answer: Callable[[str], Awaitable[Response]],
+    *,
+    task_id: str | None = None,
+) -> Response:
+    """``submit``; a task too big for one event (a huge ``project_context``) is the client's 413."""
+    try:
+        return await submit(request, backend, body, span, answer, task_id=task_id)
+    except nats.errors.MaxPayloadError:
+        raise BadRequest(
+            413,
+            "body_too_large",
+            f"the goal with its context and history is over the {backend.nc.max_payload} bytes "
+            "one event may carry",
+        ) from None
 
 
 async def run(request: Request, backend: Backend) -> Response:
@@ -138,7 +181,7 @@ async def run(request: Request, backend: Backend) -> Response:
                 return json_response(task_response(history))
             return json_response(accepted(task_id, history, "still running; poll status_url"), 202)
 
-        response = await submit(request, backend, body, span, answer)
+        response = await _submit(request, backend, body, span, answer)
         span.set_attribute("http.response.status_code", response.status_code)
         return response
     finally:
@@ -157,17 +200,20 @@ async def plan(request: Request, backend: Backend) -> Response:
             if history is None or not history.terminal:
                 return json_response(accepted(task_id, history, "still planning; poll status_url"), 202)
             answered = task_response(history)
-            if answered["status"] == "success":
-                return json_response({"plan": answered["output"], "status": "success", **_ids(answered)})
+            if isinstance(answered, TaskSucceeded):
+                return json_response(
+                    PlanAnswer(
+                        plan=answered.output,
+                        status="success",
+                        task_id=answered.task_id,
+                        correlation_id=answered.correlation_id,
+                    )
+                )
             return json_response(answered)
 
-        return await submit(request, backend, body, span, answer)
+        return await _submit(request, backend, body, span, answer)
     finally:
         span.end()
-
-
-def _ids(answered: dict[str, Any]) -> dict[str, Any]:
-    return {"task_id": answered["task_id"], "correlation_id": answered["correlation_id"]}
 
 
 async def stream(request: Request, backend: Backend) -> Response:
@@ -193,7 +239,7 @@ async def stream(request: Request, backend: Backend) -> Response:
             )
 
         try:
-            response = await submit(request, backend, body, span, answer, task_id=task_id)
+            response = await _submit(request, backend, body, span, answer, task_id=task_id)
         except BaseException:
             await follower.close()
             raise
@@ -312,7 +358,7 @@ async def _legacy_events(backend: Backend, follower: Follower) -> AsyncIterator[
                     await backend.views.wait_terminal(task_id, END_VIEW_WAIT)
                     ended = await backend.views.get(task_id)
                     if ended is not None and ended.terminal:
-                        end.update(task_response(ended))
+                        end.update(msgspec.to_builtins(task_response(ended)))
                     if not said and end.get("status") == "success" and end.get("output"):
                         yield _line({"type": "chunk", "content": end["output"]})  # no model wrote it
     except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
@@ -333,18 +379,21 @@ async def status(request: Request, state: GatewayState) -> Response:
     """``GET /status``: what is true of this system now; it claims nothing that does not exist."""
     config = state.config
     backend = state.backend
-    body: dict[str, Any] = {
-        "status": "online",
-        "agent": AGENT,
-        "version": __version__,
-        "uptime_s": round(time.monotonic() - state.started, 1),
-        "nats": "connected" if backend is not None and backend.nc.is_connected else "disconnected",
-        "models": {"default": config.model, "api": config.llm_api, "url": config.llm_url},
-        "victoria_enhanced": {"enabled": False},
-    }
-    if backend is not None and backend.nc.is_connected:
-        body.update(await service_view(backend) or {"services": [], "dependencies": []})
-        body["tasks"] = await task_counts(backend.js)
+    connected = backend is not None and backend.nc.is_connected
+    body = SystemStatus(
+        status="online",
+        agent=AGENT,
+        version=__version__,
+        uptime_s=round(time.monotonic() - state.started, 1),
+        nats="connected" if connected else "disconnected",
+        models=ModelServer(default=config.model, api=config.llm_api, url=config.llm_url),
+        victoria_enhanced=Enhanced(enabled=False),
+    )
+    if backend is not None and connected:
+        view = await service_view(backend)
+        body.services = view.services if view is not None else []
+        body.dependencies = view.dependencies if view is not None else []
+        body.tasks = await task_counts(backend.js)
     return json_response(body)
 
 
@@ -352,20 +401,19 @@ async def health(request: Request, state: GatewayState) -> Response:
     """``GET /health``: this gateway's liveness, always immediate."""
     connected = state.backend is not None and state.backend.nc.is_connected
     return json_response(
-        {
-            "status": "ok",
-            "agent": AGENT,
-            "version": __version__,
-            "nats": "connected" if connected else "disconnected",
-        }
+        Health(
+            status="ok", agent=AGENT, version=__version__, nats="connected" if connected else "disconnected"
+        )
     )
 
 
 async def available_models(request: Request, state: GatewayState) -> Response:
     """``GET /api/available-models``: the models the configured server has, asked now: Ollama's
     ``/api/tags`` under ``ollama``, an OpenAI-compatible server's ``/v1/models`` under ``mlx``."""
+    import httpx  # loaded on first use: no other route needs it, and it is slow to import
+
     config = state.config
-    body: dict[str, Any] = {"ollama": [], "mlx": []}
+    body = AvailableModels(ollama=[], mlx=[])
     path = "/api/tags" if config.llm_api == "ollama" else "/v1/models"
     try:
         async with httpx.AsyncClient(timeout=MODELS_TIMEOUT) as client:
@@ -373,35 +421,40 @@ async def available_models(request: Request, state: GatewayState) -> Response:
         response.raise_for_status()
         data = response.json()
         if config.llm_api == "ollama":
-            body["ollama"] = [str(m.get("name") or m.get("model")) for m in data.get("models", [])]
+            body.ollama = [str(m.get("name") or m.get("model")) for m in data.get("models", [])]
         else:
-            body["mlx"] = [str(m.get("id")) for m in data.get("data", [])]
+            body.mlx = [str(m.get("id")) for m in data.get("data", [])]
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        body["error"] = f"{config.llm_url}{path}: {type(exc).__name__}: {exc}"
+        body.error = f"{config.llm_url}{path}: {type(exc).__name__}: {exc}"
     return json_response(body)
 
 
-class _BotBeat(msgspec.Struct, kw_only=True):
-    """What a Telegram bot may say of itself when it registers or beats; all of it optional."""
+_INTERVAL: Final = {"exclusiveMinimum": 0, "maximum": 86_400}
+
+
+class BotBeat(msgspec.Struct, kw_only=True):
+    """What a Telegram bot may say of itself when it registers or beats; all of it optional. The
+    interval (seconds, 0 to 86,400) is ``heartbeat_interval``, else ``interval``, else the last one
+    given, else 60."""
 
     bot_username: str | None = None
     bot_name: str | None = None
     username: str | None = None
     name: str | None = None
     instance: str | None = None
-    heartbeat_interval: float | None = None
-    interval: float | None = None
+    heartbeat_interval: Annotated[float, msgspec.Meta(extra_json_schema=_INTERVAL)] | None = None
+    interval: Annotated[float, msgspec.Meta(extra_json_schema=_INTERVAL)] | None = None
     pid: int | None = None
-    version: str | None = None
+    version: Annotated[str, msgspec.Meta(max_length=MAX_BOT_VERSION)] | None = None
 
 
-_bot_beat: Final = msgspec.json.Decoder(_BotBeat)
+_bot_beat: Final = msgspec.json.Decoder(BotBeat)
 
 
 async def _bot_heartbeat(request: Request, backend: Backend) -> Heartbeat:
     raw = await read_body(request)
     try:
-        said = _bot_beat.decode(raw) if raw.strip() else _BotBeat()
+        said = _bot_beat.decode(raw) if raw.strip() else BotBeat()
     except msgspec.ValidationError as exc:
         raise BadRequest(422, "invalid_field", str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -443,19 +496,19 @@ async def telegram_register(request: Request, backend: Backend) -> Response:
     beat = await _bot_heartbeat(request, backend)
     log.info("telegram bot %s registered (heartbeat every %gs)", beat.instance, beat.interval_s)
     return json_response(
-        {
-            "status": "registered",
-            "service": beat.name,
-            "instance": beat.instance,
-            "heartbeat_interval_s": beat.interval_s,
-        }
+        TelegramRegistered(
+            status="registered",
+            service=beat.name,
+            instance=beat.instance,
+            heartbeat_interval_s=beat.interval_s,
+        )
     )
 
 
 async def telegram_heartbeat(request: Request, backend: Backend) -> Response:
     """``POST /api/telegram/heartbeat``: one beat; the service monitor reports a bot that stops."""
     beat = await _bot_heartbeat(request, backend)
-    return json_response({"status": "ok", "instance": beat.instance})
+    return json_response(TelegramBeat(status="ok", instance=beat.instance))
 
 
 async def telegram_health(request: Request, backend: Backend) -> Response:
@@ -467,16 +520,16 @@ async def telegram_health(request: Request, backend: Backend) -> Response:
         )
         beat = msgspec.json.decode(raw.data or b"{}", type=Heartbeat)
     except NotFoundError:
-        return json_response({"status": "unknown", "heartbeat_age_seconds": None, "registered": False})
+        return json_response(TelegramHealth(status="unknown", heartbeat_age_seconds=None, registered=False))
     except msgspec.DecodeError:
-        return json_response({"status": "unknown", "heartbeat_age_seconds": None, "registered": True})
+        return json_response(TelegramHealth(status="unknown", heartbeat_age_seconds=None, registered=True))
     age = max(0.0, (datetime.now(UTC) - beat.ts).total_seconds())
     return json_response(
-        {
-            "status": "ok" if age <= 3 * beat.interval_s else "stale",
-            "heartbeat_age_seconds": round(age, 3),
-            "registered": True,
-            "instance": beat.instance,
-            "heartbeat_interval_s": beat.interval_s,
-        }
+        TelegramHealth(
+            status="ok" if age <= 3 * beat.interval_s else "stale",
+            heartbeat_age_seconds=round(age, 3),
+            registered=True,
+            instance=beat.instance,
+            heartbeat_interval_s=beat.interval_s,
+        )
     )

@@ -122,6 +122,12 @@ class Metrics:
             ["name", "instance"],
             registry=r,
         )
+        self.refused = Counter(
+            "victoria_gateway_refused",
+            "Requests the gateway refused: no valid token (unauthorized), too many tasks (overloaded).",
+            ["reason"],
+            registry=r,
+        )
         self._stage: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -133,6 +139,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*values)
         return child
+
+    def refusal(self, reason: str) -> None:
+        self._child(self.refused, reason).inc()
 
     def observe(self, event: AnyTaskEvent) -> None:
         """Count one live task event (called for every event the gateway's consumer sees)."""

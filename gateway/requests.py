@@ -21,25 +21,61 @@ MAX_HISTORY_TURNS: Final = 10  # turns of chat_history that reach the model, the
 MAX_HISTORY_CHARS: Final = 16_000  # characters of chat_history that reach the model, the latest
 
 
-class _Turn(msgspec.Struct):
+class Turn(msgspec.Struct):
+    """One earlier exchange of the conversation (``chat_history``); an empty one is dropped."""
+
     user: str | None = None
     assistant: str | None = None
 
 
-class _RunBody(msgspec.Struct, kw_only=True):
-    """The body as the old server's clients send it; fields nobody here knows are ignored."""
+_TASK_TYPES: Final = {"enum": sorted(TASK_TYPES)}
+_AT_LEAST_ONE: Final = {"minimum": 1}
+_IMAGES: Final = {"maxItems": MAX_IMAGES, "items": {"contentEncoding": "base64"}}
+_WORDS: Final = {"pattern": r"\S"}
 
-    goal: Annotated[str, msgspec.Meta(max_length=MAX_GOAL)] | None = None
-    prompt: Annotated[str, msgspec.Meta(max_length=MAX_GOAL)] | None = None
-    task_type: str | None = None
+
+class RunBody(msgspec.Struct, kw_only=True):
+    """The body of ``POST /run``, ``/stream`` and ``/plan`` as the old server's clients send it;
+    fields nobody here knows are ignored. ``goal`` (or, without it, ``prompt``) is required and not
+    blank; ``max_steps`` above the ceiling is lowered to it."""
+
+    # The checks ``parse_run_request`` makes by hand are stated in the schema (extra_json_schema
+    # documents without validating), so its error messages stay its own.
+    goal: Annotated[str, msgspec.Meta(max_length=MAX_GOAL, extra_json_schema=_WORDS)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=MAX_GOAL, extra_json_schema=_WORDS)] | None = None
+    task_type: Annotated[str, msgspec.Meta(extra_json_schema=_TASK_TYPES)] | None = None
     project_context: Any = None
     session_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    max_steps: int | None = None
+    max_steps: Annotated[int, msgspec.Meta(extra_json_schema=_AT_LEAST_ONE)] | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-    chat_history: list[_Turn] | None = None
+    chat_history: list[Turn] | None = None
     verbose: bool | None = None
-    images_base64: list[str] | None = None
+    images_base64: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                extra_json_schema=_IMAGES,
+                description=f"Plain base64 or data: URLs; up to {MAX_IMAGES}, {MAX_IMAGE_BYTES} bytes each",
+            ),
+        ]
+        | None
+    ) = None
     use_enhanced: bool | None = None
+
+
+RUN_BODY_SCHEMA: Final = {
+    "anyOf": [
+        {"required": ["goal"], "properties": {"goal": {"type": "string", **_WORDS}}},
+        {
+            "required": ["prompt"],
+            "properties": {"goal": {"type": "null"}, "prompt": {"type": "string", **_WORDS}},
+        },
+    ]
+}
+"""What the schema of ``RunBody`` cannot say field by field: a goal, or a prompt in its place."""
+
+RunBodySchema = Annotated[RunBody, msgspec.Meta(extra_json_schema=RUN_BODY_SCHEMA)]
+"""``RunBody`` as ``/openapi.json`` describes it."""
 
 
 class RunRequest(msgspec.Struct, kw_only=True):
@@ -60,7 +96,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
     """Accepted from the old server's clients; nothing here is "enhanced" (``GET /status`` says so)."""
 
 
-_decoder: Final = msgspec.json.Decoder(_RunBody)
+_decoder: Final = msgspec.json.Decoder(RunBody)
 _FIELD: Final = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)|field `([A-Za-z_][A-Za-z0-9_]*)`")
 
 
@@ -134,7 +170,7 @@ def parse_run_request(raw: bytes, *, max_steps_ceiling: int = DEFAULT_MAX_STEPS_
     )
 
 
-def _recent_turns(turns: list[_Turn]) -> list[ChatTurn]:
+def _recent_turns(turns: list[Turn]) -> list[ChatTurn]:
     return bounded_turns([ChatTurn(user=t.user or "", assistant=t.assistant or "") for t in turns])
 
 
@@ -235,3 +271,63 @@ def parse_idempotency_key(raw: str | None) -> str | None:
             "Idempotency-Key",
         )
     return value
+
+
+class RunQuery(msgspec.Struct, kw_only=True):
+    """The query of ``POST /run`` (read by ``parse_bool`` and ``parse_wait``)."""
+
+    async_mode: Annotated[
+        bool, msgspec.Meta(description="Answer 202 with the task id at once instead of waiting for its end")
+    ] = False
+    wait: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_WAIT,
+                description="Seconds a synchronous request waits at most; then 202 if the task still runs",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class PlanQuery(msgspec.Struct, kw_only=True):
+    """The query of ``POST /plan``."""
+
+    wait: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0, le=MAX_WAIT, description="Seconds to wait at most; then 202 if it still plans"
+            ),
+        ]
+        | None
+    ) = None
+
+
+class SubmitHeaders(msgspec.Struct, kw_only=True):
+    """The headers a route that takes a goal reads (``clean_header``, ``parse_idempotency_key``)."""
+
+    correlation_id: (
+        Annotated[
+            str, msgspec.Meta(description="Kept with the task and in every answer; one is made when absent")
+        ]
+        | None
+    ) = msgspec.field(default=None, name="X-Correlation-ID")
+    idempotency_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_IDEMPOTENCY_KEY,
+                description="A repeat gets the first answer: same code, same body (a stream streams the same task)",
+            ),
+        ]
+        | None
+    ) = msgspec.field(default=None, name="Idempotency-Key")
+
+
+class TaskPath(msgspec.Struct, kw_only=True):
+    """The path of the routes about one task; an id that names no task is a 404."""
+
+    task_id: Annotated[str, msgspec.Meta(description="The task's id, as POST /run answered it")]

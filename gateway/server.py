@@ -11,11 +11,12 @@ from typing import ClassVar
 
 import uvicorn
 
+from victoria.errors import VictoriaError
 from victoria.gateway.app import create_app
+from victoria.gateway.auth import Tokens, refuse_open_listen
 from victoria.gateway.backend import Backend, GatewayState
-from victoria.gateway.metrics import Metrics
 from victoria.gateway.views import TaskViews
-from victoria.runtime import bus
+from victoria.runtime import bus, credentials
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.logbus import BusLogHandler
@@ -39,11 +40,19 @@ class _Server(uvicorn.Server):
 
 
 async def serve(
-    config: Config, nats_url: str, *, host: str, port: int, log_handler: BusLogHandler | None = None
+    config: Config,
+    nats_url: str,
+    *,
+    host: str,
+    port: int,
+    insecure: bool = False,
+    log_handler: BusLogHandler | None = None,
 ) -> int:
+    tokens = Tokens.from_config(config)
+    refuse_open_listen(host, tokens_required=tokens.required, insecure=insecure)
     tracing = Tracing("gateway", config.instance)
     tracing.start()
-    state = GatewayState(config)
+    state = GatewayState(config, tokens)
     app = create_app(state)
     settle_gc()
     uv_config = uvicorn.Config(
@@ -61,6 +70,7 @@ async def serve(
     server_task = asyncio.create_task(server.serve(), name="uvicorn")
     connect_task = asyncio.create_task(_connect(state, config, nats_url, log_handler), name="connect")
     stop_reason = asyncio.create_task(wait_for_stop())
+    token_watch = asyncio.create_task(tokens.watch(), name="tokens")
     done, _ = await asyncio.wait(
         {server_task, stop_reason, connect_task}, return_when=asyncio.FIRST_COMPLETED
     )
@@ -68,11 +78,16 @@ async def serve(
         done, _ = await asyncio.wait({server_task, stop_reason}, return_when=asyncio.FIRST_COMPLETED)
     failed = next((t for t in (server_task, connect_task) if t in done and t.exception() is not None), None)
     if failed is not None:
-        log.error("gateway %s failed", failed.get_name(), exc_info=failed.exception())
+        error = failed.exception()
+        if isinstance(error, VictoriaError):  # a known failure (NATS refused us, a stream missing)
+            log.error("gateway %s failed: %s", failed.get_name(), error)
+        else:
+            log.error("gateway %s failed", failed.get_name(), exc_info=error)
     server.should_exit = True
     connect_task.cancel()
     stop_reason.cancel()
-    await asyncio.gather(server_task, connect_task, stop_reason, return_exceptions=True)
+    token_watch.cancel()
+    await asyncio.gather(server_task, connect_task, stop_reason, token_watch, return_exceptions=True)
     backend = state.backend
     actor = state.actor
     if isinstance(actor, Actor):
@@ -92,6 +107,7 @@ async def _connect(
     state: GatewayState, config: Config, nats_url: str, log_handler: BusLogHandler | None
 ) -> None:
     views: TaskViews | None = None
+    auth = credentials.for_role(config, "gateway", nats_url)
 
     async def on_reconnect() -> None:
         if views is not None:
@@ -99,15 +115,22 @@ async def _connect(
 
     while True:
         try:
-            nc = await bus.connect(nats_url, name=f"gateway:{config.instance}", on_reconnect=on_reconnect)
+            nc = await bus.connect(
+                nats_url,
+                name=f"gateway:{config.instance}",
+                on_reconnect=on_reconnect,
+                user=auth.user,
+                password=auth.password,
+                creds_file=auth.creds_file,
+            )
             break
         except ConnectionError as exc:
             log.warning("%s; retrying", exc)
     if log_handler is not None:
         log_handler.attach(nc)
-    await bus.ensure_streams(nc.jetstream(), dedup_window=config.dedup_window)
-    metrics = Metrics()
-    views = TaskViews(nc.jetstream(), observer=metrics.observe)
+    await bus.wait_for_streams(nc.jetstream(), dedup_window=config.dedup_window, replicas=config.replicas)
+    metrics = state.metrics
+    views = TaskViews(nc.jetstream(), observer=metrics.observe, nc=nc)
     await views.start()
     backend = Backend(nc, views, config, metrics)
     if config.postgres_dsn:
@@ -127,4 +150,4 @@ async def _connect(
     actor = GatewayActor(nc, config, restarts=restarts)
     await actor.start()
     state.actor = actor
-    log.info("gateway connected to NATS at %s", nats_url)
+    log.info("gateway connected to NATS at %s", credentials.redact(nats_url))

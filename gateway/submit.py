@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from victoria.actors.agent import classifier
 from victoria.events.contracts import ChatTurn, TaskSubmitted
 from victoria.events.fold import TaskHistory
+from victoria.gateway.admission import Overloaded
 from victoria.gateway.backend import Backend
 from victoria.gateway.requests import (
     BadRequest,
@@ -41,6 +42,12 @@ def correlation_id(request: Request) -> str:
     return clean_header(request.headers.get("x-correlation-id")) or uuid.uuid4().hex
 
 
+def scoped(request: Request, idempotency_key: str) -> str:
+    """A key is one route's: the same key sent to ``/run`` and to ``/stream`` names two requests,
+    whose answers differ in kind (JSON, an event stream)."""
+    return f"{request.method} {request.url.path} {idempotency_key}"
+
+
 async def submit(
     request: Request,
     backend: Backend,
@@ -58,6 +65,11 @@ async def submit(
     streamed answer is not kept: its repeat streams the same task again."""
     idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
     try:
+        await backend.admission.admit()
+    except Overloaded:
+        backend.metrics.refusal("overloaded")
+        raise
+    try:
         project = backend.registry.project(body.project_context)
     except UnknownProject as exc:
         raise BadRequest(422, "invalid_field", str(exc), "project_context") from None
@@ -67,7 +79,7 @@ async def submit(
     task_id = task_id or uuid.uuid4().hex
     first = True
     if idempotency_key is not None:
-        claim = await backend.idempotency.claim(idempotency_key, task_id)
+        claim = await backend.idempotency.claim(scoped(request, idempotency_key), task_id)
         if not claim.new:
             record = claim.record
             if record.code is not None and record.body is not None:
@@ -106,7 +118,7 @@ async def submit(
     response = await answer(task_id)
     if idempotency_key is not None and first and not isinstance(response, StreamingResponse):
         await backend.idempotency.remember(
-            idempotency_key, task_id, response.status_code, bytes(response.body)
+            scoped(request, idempotency_key), task_id, response.status_code, bytes(response.body)
         )
     return response
 

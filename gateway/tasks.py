@@ -12,8 +12,9 @@ from victoria.events import subjects
 from victoria.events.contracts import TaskCancelRequested
 from victoria.events.fold import TaskHistory
 from victoria.gateway.backend import Backend
-from victoria.gateway.follow import Quiet, Stored, Tokens, follow
+from victoria.gateway.follow import Progress, Quiet, Stored, Tokens, follow
 from victoria.gateway.http import json_response, not_found
+from victoria.gateway.schemas import CancelRequested
 from victoria.runtime import bus
 
 CANCEL_VIEW_WAIT: Final = 2.0  # seconds a cancel waits for this gateway's view to show its effect
@@ -30,7 +31,10 @@ async def status(request: Request, backend: Backend) -> Response:
     history = await lookup(backend, request.path_params["task_id"])
     if history is None:
         return not_found(request.path_params["task_id"])
-    return json_response(history.view())
+    view = history.view()
+    if view.status == "running" and (wait := backend.views.model_wait(view.task_id)) is not None:
+        view.stage, view.model_wait = "waiting_for_model", wait
+    return json_response(view)
 
 
 async def cancel(request: Request, backend: Backend) -> Response:
@@ -50,7 +54,7 @@ async def cancel(request: Request, backend: Backend) -> Response:
     await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
     if history.terminal and history.status != "cancelled":
         return json_response(history.view(), 200)  # it had ended before the request
-    return json_response({"task_id": task_id, "status": history.status, "cancel": "requested"}, 202)
+    return json_response(CancelRequested(task_id=task_id, status=history.status, cancel="requested"), 202)
 
 
 async def events(request: Request, backend: Backend) -> Response:
@@ -73,5 +77,7 @@ async def _sse(backend: Backend, task_id: str) -> AsyncIterator[bytes]:
             yield b": keep-alive\n\n"
         elif isinstance(item, Tokens):
             yield b"event: token_chunk\ndata: %s\n\n" % item.data
+        elif isinstance(item, Progress):
+            yield b"event: model_wait\ndata: %s\n\n" % item.data
         elif isinstance(item, Stored):
             yield b"id: %d\nevent: %s\ndata: %s\n\n" % (item.seq, item.tag.encode(), item.data)

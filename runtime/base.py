@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from victoria import __version__
 from victoria.events import subjects
 from victoria.events.codec import encode
-from victoria.events.contracts import Heartbeat, ServiceStarted, utcnow
+from victoria.events.contracts import Heartbeat, utcnow
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import Handler, WorkConsumer
 
@@ -68,18 +68,8 @@ class Actor:
             return
         self._started = True
         await self.on_start()
-        await self.js.publish(
-            subjects.service_event(self.name, self.instance, "started"),
-            encode(
-                ServiceStarted(
-                    name=self.name,
-                    instance=self.instance,
-                    pid=os.getpid(),
-                    version=__version__,
-                    restarts=self.restarts,
-                )
-            ),
-        )
+        # The first heartbeat announces the process: the monitor, which alone may publish service
+        # events besides the supervisor, stores its ``service_started`` (pid, version, restarts).
         self.spawn(self._heartbeat_loop())
         log.info("%s instance %s started, pid %d", self.name, self.instance, os.getpid())
 

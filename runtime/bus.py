@@ -21,13 +21,20 @@ from nats.js.errors import (
     BucketNotFoundError,
     NoStreamResponseError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 
-from victoria.errors import BrokerUnavailable, FencingUnsupported
+from victoria.errors import (
+    BrokerRefused,
+    BrokerUnavailable,
+    FencingUnsupported,
+    ReplicasUnavailable,
+    StreamMissing,
+)
 from victoria.events import subjects
 from victoria.events.codec import encode, task_decoder
 from victoria.events.contracts import AnyTaskEvent, DeadLetter, LLMResult, TaskEvent
-from victoria.runtime import images, memory
+from victoria.runtime import credentials, images, memory
 from victoria.runtime.config import DEFAULT_DEDUP_WINDOW, Config
 from victoria.runtime.protocol import (
     WRONG_LAST_SEQUENCE,
@@ -42,16 +49,26 @@ log = logging.getLogger(__name__)
 
 DAY: Final = 86_400.0  # seconds
 PUBLISH_TIMEOUT: Final = 5.0  # seconds, one JetStream publish
+STREAMS_WAIT: Final = 30.0  # seconds a starting process waits for JetStream to answer
+STREAM_AWAY_WAIT: Final = 15.0  # seconds a publish waits for a stream that has no leader
+JETSTREAM_UNAVAILABLE: Final = 10008  # "JetStream system temporarily unavailable"
 REPLAY_FETCH_TIMEOUT: Final = 5.0  # seconds, one batch of a task's history
+PLACEMENT_ERRORS: Final = frozenset({10074, 10023, 10005})
+"""JetStream's answers when a stream's replicas cannot be placed: replicas > 1 on a server without
+a cluster; insufficient resources; no suitable peers."""
 IDEMPOTENCY_TTL: Final = 7 * DAY  # how long POST /run remembers an Idempotency-Key
+MODELS_TTL: Final = DAY  # a model server's shared state untouched this long is forgotten
 
 
-def stream_configs(*, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> list[jsapi.StreamConfig]:
+def stream_configs(
+    *, dedup_window: float = DEFAULT_DEDUP_WINDOW, replicas: int = 1
+) -> list[jsapi.StreamConfig]:
     """Every stream the system uses. Task and service events are on disk; heartbeats in memory.
 
     ``dedup_window`` (seconds) is the task streams' ``duplicate_window``: how long an append's
-    ``Nats-Msg-Id`` is remembered. Fencing, not this window, keeps a lost attempt from writing."""
-    return [
+    ``Nats-Msg-Id`` is remembered. Fencing, not this window, keeps a lost attempt from writing.
+    ``replicas`` (``VICTORIA_REPLICAS``) is every stream's number of copies, on as many servers."""
+    configs = [
         *(
             jsapi.StreamConfig(
                 name=subjects.task_stream(shard),
@@ -99,48 +116,138 @@ def stream_configs(*, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> list[jsapi.
             max_bytes=512 * 1024**2,
         ),
     ]
+    for config in configs:
+        config.num_replicas = replicas
+    return configs
 
 
-async def ensure_streams(js: JetStreamContext, *, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> None:
+async def ensure_streams(
+    js: JetStreamContext, *, dedup_window: float = DEFAULT_DEDUP_WINDOW, replicas: int = 1
+) -> None:
     """Create every stream that is missing. Safe to call from every process at every start.
 
     An existing stream is left as it is (its operator may have tuned it); only its subjects are
     checked, since routing depends on them.
+
+    Only the NATS user ``supervisor`` may create or change a stream (nats.conf): the server drops
+    anyone else's request, which then times out, and ``StreamMissing`` names the stream and what to
+    do. With every stream in place, this only reads. ``replicas`` applies to what is created
+    (streams and buckets); ``ReplicasUnavailable`` when the servers are too few for it.
     """
-    for config in stream_configs(dedup_window=dedup_window):
+    for config in stream_configs(dedup_window=dedup_window, replicas=replicas):
+        name = config.name or ""
         try:
-            info = await js.stream_info(config.name or "")
+            info = await js.stream_info(name)
         except NotFoundError:
-            with contextlib.suppress(BadRequestError):  # another process made it in the meantime
-                await js.add_stream(config=config)
+            await creating(name, "is missing", js.add_stream(config=config), replicas=replicas)
             continue
         if sorted(info.config.subjects or []) != sorted(config.subjects or []):
-            log.warning("stream %s has subjects %s; updating", config.name, info.config.subjects)
-            await js.update_stream(config=config)
-    await images.ensure_bucket(js)
+            log.warning("stream %s has subjects %s; updating", name, info.config.subjects)
+            await creating(name, f"has the subjects {info.config.subjects}", js.update_stream(config=config))
+    try:
+        await js.object_store(subjects.IMAGES_BUCKET)
+    except (NotFoundError, BucketNotFoundError):
+        await creating(
+            f"OBJ_{subjects.IMAGES_BUCKET}",
+            "is missing",
+            js.create_object_store(
+                subjects.IMAGES_BUCKET,
+                config=jsapi.ObjectStoreConfig(
+                    description="images sent with goals, by SHA-256",
+                    ttl=images.TTL,
+                    storage=jsapi.StorageType.FILE,
+                    replicas=replicas,
+                ),
+            ),
+            replicas=replicas,
+        )
     await ensure_key_value(
         js,
         subjects.IDEMPOTENCY_BUCKET,
+        replicas=replicas,
         ttl=IDEMPOTENCY_TTL,
         description="Idempotency-Key of POST /run -> the first answer",
     )
     await ensure_key_value(
         js,
         subjects.SESSIONS_BUCKET,
+        replicas=replicas,
         ttl=memory.TTL,
         description="session id -> its last exchanges (goal, answer)",
     )
+    await ensure_key_value(
+        js,
+        subjects.MODELS_BUCKET,
+        replicas=replicas,
+        ttl=MODELS_TTL,
+        description="model servers: what each runs now, what waits for it, what it serves",
+    )
 
 
-async def ensure_key_value(js: JetStreamContext, bucket: str, *, ttl: float, description: str) -> None:
+async def wait_for_streams(
+    js: JetStreamContext,
+    *,
+    dedup_window: float = DEFAULT_DEDUP_WINDOW,
+    replicas: int = 1,
+    timeout: float = STREAMS_WAIT,
+) -> None:
+    """``ensure_streams``, asked again while the servers do not answer (a cluster electing its
+    leaders after a server went away), until ``timeout`` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await ensure_streams(js, dedup_window=dedup_window, replicas=replicas)
+            return
+        except (
+            TimeoutError,
+            nats.errors.NoRespondersError,
+            NoStreamResponseError,
+            ServiceUnavailableError,
+        ) as exc:
+            if loop.time() > deadline:
+                raise BrokerUnavailable(f"JetStream did not answer within {timeout:g}s: {exc!r}") from None
+            log.info("JetStream does not answer yet (%r); asking again", exc)
+            await asyncio.sleep(0.5)
+
+
+async def ensure_key_value(
+    js: JetStreamContext, bucket: str, *, ttl: float, description: str, replicas: int = 1
+) -> None:
     """A key-value bucket on disk, one value a key, made if missing."""
     try:
         await js.key_value(bucket)
     except (NotFoundError, BucketNotFoundError):
-        with contextlib.suppress(BadRequestError):  # another process made it in the meantime
-            await js.create_key_value(
-                bucket=bucket, history=1, ttl=ttl, storage=jsapi.StorageType.FILE, description=description
-            )
+        await creating(
+            f"KV_{bucket}",
+            "is missing",
+            js.create_key_value(
+                bucket=bucket,
+                history=1,
+                ttl=ttl,
+                storage=jsapi.StorageType.FILE,
+                description=description,
+                replicas=replicas,
+            ),
+            replicas=replicas,
+        )
+
+
+async def creating(stream: str, problem: str, change: Awaitable[object], *, replicas: int = 1) -> None:
+    """Create or change a stream; ``StreamMissing`` when the server does not answer (NATS drops a
+    request its user may not make, and says so only in the connection's error callback);
+    ``ReplicasUnavailable`` when the servers are too few for ``replicas``."""
+    try:
+        await change
+    except TimeoutError:
+        raise StreamMissing(stream, problem) from None
+    except APIError as exc:
+        if exc.err_code in PLACEMENT_ERRORS:
+            raise ReplicasUnavailable(stream, replicas, exc.description or str(exc)) from None
+        if not isinstance(exc, BadRequestError):
+            raise
+        # Another process made it in the meantime (10058: the name is in use).
+        log.debug("stream %s: %s", stream, exc)
 
 
 async def connect(
@@ -149,48 +256,91 @@ async def connect(
     name: str,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     connect_timeout: float = 5.0,
+    user: str | None = None,
+    password: str | None = None,
+    creds_file: Path | None = None,
 ) -> NATS:
-    """Connect with endless reconnects: a NATS restart is something to ride out, not to die of."""
+    """Connect with endless reconnects: a NATS restart is something to ride out, not to die of.
 
-    async def error_cb(exc: Exception) -> None:
-        log.warning("nats %s: %s", type(exc).__name__, exc)
+    ``user`` and ``password`` (or a NATS ``creds_file``) authenticate; credentials in ``url``
+    win over them. A server without authorization ignores them. Log lines show the URL without
+    its password. A connection as a user takes its replies on ``_INBOX.<user>.>``, the only
+    inboxes nats.conf lets that user subscribe to: nobody reads another's replies."""
+    shown = credentials.redact(url)
+    if credentials.has_credentials(url):
+        user = password = creds_file = None
+    inbox_prefix = credentials.inbox_prefix(user or credentials.user_in(url))
 
     client: list[NATS] = []
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[Exception] = loop.create_future()
+
+    async def error_cb(exc: Exception) -> None:
+        if not client and _authorization_violation(exc):
+            # At the first connect nats-py would try again forever: no waiting mends this.
+            if not refused.done():
+                refused.set_result(exc)
+            return
+        log.warning("nats %s: %s", type(exc).__name__, exc)
 
     async def disconnected_cb() -> None:
-        if client and client[0].is_closed:  # our own close or drain, at a clean stop
-            log.debug("nats connection to %s closed", url)
+        if not client or client[0].is_closed:  # our own close or drain, or a first connect given up
+            log.debug("nats connection to %s closed", shown)
         else:
-            log.warning("nats disconnected from %s", url)
+            log.warning("nats disconnected from %s", shown)
 
     async def reconnected_cb() -> None:
-        log.info("nats reconnected to %s", url)
+        log.info("nats reconnected to %s", shown)
         if on_reconnect is not None:
             await on_reconnect()
 
-    deadline = asyncio.get_running_loop().time() + connect_timeout
-    last: Exception | None = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            nc = await nats.connect(
-                servers=[url],
-                name=name,
-                connect_timeout=min(2.0, connect_timeout),
-                reconnect_time_wait=0.5,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                ping_interval=5,
-                max_outstanding_pings=3,
-                error_cb=error_cb,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-            )
+    deadline = loop.time() + connect_timeout
+    last: BaseException | None = None
+    while loop.time() < deadline:
+        nc = NATS()
+        options: dict[str, Any] = {
+            "servers": credentials.servers(url),
+            "name": name,
+            "connect_timeout": min(2.0, connect_timeout),
+            "reconnect_time_wait": 0.5,
+            "max_reconnect_attempts": -1,
+            "allow_reconnect": True,
+            "ping_interval": 5,
+            "max_outstanding_pings": 3,
+            "error_cb": error_cb,
+            "disconnected_cb": disconnected_cb,
+            "reconnected_cb": reconnected_cb,
+            "user": user,
+            "password": password,
+            "user_credentials": str(creds_file) if creds_file is not None else None,
+            "inbox_prefix": inbox_prefix,
+        }
+        attempt = asyncio.ensure_future(nc.connect(**options))
+        waiting: set[asyncio.Future[Any]] = {attempt, refused}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
             client.append(nc)
             return nc
-        except Exception as exc:  # nats raises several unrelated types for "not there yet"
-            last = exc
-            await asyncio.sleep(0.2)
-    raise BrokerUnavailable(f"cannot connect to NATS at {url}: {last}")
+        if attempt.done():
+            last = attempt.exception()
+        else:
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if refused.done():
+            who = f"the user {user!r}" if user else f"the creds {creds_file}" if creds_file else "no user"
+            raise BrokerRefused(
+                f"NATS at {shown} refused {who}: authorization violation (wrong or missing credentials: "
+                "VICTORIA_NATS_USER and VICTORIA_NATS_PASSWORD, VICTORIA_NATS_CREDS, or the data dir's "
+                "nats-credentials.json)"
+            )
+        await asyncio.sleep(0.2)
+    raise BrokerUnavailable(f"cannot connect to NATS at {shown}: {last}")
+
+
+def _authorization_violation(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 def resolve_nats_url(config: Config, explicit: str | None = None) -> str:
@@ -220,12 +370,12 @@ def fenced_appends(nc: NATS, url: str, *, allow_unfenced: bool) -> bool:
     if fencing_supported(version):
         return True
     if not allow_unfenced:
-        raise FencingUnsupported(url, format_version(version))
+        raise FencingUnsupported(credentials.redact(url), format_version(version))
     log.warning(
         "nats-server %s at %s cannot fence appends; running unfenced as VICTORIA_ALLOW_UNFENCED says: "
         "an attempt that lost its task may still write to its history",
         format_version(version),
-        url,
+        credentials.redact(url),
     )
     return False
 
@@ -243,11 +393,24 @@ async def publish(nc: NATS, subject: str, payload: bytes, headers: dict[str, str
     What ``js.publish`` does, through nats-py's public request API, with the acknowledgement
     decoded by msgspec (``protocol.decode_pub_ack``) instead of ``json.loads``, and without raising
     for a refusal: a fenced writer reads what refused it."""
-    try:
-        reply = await nc.request(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
-    except nats.errors.NoRespondersError:
-        raise NoStreamResponseError from None
-    return decode_pub_ack(reply.data)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_AWAY_WAIT
+    delay = 0.05
+    while True:
+        try:
+            reply = await nc.request(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+            answer = decode_pub_ack(reply.data)
+            if answer.error_code != JETSTREAM_UNAVAILABLE:
+                return answer
+        except nats.errors.NoRespondersError:
+            pass
+        # Nothing was stored: the stream has no leader now (a server of the cluster went away and
+        # its replicas elect another, which takes seconds). Publish again until it is back.
+        if loop.time() + delay > deadline:
+            raise NoStreamResponseError from None
+        log.debug("no stream answers %s; publishing again in %.2fs", subject, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def raise_for(answer: PubAck) -> None:
@@ -311,12 +474,13 @@ async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] 
     all_headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
     if headers:
         all_headers.update(headers)
-    answer = await publish(
-        nc, subjects.llm_result(result.task_id, result.request_id), encode(result), all_headers
-    )
+    payload = encode(result)
+    answer = await publish(nc, subjects.llm_result(result.task_id, result.request_id), payload, all_headers)
     if answer.error_code == WRONG_LAST_SEQUENCE or answer.duplicate:
         return False
     raise_for(answer)
+    # Stored: now tell the attempt that waits (an answer it acts on is always in the log).
+    await nc.publish(subjects.result_stored(result.task_id, result.request_id), payload)
     return True
 
 

@@ -7,11 +7,13 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
 from victoria.errors import ConfigError
+from victoria.runtime import modelservers
+from victoria.runtime.modelservers import ModelServer
 
 DEFAULT_LLM_URL: Final = "http://127.0.0.1:11434"
 DEFAULT_LLM_API: Final = "ollama"
@@ -42,6 +44,9 @@ DEFAULT_PROBE_INTERVAL: Final = 10.0  # seconds
 DEFAULT_PROBE_TIMEOUT: Final = 3.0  # seconds
 DEFAULT_PROBE_FAILURES: Final = 3  # in a row
 DEFAULT_PROBE_SUCCESSES: Final = 1  # in a row
+DEFAULT_MODEL_MAX_WAIT: Final = 30.0  # seconds a call waits for its model before the server swaps
+DEFAULT_MAX_TASKS_IN_FLIGHT: Final = 10_000  # tasks queued or running before POST /run says 503
+MIN_TOKEN_LENGTH: Final = 16  # characters of an API token
 
 T = TypeVar("T")
 
@@ -60,14 +65,23 @@ def default_instance() -> str:
     return host[:48]
 
 
-def _get(environ: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], what: str) -> T:
+def _get(
+    environ: Mapping[str, str],
+    name: str,
+    default: T,
+    parse: Callable[[str], T],
+    what: str,
+    *,
+    secret: bool = False,
+) -> T:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         return parse(raw.strip())
     except (ValueError, TypeError):
-        raise ConfigError(name, f"expected {what}, got {raw!r}") from None
+        got = f"{len(raw.strip())} characters" if secret else repr(raw)
+        raise ConfigError(name, f"expected {what}, got {got}") from None
 
 
 def _positive_float(raw: str) -> float:
@@ -97,10 +111,18 @@ def _url(raw: str) -> str:
     return raw.rstrip("/")
 
 
-def _nats_url(raw: str) -> str:
-    if not re.match(r"^(nats|tls|ws|wss)://\S+$", raw):
+def _trace_url(raw: str) -> str:
+    if "{trace_id}" not in raw:
         raise ValueError(raw)
-    return raw
+    return _url(raw)
+
+
+def _nats_url(raw: str) -> str:
+    """One server's URL, or a comma-separated list of them (a cluster's)."""
+    servers = [part.strip() for part in raw.split(",")]
+    if not all(re.match(r"^(nats|tls|ws|wss)://\S+$", server) for server in servers):
+        raise ValueError(raw)
+    return ",".join(servers)
 
 
 def _dsn(raw: str) -> str:
@@ -118,12 +140,66 @@ def _bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def _replicas(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 5:  # JetStream's own bound
+        raise ValueError(raw)
+    return value
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _token(raw: str) -> str:
+    if len(raw) < MIN_TOKEN_LENGTH or any(c.isspace() for c in raw):
+        raise ValueError("a short token")  # the message must not echo the token
+    return raw
+
+
+def _existing_file(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ValueError(raw)
+    return path
+
+
+def _nats_user(env: Mapping[str, str]) -> str | None:
+    user = _get(env, "VICTORIA_NATS_USER", None, str, "a NATS user name")
+    if user is not None and not env.get("VICTORIA_NATS_PASSWORD", "").strip():
+        raise ConfigError("VICTORIA_NATS_PASSWORD", "not set, but VICTORIA_NATS_USER is: set both")
+    return user
+
+
 def _api(raw: str) -> Literal["ollama", "openai"]:
     if raw == "ollama":
         return "ollama"
     if raw == "openai":
         return "openai"
     raise ValueError(raw)
+
+
+def _model_servers(env: Mapping[str, str]) -> tuple[tuple[ModelServer, ...], Path | None]:
+    default: modelservers.Api = "ollama"
+    api = _get(env, "VICTORIA_LLM_API", default, _api, "ollama or openai")
+    path = _get(env, "VICTORIA_MODELS_FILE", None, _existing_file, "a readable file")
+    if path is not None:
+        try:
+            return modelservers.load_file(path, api), path
+        except ValueError as exc:
+            raise ConfigError("VICTORIA_MODELS_FILE", str(exc)) from None
+    fallback: tuple[ModelServer, ...] = (ModelServer(url=DEFAULT_LLM_URL, api=api),)
+    servers = _get(
+        env,
+        "VICTORIA_LLM_URL",
+        fallback,
+        lambda raw: modelservers.parse_urls(raw, api),
+        "http(s) URLs, comma-separated, each optionally after ollama: or openai:",
+    )
+    return servers, None
 
 
 def _instance(raw: str) -> str:
@@ -138,6 +214,14 @@ class Config:
     """NATS_URL: the broker. None means: find it in the data dir (or, for ``up``, start one)."""
     data_dir: Path
     """VICTORIA_DATA_DIR: JetStream store, the NATS URL file and server log of ``victoria up``."""
+    nats_user: str | None = None
+    """VICTORIA_NATS_USER: the NATS user to connect as (with VICTORIA_NATS_PASSWORD). ``victoria up``
+    gives each process it starts its own; alone, a process takes its role's entry in the data dir's
+    ``nats-credentials.json`` when this is unset (``victoria.runtime.credentials``)."""
+    nats_password: str | None = field(default=None, repr=False)
+    """VICTORIA_NATS_PASSWORD: that user's password."""
+    nats_creds: Path | None = None
+    """VICTORIA_NATS_CREDS: a NATS creds file (JWT and NKey seed) to connect with instead."""
     llm_url: str = DEFAULT_LLM_URL
     """VICTORIA_LLM_URL: base URL of the model server."""
     llm_api: Literal["ollama", "openai"] = "ollama"
@@ -209,6 +293,36 @@ class Config:
     """VICTORIA_PROBE_FAILURES: failures in a row before a dependency is down."""
     probe_successes: int = DEFAULT_PROBE_SUCCESSES
     """VICTORIA_PROBE_SUCCESSES: successes in a row before it is up again."""
+    api_token: str | None = field(default=None, repr=False)
+    """VICTORIA_API_TOKEN: a token every gateway route but /health and /ready asks for (Bearer, or
+    the password of HTTP Basic auth); also what ``victoria run`` and the other commands send."""
+    api_tokens_file: Path | None = None
+    """VICTORIA_API_TOKENS_FILE: a file of tokens, one client a line (``name token``), read again
+    when it changes, so that one client's token can be revoked without a restart."""
+    replicas: int = 1
+    """VICTORIA_REPLICAS: copies of every stream and bucket made at start, each on its own server
+    (1 on one machine, 3 on a cluster: it survives the loss of one server). Streams that exist
+    keep theirs."""
+    max_tasks_in_flight: int = DEFAULT_MAX_TASKS_IN_FLIGHT
+    """VICTORIA_MAX_TASKS_IN_FLIGHT: tasks queued or running past which the gateway refuses new ones
+    with 503 and ``Retry-After`` (0: no limit)."""
+    trace_url: str | None = None
+    """VICTORIA_TRACE_URL: one trace in a trace viewer, ``{trace_id}`` where its id goes (Jaeger:
+    ``http://127.0.0.1:16686/trace/{trace_id}``); the dashboard links each task's trace there."""
+
+    llm_servers: tuple[ModelServer, ...] = ()
+    """VICTORIA_LLM_URL as a list (``[api:]url``, comma-separated) or VICTORIA_MODELS_FILE: every
+    model server the runner may call. Empty: the one of ``llm_url`` and ``llm_api``."""
+    models_file: Path | None = None
+    """VICTORIA_MODELS_FILE: a TOML file of model servers (``runtime/modelservers.py``)."""
+    model_max_wait: float = DEFAULT_MODEL_MAX_WAIT
+    """VICTORIA_MODEL_MAX_WAIT: seconds a call for a model that is not loaded waits while the loaded
+    one still has work; then the server is made to swap."""
+
+    @property
+    def servers(self) -> tuple[ModelServer, ...]:
+        """The model servers, never empty."""
+        return self.llm_servers or (ModelServer(url=self.llm_url, api=self.llm_api),)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -216,11 +330,22 @@ class Config:
         level = env.get("VICTORIA_LOG_LEVEL", "INFO").strip().upper() or "INFO"
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("VICTORIA_LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        servers, models_file = _model_servers(env)
         return cls(
-            nats_url=_get(env, "NATS_URL", None, _nats_url, "a nats:// URL"),
+            nats_url=_get(
+                env, "NATS_URL", None, _nats_url, "a nats:// URL or a comma-separated list of them"
+            ),
             data_dir=_get(env, "VICTORIA_DATA_DIR", default_data_dir(env), Path, "a directory"),
-            llm_url=_get(env, "VICTORIA_LLM_URL", DEFAULT_LLM_URL, _url, "an http(s) URL"),
-            llm_api=_get(env, "VICTORIA_LLM_API", "ollama", _api, "ollama or openai"),
+            nats_user=_nats_user(env),
+            nats_password=_get(env, "VICTORIA_NATS_PASSWORD", None, str, "a password", secret=True),
+            nats_creds=_get(env, "VICTORIA_NATS_CREDS", None, _existing_file, "a readable file"),
+            llm_url=servers[0].url,
+            llm_api=servers[0].api,
+            llm_servers=servers,
+            models_file=models_file,
+            model_max_wait=_get(
+                env, "VICTORIA_MODEL_MAX_WAIT", DEFAULT_MODEL_MAX_WAIT, _positive_float, "seconds"
+            ),
             model=_get(env, "VICTORIA_MODEL", DEFAULT_MODEL, str, "a model name"),
             llm_timeout=_get(env, "VICTORIA_LLM_TIMEOUT", DEFAULT_LLM_TIMEOUT, _positive_float, "seconds"),
             task_deadline=_get(
@@ -300,8 +425,31 @@ class Config:
             probe_successes=_get(
                 env, "VICTORIA_PROBE_SUCCESSES", DEFAULT_PROBE_SUCCESSES, _positive_int, "a count"
             ),
+            api_token=_get(
+                env,
+                "VICTORIA_API_TOKEN",
+                None,
+                _token,
+                f"a token of {MIN_TOKEN_LENGTH} or more characters, no spaces",
+                secret=True,
+            ),
+            api_tokens_file=_get(env, "VICTORIA_API_TOKENS_FILE", None, _existing_file, "a readable file"),
+            replicas=_get(env, "VICTORIA_REPLICAS", 1, _replicas, "1 to 5"),
+            max_tasks_in_flight=_get(
+                env,
+                "VICTORIA_MAX_TASKS_IN_FLIGHT",
+                DEFAULT_MAX_TASKS_IN_FLIGHT,
+                _count,
+                "a count (0: no limit)",
+            ),
+            trace_url=_get(env, "VICTORIA_TRACE_URL", None, _trace_url, "an http(s) URL with {trace_id}"),
         )
 
     @property
     def nats_url_file(self) -> Path:
         return self.data_dir / "nats.url"
+
+    @property
+    def nats_credentials_file(self) -> Path:
+        """The NATS users' passwords, made by ``victoria up`` at its first start (mode 0600)."""
+        return self.data_dir / "nats-credentials.json"

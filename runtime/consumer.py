@@ -21,11 +21,22 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
 from victoria.runtime.protocol import pull_status
 
 log = logging.getLogger(__name__)
+
+BROKER_AWAY: Final = (
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    nats.errors.ConnectionClosedError,
+)
+"""What a handler meets while NATS is away or a stream elects a leader: the message is handed back."""
+START_WAIT: Final = 30.0  # seconds a starting consumer waits for its stream to answer
+AWAY_REDELIVERY: Final = 2.0  # seconds before a message whose handler met BROKER_AWAY comes again
 
 FETCH_WAIT: Final = 5.0  # seconds one pull request stays open at the server
 MAX_BATCH: Final = 256  # messages one pull request asks for
@@ -79,11 +90,22 @@ class WorkConsumer:
     async def start(self) -> None:
         if self._loop_task is not None:
             return
-        try:
-            await self.js.add_consumer(self.stream, config=self.config)
-        except BadRequestError as exc:
-            # Already there with other settings (an older version made it): use it as it is.
-            log.warning("consumer %s exists with other settings, using it: %s", self.durable, exc)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_WAIT
+        while True:
+            try:
+                await self.js.add_consumer(self.stream, config=self.config)
+                break
+            except BadRequestError as exc:
+                # Already there with other settings (an older version made it): use it as it is.
+                log.warning("consumer %s exists with other settings, using it: %s", self.durable, exc)
+                break
+            except BROKER_AWAY as exc:
+                # The stream elects a leader (a server of the cluster just went away): ask again.
+                if loop.time() > deadline:
+                    raise
+                log.info("consumer %s on %s not made yet (%r); asking again", self.durable, self.stream, exc)
+                await asyncio.sleep(0.5)
         self._loop_task = asyncio.create_task(self._loop(), name=f"consume-{self.durable}")
         self._keepalive_task = asyncio.create_task(self._keep_alive(), name=f"keepalive-{self.durable}")
 
@@ -151,8 +173,13 @@ class WorkConsumer:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.active.pop(task, None)
         self._slot_free.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("handler of %s failed", self.durable, exc_info=task.exception())
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if isinstance(exc, BROKER_AWAY):
+            # A server of the cluster went away and its streams elect new leaders: no bug here.
+            log.warning("handler of %s: NATS did not answer (%s); the message comes again", self.durable, exc)
+        else:
+            log.error("handler of %s failed", self.durable, exc_info=exc)
 
     async def _run(self, msg: Msg) -> None:
         try:
@@ -164,6 +191,9 @@ class WorkConsumer:
         except asyncio.CancelledError:
             # Stopping: hand the message back at once instead of waiting out ack_wait.
             await _quietly(msg.nak())
+            raise
+        except BROKER_AWAY:
+            await _quietly(msg.nak(delay=AWAY_REDELIVERY))
             raise
         except Exception:
             await _quietly(msg.nak(delay=1.0))

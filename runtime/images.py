@@ -10,14 +10,12 @@ stored once. Images are kept 7 days, as long as an ``Idempotency-Key``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 from collections import OrderedDict
 from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js import api as jsapi
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from victoria.errors import ImageMissing
@@ -31,19 +29,6 @@ CACHED: Final = 16  # images a runner keeps in memory, most recently used
 
 def image_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-async def ensure_bucket(js: JetStreamContext) -> None:
-    try:
-        await js.object_store(subjects.IMAGES_BUCKET)
-    except (NotFoundError, BucketNotFoundError):
-        with contextlib.suppress(BadRequestError):  # another process made it in the meantime
-            await js.create_object_store(
-                subjects.IMAGES_BUCKET,
-                config=jsapi.ObjectStoreConfig(
-                    description="images sent with goals, by SHA-256", ttl=TTL, storage=jsapi.StorageType.FILE
-                ),
-            )
 
 
 class ImageStore:

@@ -8,13 +8,16 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from victoria.errors import EmbeddedServerError
 
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GOMEMLIMIT: Final = "96MiB"  # a soft limit: the server goes past it when it must
 START_TIMEOUT: Final = 10.0  # seconds until the server has written its ports file
 STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL
+CLUSTER_NAME: Final = "victoria"
 _EXE: Final = "nats-server.exe" if os.name == "nt" else "nats-server"
 
 
@@ -91,10 +95,28 @@ def _alive(pid: int) -> bool:
 
 
 class EmbeddedNats:
-    """Start and stop one nats-server whose JetStream lives under ``data_dir``."""
+    """Start and stop one nats-server whose JetStream lives under ``data_dir``.
 
-    def __init__(self, data_dir: Path, *, binary: Path | None = None) -> None:
+    ``environment`` is added to the server's: the users' passwords that nats.conf refers to
+    (``victoria.runtime.credentials.server_environment``)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        binary: Path | None = None,
+        environment: Mapping[str, str] | None = None,
+        node: ClusterNode | None = None,
+        routes: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
+        self.environment = dict(environment or {})
+        self.node = node
+        """This server's place in a cluster (None: a server alone)."""
+        self.routes = list(routes)
+        self.port: int | None = node.client_port if node is not None else None
+        """The client port: chosen by the kernel at the first start, then kept, so that a restarted
+        server is where every process looks for it."""
         self.binary = binary or find_binary()
         self.store_dir = data_dir / "jetstream"
         self.log_file = data_dir / "nats-server.log"
@@ -132,7 +154,8 @@ class EmbeddedNats:
             for stale in self.ports_dir.glob("*.ports"):
                 stale.unlink(missing_ok=True)
         self.ports_dir.mkdir(exist_ok=True)
-        self.version = await asyncio.to_thread(binary_version, self.binary)
+        if self.version == "unknown":
+            self.version = await asyncio.to_thread(binary_version, self.binary)
         self.process = await asyncio.create_subprocess_exec(
             str(self.binary),
             "-c",
@@ -145,11 +168,12 @@ class EmbeddedNats:
             str(self.pid_file),
             "--ports_file_dir",
             str(self.ports_dir),
+            *self._placement(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            env=server_env(os.environ),
+            env={**server_env(os.environ), **self.environment},
         )
         ports = self.ports_dir / f"{Path(self.binary).name}_{self.process.pid}.ports"
         loop = asyncio.get_running_loop()
@@ -162,11 +186,32 @@ class EmbeddedNats:
             try:
                 info = json.loads(ports.read_text())
                 self.url = str(info["nats"][0])
+                self.port = urlsplit(self.url).port
                 return self.url
             except (OSError, ValueError, KeyError, IndexError):
                 await asyncio.sleep(0.02)
         await self.stop()
         raise EmbeddedServerError(f"nats-server did not report its port within {START_TIMEOUT}s")
+
+    def _placement(self) -> list[str]:
+        """Command-line options that override nats.conf: the kept client port, and the cluster."""
+        args = ["-p", str(self.port)] if self.port else []
+        if self.node is not None:
+            args += [
+                "-n",
+                self.node.name,
+                "--cluster_name",
+                CLUSTER_NAME,
+                "--cluster",
+                f"nats://127.0.0.1:{self.node.cluster_port}",
+                "--routes",
+                ",".join(self.routes),
+            ]
+        return args
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
 
     async def stop(self) -> None:
         process = self.process
@@ -178,3 +223,47 @@ class EmbeddedNats:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    name: str
+    client_port: int
+    cluster_port: int
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free on loopback now. A cluster's servers must know each other's route ports before
+    they start, so the kernel cannot choose them (as ``-p -1`` does for a lone server)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def embedded_servers(
+    data_dir: Path, nodes: int, *, binary: Path | None = None, environment: Mapping[str, str] | None = None
+) -> list[EmbeddedNats]:
+    """One server in ``data_dir`` (``nodes`` 1), or a cluster of ``nodes`` on loopback, each with its
+    own store under ``data_dir/cluster/n<i>``, routes to all the others, and JetStream."""
+    if nodes <= 1:
+        return [EmbeddedNats(data_dir, binary=binary, environment=environment)]
+    ports = _free_ports(2 * nodes)
+    members = [ClusterNode(f"n{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+    routes = [f"nats://127.0.0.1:{member.cluster_port}" for member in members]
+    return [
+        EmbeddedNats(
+            data_dir / "cluster" / member.name,
+            binary=binary,
+            environment=environment,
+            node=member,
+            routes=routes,
+        )
+        for member in members
+    ]

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, Final
 
-from victoria.runtime import bus
+from victoria.runtime import bus, credentials
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.logbus import BusLogHandler
@@ -89,12 +89,20 @@ async def serve_actor(
     restarts = int(os.environ.get("VICTORIA_RESTARTS", "0") or 0)
     tracing = Tracing(name, config.instance)
     tracing.start()
-    nc = await bus.connect(nats_url, name=f"{name}:{config.instance}", connect_timeout=15.0)
+    auth = credentials.for_role(config, name, nats_url)
+    nc = await bus.connect(
+        nats_url,
+        name=f"{name}:{config.instance}",
+        connect_timeout=15.0,
+        user=auth.user,
+        password=auth.password,
+        creds_file=auth.creds_file,
+    )
     if log_handler is not None:
         log_handler.attach(nc)
     try:
         fenced = bus.fenced_appends(nc, nats_url, allow_unfenced=config.allow_unfenced)
-        await bus.ensure_streams(nc.jetstream(), dedup_window=config.dedup_window)
+        await bus.wait_for_streams(nc.jetstream(), dedup_window=config.dedup_window, replicas=config.replicas)
         actor = factory(nc, config, restarts=restarts, fenced=fenced)
         await actor.start()
         settle_gc()

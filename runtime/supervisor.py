@@ -18,21 +18,24 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import httpx
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js.errors import NoStreamResponseError
 
 from victoria.errors import VictoriaError
 from victoria.events import subjects
 from victoria.events.codec import encode
-from victoria.events.contracts import ServiceDown
-from victoria.runtime import bus
+from victoria.events.contracts import ServiceDown, ServiceUp
+from victoria.runtime import bus, credentials
 from victoria.runtime.config import Config
 from victoria.runtime.logbus import BusLogHandler
-from victoria.runtime.natsserver import EmbeddedNats
+from victoria.runtime.natsserver import EmbeddedNats, embedded_servers
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,10 @@ ACTORS: Final = ("victoria", "veronica", "monitor", "llm-runner", "projector")
 BACKOFF_MAX: Final = 30.0  # seconds
 STABLE_AFTER: Final = 60.0  # seconds of uptime after which the backoff starts over
 STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL on shutdown
+REPORT_WAIT: Final = 30.0  # seconds a service event is offered to a NATS that does not answer
+JETSTREAM_TIMEOUT: Final = 30.0  # seconds for a new cluster to elect its JetStream meta leader
+NATS_SERVICE: Final = "nats-server"
+"""The service name of an embedded NATS server in service events."""
 READY_TIMEOUT: Final = 30.0  # seconds to wait for the gateway's /ready at start
 
 
@@ -68,6 +75,8 @@ class Child:
     started_at: float = 0.0
     crash_times: list[float] = field(default_factory=list)
     gave_up: bool = False
+    instance: str = ""
+    """VICTORIA_INSTANCE of this child; empty: the supervisor's own."""
 
 
 class Supervisor:
@@ -78,20 +87,33 @@ class Supervisor:
         nats_url: str | None,
         host: str,
         port: int,
+        insecure: bool = False,
+        nodes: int = 1,
+        instances: int = 1,
         log_handler: BusLogHandler | None = None,
     ) -> None:
         self.config = config
+        self.insecure = insecure
+        self.nodes = nodes
+        """Embedded NATS servers: 1, or a cluster of this many on loopback (``--nodes``)."""
+        self.instances = instances
+        """Processes of each actor but the monitor (``--instances``)."""
         self.log_handler = log_handler
         """Publishes this process's log records as ``victoria.log.up.<level>`` once NATS is up."""
         self.external_url = nats_url
         self.host = host
         self.port = port
-        self.nats: EmbeddedNats | None = None
+        self.servers: list[EmbeddedNats] = []
         self.nc: NATS | None = None
         self.url = ""
+        self.users: dict[str, str] = {}
+        """Every NATS user's password (``<data dir>/nats-credentials.json``)."""
+        self.auth = credentials.Auth()
+        """How this process connects to NATS."""
         self.children: list[Child] = []
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
+        self._reports: set[asyncio.Task[None]] = set()
         self._lock: TextIO | None = None
 
     async def run(self) -> int:
@@ -101,6 +123,7 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         started = time.monotonic()
         try:
+            self._check_exposure()
             self._lock_data_dir()
             self._check_port()
             await self._start_broker()
@@ -108,7 +131,7 @@ class Supervisor:
             if await self._wait_ready(stop):
                 print(
                     f"victoria ready in {time.monotonic() - started:.2f}s: http://{self.host}:{self.port} "
-                    f"(NATS {self.url})",
+                    f"(NATS {credentials.redact(self.url)})",
                     flush=True,
                 )
             await stop.wait()
@@ -119,6 +142,13 @@ class Supervisor:
             return 1
         finally:
             await self._shutdown()
+
+    def _check_exposure(self) -> None:
+        """Refuse, before anything starts, a gateway open to the network with no token asked for."""
+        from victoria.gateway.auth import Tokens, refuse_open_listen
+
+        tokens = Tokens.from_config(self.config)
+        refuse_open_listen(self.host, tokens_required=tokens.required, insecure=self.insecure)
 
     def _check_port(self) -> None:
         """Fail at once, and say why, when the gateway's port is taken (rather than crash-looping)."""
@@ -155,37 +185,184 @@ class Supervisor:
 
     async def _start_broker(self) -> None:
         data_dir = self.config.data_dir
+        users_file = self.config.nats_credentials_file
+        made = not users_file.exists()
+        self.users = credentials.load_or_create(users_file)
+        if made:
+            log.info("made passwords for the NATS users %s in %s", ", ".join(credentials.ROLES), users_file)
         if self.external_url:
             self.url = self.external_url
-            print(f"using NATS at {self.url}", flush=True)
+            # The operator's own credentials (in the URL, the environment, a creds file) rule there;
+            # else the users of nats.conf, from the credentials file.
+            self.auth = credentials.for_role(self.config, "supervisor", self.url)
+            print(f"using NATS at {credentials.redact(self.url)}", flush=True)
         else:
-            self.nats = EmbeddedNats(data_dir)
-            self.url = await self.nats.start()
+            self.servers = embedded_servers(
+                data_dir, self.nodes, environment=credentials.server_environment(self.users)
+            )
+            self.url = ",".join(await asyncio.gather(*(server.start() for server in self.servers)))
+            first = self.servers[0]
+            self.auth = credentials.Auth(
+                user="supervisor", password=self.users["supervisor"], source=str(users_file)
+            )
             print(
-                f"nats-server {self.nats.version} (embedded, {self.nats.binary}) listening on {self.url}; "
-                f"JetStream in {self.nats.store_dir}",
+                f"nats-server {first.version} (embedded, {first.binary}) listening on {self.url}; "
+                f"JetStream in {', '.join(str(server.store_dir) for server in self.servers)}",
                 flush=True,
             )
-        self.config.nats_url_file.write_text(self.url + "\n", encoding="utf-8")
-        self.nc = await bus.connect(self.url, name="supervisor", connect_timeout=10.0)
+        self.config.nats_url_file.write_text(
+            credentials.without_credentials(self.url) + "\n", encoding="utf-8"
+        )
+        self.nc = await bus.connect(
+            self.url,
+            name="supervisor",
+            connect_timeout=10.0,
+            user=self.auth.user,
+            password=self.auth.password,
+            creds_file=self.auth.creds_file,
+        )
         if self.log_handler is not None:
             self.log_handler.attach(self.nc)  # lines logged before this go out now
         # Refuses a server that cannot fence appends (older than 2.11) unless told otherwise.
         bus.fenced_appends(self.nc, self.url, allow_unfenced=self.config.allow_unfenced)
-        await bus.ensure_streams(self.nc.jetstream(), dedup_window=self.config.dedup_window)
+        if len(self.servers) > 1:
+            await self._wait_for_jetstream()
+        await bus.ensure_streams(
+            self.nc.jetstream(), dedup_window=self.config.dedup_window, replicas=self.config.replicas
+        )
+        for server in self.servers:
+            self._watchers.append(asyncio.create_task(self._supervise_server(server)))
+
+    async def _wait_for_jetstream(self) -> None:
+        """A cluster's JetStream answers once its servers have elected a meta leader."""
+        assert self.nc is not None
+        js = self.nc.jetstream(timeout=2.0)
+        deadline = time.monotonic() + JETSTREAM_TIMEOUT
+        while True:
+            try:
+                await js.account_info()
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise VictoriaError(
+                        f"the NATS cluster's JetStream did not answer within {JETSTREAM_TIMEOUT}s: {exc}"
+                    ) from None
+                await asyncio.sleep(0.2)
+
+    async def _supervise_server(self, server: EmbeddedNats) -> None:
+        """An embedded server that dies is started again, on the same ports, with its store: its
+        streams catch up from the others (in a cluster) or from its own disk."""
+        instance = self.config.instance + (f"-{server.node.name}" if server.node is not None else "")
+        backoff = self.config.restart_backoff
+        restarts = 0
+        while not self._stopping:
+            assert server.process is not None
+            code = await server.process.wait()
+            if self._stopping:
+                return
+            reason, exit_code, sig, oom = describe_exit(code)
+            log.warning("nats-server %s (pid %s) exited: %s", instance, server.process.pid, reason)
+            self._report(
+                self._publish(
+                    subjects.service_event(NATS_SERVICE, instance, "down"),
+                    ServiceDown(
+                        name=NATS_SERVICE,
+                        instance=instance,
+                        reason=reason,
+                        source="supervisor",
+                        pid=server.process.pid,
+                        exit_code=exit_code,
+                        signal=sig,
+                        likely_oom=oom,
+                        restarts=restarts,
+                    ),
+                )
+            )
+            while not self._stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                try:
+                    await server.start()
+                    break
+                except VictoriaError as exc:
+                    log.error("nats-server %s did not start again: %s", instance, exc)
+            if self._stopping:
+                return
+            restarts += 1
+            backoff = self.config.restart_backoff
+            log.info("nats-server %s started again (pid %s)", instance, server.process.pid)
+            self._report(
+                self._publish(
+                    subjects.service_event(NATS_SERVICE, instance, "up"),
+                    ServiceUp(
+                        name=NATS_SERVICE,
+                        instance=instance,
+                        reason=f"started again by the supervisor ({restarts} restarts)",
+                        source="supervisor",
+                        pid=server.process.pid,
+                    ),
+                )
+            )
+
+    def _report(self, publishing: Coroutine[Any, Any, None]) -> None:
+        """Publish in the background: a restart never waits for NATS to take the report."""
+        task = asyncio.create_task(publishing)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _publish(self, subject: str, event: ServiceDown | ServiceUp) -> None:
+        """Store a service event, asking again while NATS does not answer (a server of the cluster
+        just died, maybe the very one that was to tell), up to ``REPORT_WAIT`` seconds. The message
+        id makes a repeat of a publish that was stored after all a duplicate, not a second event."""
+        if self.nc is None:
+            return
+        headers = {"Nats-Msg-Id": f"{subject}:{event.pid}:{event.ts.isoformat()}"}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPORT_WAIT
+        while True:
+            try:
+                bus.raise_for(await bus.publish(self.nc, subject, encode(event), headers))
+                return
+            except (TimeoutError, NoStreamResponseError) as exc:
+                if loop.time() > deadline or self._stopping:
+                    log.error("could not publish %s: %s", subject, exc)
+                    return
+            except Exception as exc:  # NATS may be the thing that is down; the log line stays
+                log.error("could not publish %s: %s", subject, exc)
+                return
 
     def _start_children(self) -> None:
-        gateway = Child("gateway", ["gateway", "--host", self.host, "--port", str(self.port)])
+        gateway = Child(
+            "gateway",
+            [
+                "gateway",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                *(["--insecure"] if self.insecure else []),
+            ],
+        )
         # The projector keeps the task history in PostgreSQL: without a database it has nothing to do.
         actors = [name for name in ACTORS if name != "projector" or self.config.postgres_dsn]
-        self.children = [gateway] + [Child(name, ["actor", name]) for name in actors]
+        self.children = [gateway]
+        for name in actors:
+            count = 1 if name == "monitor" else self.instances
+            for k in range(1, count + 1):
+                instance = self.config.instance if count == 1 else f"{self.config.instance}-{k}"
+                self.children.append(Child(name, ["actor", name], instance=instance))
         for child in self.children:
             self._watchers.append(asyncio.create_task(self._supervise(child), name=f"supervise-{child.name}"))
 
     async def _spawn(self, child: Child) -> None:
         env = dict(os.environ)
+        if self.auth.source == str(self.config.nats_credentials_file):
+            # Each child gets its own role's user and password, and no other.
+            env = credentials.child_environment(env, child.name, self.users)
         env.update(
             NATS_URL=self.url,
+            VICTORIA_INSTANCE=child.instance or self.config.instance,
+            VICTORIA_REPLICAS=str(self.config.replicas),
             VICTORIA_PARENT_PID=str(os.getpid()),
             VICTORIA_RESTARTS=str(child.restarts),
             VICTORIA_DATA_DIR=str(self.config.data_dir),
@@ -213,7 +390,7 @@ class Supervisor:
             if give_up:
                 reason += f"; crash loop: {len(child.crash_times)} exits in {cfg.crash_loop_window:g}s, not restarting"
             log.warning("%s (pid %s) exited: %s", child.name, child.process.pid, reason)
-            await self._report_down(child, reason, exit_code, sig, oom)
+            self._report(self._report_down(child, reason, exit_code, sig, oom))
             if give_up:
                 child.gave_up = True
                 return
@@ -224,11 +401,10 @@ class Supervisor:
     async def _report_down(
         self, child: Child, reason: str, exit_code: int | None, sig: str | None, oom: bool
     ) -> None:
-        if self.nc is None:
-            return
+        instance = child.instance or self.config.instance
         event = ServiceDown(
             name=child.name,
-            instance=self.config.instance,
+            instance=instance,
             reason=reason,
             source="supervisor",
             pid=child.process.pid if child.process else None,
@@ -237,12 +413,7 @@ class Supervisor:
             likely_oom=oom,
             restarts=child.restarts,
         )
-        try:
-            await self.nc.jetstream().publish(
-                subjects.service_event(child.name, self.config.instance, "down"), encode(event), timeout=2.0
-            )
-        except Exception as exc:  # NATS may be the thing that is down; the log line stays
-            log.error("could not publish service_down for %s: %s", child.name, exc)
+        await self._publish(subjects.service_event(child.name, instance, "down"), event)
 
     async def _wait_ready(self, stop: asyncio.Event) -> bool:
         url = f"http://{self.host}:{self.port}/ready"
@@ -272,6 +443,8 @@ class Supervisor:
         for watcher in self._watchers:
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
+        if self._reports:  # reports under way get a moment to land
+            await asyncio.wait(self._reports, timeout=2.0)
         if self.log_handler is not None:
             await self.log_handler.aclose()
         if self.nc is not None:
@@ -279,7 +452,6 @@ class Supervisor:
                 await asyncio.wait_for(self.nc.close(), 2.0)
             except Exception as exc:  # closing anyway
                 log.debug("close: %s", exc)
-        if self.nats is not None:
-            await self.nats.stop()
+        await asyncio.gather(*(server.stop() for server in self.servers))
         url_file: Path = self.config.nats_url_file
         await asyncio.to_thread(url_file.unlink, missing_ok=True)

@@ -33,6 +33,19 @@ class FakeLLM:
         """Every image a request carried (base64), in either protocol's shape."""
         self.requests: list[dict[str, Any]] = []
         """Every chat request body, as it came."""
+        self.models: list[str] = ["fake"]
+        """What /api/tags and /v1/models list."""
+        self.load_time = 0.0
+        """Seconds a call for a model other than the loaded one costs first. When above 0 the
+        server holds one model and takes one call at a time (like Ollama on a big model)."""
+        self.loaded: str | None = None
+        self.swaps = 0
+        self.served: list[str] = []
+        """The model of every call answered, in order."""
+        self.serial = threading.Lock()
+        self.down = False
+        """True: every request is dropped without an answer (the connection closes), as when the
+        server is gone."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,12 +56,24 @@ class FakeLLM:
                 pass
 
             def do_GET(self) -> None:
+                if fake.down:
+                    self.close_connection = True
+                    return
                 if self.path in ("/api/tags", "/v1/models", "/"):
-                    self._send(200, {"models": [{"name": "fake"}], "data": [{"id": "fake"}]})
+                    names = list(fake.models)
+                    self._send(
+                        200, {"models": [{"name": n} for n in names], "data": [{"id": n} for n in names]}
+                    )
+                elif self.path == "/api/ps":
+                    loaded = [fake.loaded] if fake.loaded else []
+                    self._send(200, {"models": [{"name": n, "model": n} for n in loaded]})
                 else:
                     self._send(404, {"error": "not found"})
 
             def do_POST(self) -> None:
+                if fake.down:
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path not in ("/api/chat", "/v1/chat/completions"):
@@ -61,7 +86,18 @@ class FakeLLM:
                     fake.prompts[key] += 1
                     fake.requests.append(body)
                     fake.images.extend(images_in(body.get("messages") or []))
-                if fake.delay:
+                if fake.load_time > 0:
+                    with fake.serial:  # one call at a time; a call for another model loads it first
+                        wanted = str(body.get("model") or "fake")
+                        if fake.loaded != wanted:
+                            if fake.loaded is not None:
+                                fake.swaps += 1
+                            time.sleep(fake.load_time)
+                            fake.loaded = wanted
+                        time.sleep(fake.delay)
+                        with fake.lock:
+                            fake.served.append(wanted)
+                elif fake.delay:
                     deadline = time.monotonic() + fake.delay
                     while time.monotonic() < deadline:
                         time.sleep(min(0.05, fake.delay))

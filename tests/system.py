@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,13 +98,37 @@ def assert_no_tracebacks(log_path: Path) -> None:
             raise AssertionError(f"{log_path} shows {sign!r}:\n{text[start : at + 2000]}")
 
 
+VIOLATION = re.compile(r"(Permissions|Publish|Subscription) Violation", re.IGNORECASE)
+
+
+def assert_no_permission_violations(log_path: Path) -> None:
+    """Fail naming the first permission NATS refused: in a process log (nats-py's error callback
+    says "Permissions Violation for Publish to ...") or the server's ("Publish Violation")."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return
+    found = VIOLATION.search(text)
+    if found:
+        start = text.rfind("\n", 0, max(0, found.start() - 300)) + 1
+        raise AssertionError(
+            f"{log_path} shows a NATS permissions violation:\n{text[start : found.end() + 600]}"
+        )
+
+
 class System:
     """``victoria up`` as a subprocess, as a user would run it, with its own data dir and port."""
 
     def __init__(
-        self, data_dir: Path, *, env: Mapping[str, str] | None = None, nats_url: str | None = None
+        self,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        nats_url: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.extra_args = list(extra_args or [])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIA_", "NATS_", "OTEL_"))}
@@ -129,6 +154,7 @@ class System:
         ]
         if self.nats_url:
             argv += ["--nats-url", self.nats_url]
+        argv += self.extra_args
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -173,11 +199,24 @@ class System:
                 self.process.wait(5)
         return self.process.returncode
 
-    def close(self) -> None:
-        """Stop, and fail if any process of the system logged a traceback or an unhandled exception."""
+    def close(self, *, violations_expected: bool = False) -> None:
+        """Stop, and fail if any process of the system logged a traceback or an unhandled exception,
+        or (unless ``violations_expected``) if NATS refused anything for want of a permission."""
         self.stop()
         self.http.close()
         assert_no_tracebacks(self.log_path)
+        if not violations_expected:
+            assert_no_permission_violations(self.log_path)
+            assert_no_permission_violations(self.data_dir / "nats-server.log")
+
+    def bus_url(self, role: str = "supervisor") -> str:
+        """The system's NATS URL with ``role``'s user and password in it (the supervisor may do
+        anything): what a test connects with to read or write the streams."""
+        from victoria.runtime import credentials
+
+        url = (self.data_dir / "nats.url").read_text().strip()
+        users = credentials.read(self.data_dir / credentials.FILE_NAME) or {}
+        return credentials.with_user(url, role, users[role]) if role in users else url
 
     # --- helpers for tests ---------------------------------------------------------------------
     def submit(self, goal: str, **fields: Any) -> str:
@@ -265,7 +304,7 @@ def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) ->
         filters = [(subjects.task_stream(n), subjects.shard_events(n)) for n in range(subjects.TASK_SHARDS)]
 
     async def read() -> list[dict[str, Any]]:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(servers=nats_url.split(","))
         out: list[dict[str, Any]] = []
         try:
             js = nc.jetstream()

@@ -56,7 +56,7 @@ def test_random_kills_during_a_hundred_tasks_lose_none_and_finish_none_twice(
         finals = {t: system.wait_terminal(t, timeout=120) for t in ids}
         statuses = Counter(f["status"] for f in finals.values())
         assert statuses == Counter({"completed": TASKS}), (statuses, killed)
-        url = (system.data_dir / "nats.url").read_text().strip()
+        url = system.bus_url()
         terminal = Counter(
             e["task_id"] for e in stream_messages(url, "victoria.task.*.*.completed", timeout=10)
         )

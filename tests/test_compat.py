@@ -42,7 +42,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, fake: FakeLLM, workspace: P
 
 
 def nats_url(system: System) -> str:
-    return (system.data_dir / "nats.url").read_text().strip()
+    return system.bus_url()
 
 
 def test_an_async_client_polling_every_2_5_s_with_max_steps_500_and_chat_history_gets_its_answer(

@@ -81,7 +81,7 @@ def test_killing_veronica_falls_back_to_victorias_own_run(tmp_path: Path, worksp
         )
         body = system.run({"goal": "List the files in the project root."})
         assert body["status"] == "completed"
-        nats_url = (system.data_dir / "nats.url").read_text().strip()
+        nats_url = system.bus_url()
         kinds = [e["type"] for e in stream_messages(nats_url, f"victoria.task.*.{body['task_id']}.>")]
         stages = [e.get("stage") for e in stream_messages(nats_url, f"victoria.task.*.{body['task_id']}.*")]
         assert "fallback" in stages  # Victoria's own run, not Veronica's answer

@@ -31,7 +31,7 @@ def make_system(tmp_path: Path, fake: FakeLLM, workspace: Path, **env: str) -> S
 
 
 def nats_url(system: System) -> str:
-    return (system.data_dir / "nats.url").read_text().strip()
+    return system.bus_url()
 
 
 def test_a_task_past_its_attempts_fails_with_the_reason_and_goes_to_the_dead_letters(

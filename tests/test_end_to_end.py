@@ -177,7 +177,7 @@ def test_an_agent_task_stores_eight_events_its_start_and_stages_carried_by_its_m
 ) -> None:
     response = system.http.post("/run", json={"goal": "Write a haiku about NATS", "task_type": "agent"})
     task_id = response.json()["task_id"]
-    nats_url = (system.data_dir / "nats.url").read_text().strip()
+    nats_url = system.bus_url()
     events = stream_messages(nats_url, f"victoria.task.*.{task_id}.>")
     assert [e["type"] for e in events] == [
         "task_submitted",
@@ -200,7 +200,7 @@ def test_an_agent_task_stores_eight_events_its_start_and_stages_carried_by_its_m
 def test_a_delegated_task_stores_its_start_and_stage_as_events_of_their_own(system: System) -> None:
     response = system.http.post("/run", json={"goal": "List the files in the project root"})
     task_id = response.json()["task_id"]
-    nats_url = (system.data_dir / "nats.url").read_text().strip()
+    nats_url = system.bus_url()
     events = stream_messages(nats_url, f"victoria.task.*.{task_id}.>")
     assert [e["type"] for e in events] == [
         "task_submitted",

@@ -372,6 +372,7 @@ def test_status_dict_is_plain_json_ready_data() -> None:
         "max_steps_requested",
         "project",
         "expert",
+        "model_wait",
     }
     assert isinstance(d["knowledge"], dict)
 

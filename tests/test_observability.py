@@ -108,7 +108,7 @@ def test_every_actor_logs_its_start_and_each_task_step_at_debug_with_the_task_an
     fake_llm.mode = "normal"
     body = traced.run({"goal": "Log this one", "task_type": "agent"})
     assert body["status"] == "completed"
-    url = (traced.data_dir / "nats.url").read_text().strip()
+    url = traced.bus_url()
 
     def records() -> list[dict[str, object]] | None:
         found = stream_messages(url, "victoria.log.>")
@@ -137,7 +137,7 @@ def test_a_task_that_went_well_adds_nothing_to_the_info_log_and_a_failed_one_doe
     finally:
         fake_llm.mode = "normal"
     assert failed["status"] == "failed"
-    url = (system.data_dir / "nats.url").read_text().strip()
+    url = system.bus_url()
 
     def failure_logged() -> list[dict[str, object]] | None:
         found = stream_messages(url, "victoria.log.>")

@@ -21,6 +21,7 @@ print(json.dumps({
     "events_file": victoria.events.__file__,
     "top_level": {name: importlib.util.find_spec(name) is not None for name in ("events", "actors", "gateway", "runtime")},
     "nats_conf": config_path().is_file(),
+    "nats_users_conf": config_path().with_name("nats-users.conf").is_file(),
 }))
 """
 
@@ -72,3 +73,4 @@ def test_a_fresh_venv_outside_the_checkout_imports_victoria_events_and_not_event
     assert seen["events_file"].startswith(str(site))
     assert seen["top_level"] == {"events": False, "actors": False, "gateway": False, "runtime": False}
     assert seen["nats_conf"]
+    assert seen["nats_users_conf"]  # included by nats.conf: the server would not start without it

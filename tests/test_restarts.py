@@ -72,7 +72,7 @@ def test_status_survives_a_restart_of_the_whole_system(
 
 
 def test_two_gateways_on_one_log_agree(system: System) -> None:
-    nats_url = (system.data_dir / "nats.url").read_text().strip()
+    nats_url = system.bus_url("gateway")
     port = free_port()
     env = dict(system.env, VICTORIA_INSTANCE="second")
     gateway = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None, help="gateway port (default 8010)")
     up.add_argument("--data-dir", type=Path, default=None, help="JetStream store and NATS URL file")
     up.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="embedded NATS servers: 3 starts a local cluster, streams with 3 replicas (VICTORIA_REPLICAS)",
+    )
+    up.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="processes of each actor but the monitor (they share the work through NATS)",
+    )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="let the gateway listen beyond loopback with no API token (anyone reaching it can run tasks)",
+    )
 
     actor = sub.add_parser("actor", help="run one actor alone")
     actor.add_argument("name", choices=ACTOR_NAMES)
@@ -39,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--port", type=int, default=None)
     gateway.add_argument("--nats-url", default=None)
     gateway.add_argument("--data-dir", type=Path, default=None)
+    gateway.add_argument("--insecure", action="store_true", help="listen beyond loopback with no API token")
 
     run = sub.add_parser("run", help="submit a goal, follow its stages, print the result")
     run.add_argument("goal")
@@ -72,15 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
 
+    models = sub.add_parser(
+        "models", help="every model of every model server: where, whether loaded, latency of recent calls"
+    )
+    models.add_argument("--url", default=None)
+    models.add_argument("--json", action="store_true")
+
     from victoria import admin
 
     admin.add_commands(sub)
 
-    watch = sub.add_parser("watch", help="print events as they arrive (like nats sub, readable)")
-    watch.add_argument("subject", nargs="?", default="victoria.>")
+    watch = sub.add_parser(
+        "watch",
+        help="print events as they arrive (like nats sub, readable); given a task id, that task's "
+        "whole story (stages, model calls, tools, log, output), followed to its end",
+    )
+    watch.add_argument("subject", nargs="?", default="victoria.>", help="a subject, or a task id")
+    watch.add_argument("--url", default=None, help="gateway URL, for a task id (default VICTORIA_URL)")
     watch.add_argument("--nats-url", default=None)
     watch.add_argument("--data-dir", type=Path, default=None)
     watch.add_argument("--raw", action="store_true", help="print payloads as they are")
+
+    nats_env = sub.add_parser(
+        "nats-env",
+        help="print the NATS users' passwords as export lines, for a nats-server of your own run with "
+        "victoria's nats.conf (made in the data dir if missing)",
+    )
+    nats_env.add_argument("--data-dir", type=Path, default=None)
+    nats_env.add_argument(
+        "--as",
+        dest="role",
+        default=None,
+        help="print NATS_URL, NATS_USER and NATS_PASSWORD of this role instead, for the NATS CLI "
+        "(observer: read-only; supervisor: everything)",
+    )
     return parser
 
 
@@ -124,7 +168,22 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
         nats_url = args.nats_url or config.nats_url
-        supervisor = Supervisor(config, nats_url=nats_url, host=host, port=port, log_handler=log_handler)
+        if not 1 <= args.nodes <= 7 or not 1 <= args.instances <= 32:
+            raise VictoriaError("--nodes takes 1 to 7, --instances 1 to 32")
+        if args.nodes > 1 and nats_url:
+            raise VictoriaError("--nodes starts embedded servers; it does not go with --nats-url or NATS_URL")
+        if args.nodes > 1 and not os.environ.get("VICTORIA_REPLICAS", "").strip():
+            config = dataclasses.replace(config, replicas=min(3, args.nodes))
+        supervisor = Supervisor(
+            config,
+            nats_url=nats_url,
+            host=host,
+            port=port,
+            insecure=args.insecure,
+            nodes=args.nodes,
+            instances=args.instances,
+            log_handler=log_handler,
+        )
         return process.run(supervisor.run())
     if command == "gateway":
         from victoria.gateway.server import serve
@@ -134,7 +193,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         url = bus.resolve_nats_url(config, args.nats_url)
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
-        return process.run(serve(config, url, host=host, port=port, log_handler=log_handler))
+        return process.run(
+            serve(config, url, host=host, port=port, insecure=args.insecure, log_handler=log_handler)
+        )
     if command == "actor":
         from victoria.runtime import bus
 
@@ -150,12 +211,18 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from victoria import client
 
         params = {"status": args.status, "project": args.project, "since": args.since, "limit": args.limit}
-        base = (args.url or config.gateway_url).rstrip("/")
-        return client.runs(base, {k: v for k, v in params.items() if v is not None}, as_json=args.json)
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
+        return client.runs(target, {k: v for k, v in params.items() if v is not None}, as_json=args.json)
+    if command == "models":
+        from victoria import client
+        from victoria import models as models_command
+
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
+        return models_command.models(target, as_json=args.json)
     if command in ("run", "status", "cancel"):
         from victoria import client
 
-        base = (args.url or config.gateway_url).rstrip("/")
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
         if command == "run":
             body: dict[str, object] = {"goal": args.goal}
             if args.task_type:
@@ -165,18 +232,51 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             if args.model:
                 body["model"] = args.model
             if args.sync:
-                return client.run_sync(base, body, as_json=args.json)
-            return client.run(base, body, follow=not args.no_follow, as_json=args.json)
+                return client.run_sync(target, body, as_json=args.json)
+            return client.run(target, body, follow=not args.no_follow, as_json=args.json)
         if command == "status":
-            return client.status(base, args.task_id)
-        return client.cancel(base, args.task_id)
+            return client.status(target, args.task_id)
+        return client.cancel(target, args.task_id)
+    if command == "nats-env":
+        from victoria.errors import ConfigError
+        from victoria.runtime import bus, credentials
+        from victoria.runtime.natsserver import config_path
+
+        if args.role is not None:
+            known = credentials.read(config.nats_credentials_file) or {}
+            if args.role not in known:
+                raise ConfigError(
+                    "--as",
+                    f"no NATS user {args.role!r} in {config.nats_credentials_file} (`victoria up` makes it)",
+                )
+            url = credentials.without_credentials(bus.resolve_nats_url(config))
+            print(f"export NATS_URL={url} NATS_USER={args.role} NATS_PASSWORD={known[args.role]}", flush=True)
+            return 0
+        users = credentials.load_or_create(config.nats_credentials_file)
+        print(f"# NATS users of victoria, from {config.nats_credentials_file}", flush=True)
+        users_conf = config_path().with_name("nats-users.conf")
+        print(f"# for: nats-server -c {config_path()}, or `include {users_conf}` in your own", flush=True)
+        print("\n".join(credentials.export_lines(users)), flush=True)
+        return 0
+    if command == "watch" and _is_task_id(args.subject):
+        from victoria import client, story
+
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
+        return story.watch_task(target, args.subject)
     if command == "watch":
         from victoria import watch
-        from victoria.runtime import bus
+        from victoria.runtime import bus, credentials
 
         url = bus.resolve_nats_url(config, args.nats_url)
-        return process.run(watch.watch(url, args.subject, raw=args.raw))
+        auth = credentials.for_role(config, "observer", url)
+        return process.run(watch.watch(url, args.subject, raw=args.raw, auth=auth))
     raise AssertionError(command)
+
+
+def _is_task_id(argument: str) -> bool:
+    from victoria.story import is_task_id
+
+    return is_task_id(argument)
 
 
 def _actor_factory(name: str) -> type[Actor]:

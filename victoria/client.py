@@ -5,12 +5,28 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
 
 CONNECT_TIMEOUT: Final = 5.0  # seconds
 SSE_READ_TIMEOUT: Final = 60.0  # seconds; the gateway sends a keep-alive every 10 s
+FINAL_STATUS_WAIT: Final = 5.0  # seconds the status may lag the stream's last event
+TERMINAL: Final = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Where the gateway is, and the token it asks for (``VICTORIA_API_TOKEN``). Credentials in
+    the URL (``http://victoria:TOKEN@host:8010``) are sent as HTTP Basic auth by httpx."""
+
+    base: str
+    token: str | None = field(default=None, repr=False)
+
+    def client(self, timeout: float | httpx.Timeout = CONNECT_TIMEOUT) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return httpx.Client(timeout=timeout, headers=headers)
 
 
 def _print(text: str) -> None:
@@ -32,10 +48,11 @@ def _unreachable(base: str, exc: Exception) -> int:
     return 1
 
 
-def run(base: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
+def run(gateway: Gateway, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
+    base = gateway.base
     started = time.monotonic()
     try:
-        with httpx.Client(timeout=httpx.Timeout(CONNECT_TIMEOUT, read=SSE_READ_TIMEOUT)) as http:
+        with gateway.client(httpx.Timeout(CONNECT_TIMEOUT, read=SSE_READ_TIMEOUT)) as http:
             response = http.post(f"{base}/run", params={"async_mode": "true"}, json=body)
             if response.status_code != 202:
                 return _error(response)
@@ -46,10 +63,16 @@ def run(base: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
             if not as_json:
                 _print(f"task {task_id}")
             _follow(http, base, task_id, started, quiet=as_json)
-            final = http.get(f"{base}/run/status/{task_id}")
-            if final.status_code != 200:
-                return _error(final)
-            status = final.json()
+            # The event stream may end a moment before the status (another read) shows the end.
+            deadline = time.monotonic() + FINAL_STATUS_WAIT
+            while True:
+                final = http.get(f"{base}/run/status/{task_id}")
+                if final.status_code != 200:
+                    return _error(final)
+                status = final.json()
+                if status["status"] in TERMINAL or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
     if as_json:
@@ -66,10 +89,11 @@ def run(base: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
 SYNC_TIMEOUT: Final = 960.0  # seconds: the task deadline (900 s) and then some, as the old clients wait
 
 
-def run_sync(base: str, body: dict[str, Any], *, as_json: bool) -> int:
+def run_sync(gateway: Gateway, body: dict[str, Any], *, as_json: bool) -> int:
     """One synchronous ``POST /run``, as the old server's clients make it: its ``TaskResponse``."""
+    base = gateway.base
     try:
-        with httpx.Client(timeout=httpx.Timeout(CONNECT_TIMEOUT, read=SYNC_TIMEOUT)) as http:
+        with gateway.client(httpx.Timeout(CONNECT_TIMEOUT, read=SYNC_TIMEOUT)) as http:
             response = http.post(f"{base}/run", json=body)
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
@@ -145,6 +169,10 @@ def describe(event: dict[str, Any]) -> list[str]:
         return [f"  {event.get('tool')} {path}: {'ok' if event.get('ok') else event.get('error')}"]
     if kind == "task_cancel_requested":
         return ["cancel requested"]
+    if kind == "model_wait":  # not stored: the runner's word that a call waits for its model
+        if not event.get("waiting", True):
+            return [f"  {event.get('model')} loaded: the call goes to {event.get('server')}"]
+        return [f"waiting_for_model {event.get('model')} (place {event.get('place')})"]
     if kind in ("task_completed", "task_failed", "task_cancelled"):
         return [str(kind).removeprefix("task_")]
     return []
@@ -161,9 +189,11 @@ def _stage(event: dict[str, Any]) -> str:
     return f"{stage}" + (f": {detail}" if detail else "")
 
 
-def status(base: str, task_id: str) -> int:
+def status(gateway: Gateway, task_id: str) -> int:
+    base = gateway.base
     try:
-        response = httpx.get(f"{base}/run/status/{task_id}", timeout=CONNECT_TIMEOUT)
+        with gateway.client() as http:
+            response = http.get(f"{base}/run/status/{task_id}")
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
     if response.status_code != 200:
@@ -172,9 +202,11 @@ def status(base: str, task_id: str) -> int:
     return 0
 
 
-def cancel(base: str, task_id: str) -> int:
+def cancel(gateway: Gateway, task_id: str) -> int:
+    base = gateway.base
     try:
-        response = httpx.post(f"{base}/run/{task_id}/cancel", timeout=CONNECT_TIMEOUT)
+        with gateway.client() as http:
+            response = http.post(f"{base}/run/{task_id}/cancel")
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
     if response.status_code not in (200, 202):
@@ -183,10 +215,12 @@ def cancel(base: str, task_id: str) -> int:
     return 0
 
 
-def runs(base: str, params: dict[str, Any], *, as_json: bool) -> int:
+def runs(gateway: Gateway, params: dict[str, Any], *, as_json: bool) -> int:
     """``victoria runs``: the task history, newest first, one line each."""
+    base = gateway.base
     try:
-        response = httpx.get(f"{base}/runs", params=params, timeout=CONNECT_TIMEOUT)
+        with gateway.client() as http:
+            response = http.get(f"{base}/runs", params=params)
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
     if response.status_code != 200:

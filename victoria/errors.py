@@ -6,8 +6,12 @@
     ├── ConfigError(ValueError)            a setting is missing or invalid; names the variable
     ├── BrokerError                        NATS or JetStream trouble
     │   ├── BrokerUnavailable(ConnectionError)   not connected; a retry later can help
+    │   ├── BrokerRefused                  NATS refused this process's credentials
     │   ├── EmbeddedServerError            the embedded nats-server would not start
-    │   └── FencingUnsupported             the server is older than 2.11 and cannot fence appends
+    │   ├── FencingUnsupported             the server is older than 2.11 and cannot fence appends
+    │   ├── StreamMissing                  a stream is missing (or wrong) and this NATS user may
+    │   │                                  not create it: only `supervisor` may
+    │   └── ReplicasUnavailable            fewer servers than VICTORIA_REPLICAS asks for
     ├── LLMError                           a model call did not give an answer
     │   ├── LLMUnavailable(ConnectionError)      the model server refused or is unreachable
     │   ├── LLMTimeout(TimeoutError)       the call passed its deadline
@@ -48,6 +52,10 @@ class BrokerUnavailable(BrokerError, ConnectionError):
     pass
 
 
+class BrokerRefused(BrokerError):
+    pass
+
+
 class EmbeddedServerError(BrokerError):
     pass
 
@@ -62,6 +70,32 @@ class FencingUnsupported(BrokerError):
         )
         self.url = url
         self.version = version
+
+
+class StreamMissing(BrokerError):
+    def __init__(self, stream: str, problem: str) -> None:
+        super().__init__(
+            f"JetStream stream {stream} {problem}, and this process's NATS user may not create or "
+            "change streams (no answer from the server; only the user `supervisor` may): start "
+            "`victoria up`, which makes every stream and bucket at its start, or make them as "
+            "`supervisor` before starting this process"
+        )
+        self.stream = stream
+        self.problem = problem
+
+
+class ReplicasUnavailable(BrokerError):
+    """The servers cannot hold as many copies of a stream as ``VICTORIA_REPLICAS`` asks."""
+
+    def __init__(self, stream: str, replicas: int, reason: str) -> None:
+        super().__init__(
+            f"cannot make stream {stream} with {replicas} replicas (VICTORIA_REPLICAS={replicas}): "
+            f"NATS says {reason!r}. A stream with N replicas needs a cluster of at least N servers "
+            "with JetStream: start more servers (victoria up --nodes 3), or set VICTORIA_REPLICAS=1"
+        )
+        self.stream = stream
+        self.replicas = replicas
+        self.reason = reason
 
 
 class LLMError(VictoriaError):

@@ -9,7 +9,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from victoria.runtime import bus
+from victoria.runtime import bus, credentials
 from victoria.runtime.process import wait_for_stop
 
 _SKIP = {"type", "v", "ts", "task_id", "messages"}
@@ -41,8 +41,12 @@ def render(subject: str, data: bytes) -> str:
     return f"{clock} {head:<22} {who} " + " ".join(fields)
 
 
-async def watch(url: str, subject: str, *, raw: bool) -> int:
-    nc = await bus.connect(url, name="watch")
+async def watch(url: str, subject: str, *, raw: bool, auth: credentials.Auth | None = None) -> int:
+    """Print what arrives on ``subject``; ``auth``: how to connect (the ``observer`` user, read-only)."""
+    auth = auth or credentials.Auth()
+    nc = await bus.connect(
+        url, name="watch", user=auth.user, password=auth.password, creds_file=auth.creds_file
+    )
 
     async def on_msg(msg: Msg) -> None:
         line = (
@@ -51,7 +55,7 @@ async def watch(url: str, subject: str, *, raw: bool) -> int:
         print(line, flush=True)
 
     await nc.subscribe(subject, cb=on_msg)
-    print(f"watching {subject} on {url}", flush=True)
+    print(f"watching {subject} on {credentials.redact(url)}", flush=True)
     await wait_for_stop()
     await asyncio.wait_for(nc.close(), 2.0)
     return 0

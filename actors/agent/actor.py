@@ -11,6 +11,7 @@ and leaving the message alone. The message is acknowledged only after the termin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -78,7 +79,6 @@ class Victoria(Actor):
         self.memory = KvMemory(self.js)
 
     async def on_start(self) -> None:
-        self._subs.append(await self.nc.subscribe(subjects.ALL_LLM_RESULTS, cb=self._on_result))
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
         self._subs.append(await self.nc.subscribe(f"{subjects.PREFIX}.svc.veronica.>", cb=self._on_veronica))
         self.consumers = await self.consume_tasks(
@@ -94,7 +94,7 @@ class Victoria(Actor):
         return sum(len(runs) for runs in self.running.values())
 
     # --- bus callbacks ---------------------------------------------------------------------------
-    async def _on_result(self, msg: Msg) -> None:
+    async def on_result(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
         if isinstance(event, LLMResult):
             for future in self.waiters.get((event.task_id, event.request_id), ()):
@@ -467,6 +467,11 @@ class _Context:
         future: asyncio.Future[LLMResult] = asyncio.get_running_loop().create_future()
         waiting = self.actor.waiters.setdefault(key, set())
         waiting.add(future)
+        # Only the instance that waits hears the answer: one subscription per request, made before
+        # the request is appended (one connection keeps the order), gone once it is answered.
+        listening = await self.actor.nc.subscribe(
+            subjects.result_stored(self.task.task_id, request_id), cb=self.actor.on_result
+        )
         try:
             if request_id in self.history.llm_requests:
                 await self.flush_markers()  # waiting for an answer asked for on an earlier attempt
@@ -506,6 +511,8 @@ class _Context:
             waiting.discard(future)
             if not waiting:
                 self.actor.waiters.pop(key, None)
+            with contextlib.suppress(nats.errors.Error):
+                await listening.unsubscribe()
         self.history.apply(result)
         if not result.ok:
             self.last_model_error = result.error

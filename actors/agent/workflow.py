@@ -283,9 +283,23 @@ async def agent_run(ctx: TaskContext) -> Outcome:
         transcript = [
             *transcript,
             ChatMessage("assistant", reply),
-            ChatMessage("user", f"Result of {action.tool}({path}):\n{observation[:8000]}"),
+            ChatMessage("user", f"Result of {action.tool}({path}):\n{clipped(observation)}"),
         ]
     return done(best_effort(understanding.text, plan, observations))
+
+
+OBSERVATION_CHARS: Final = 8000  # characters of a tool's result the model is shown
+
+
+def clipped(observation: str) -> str:
+    """A tool's result as the model is shown it: cut to ``OBSERVATION_CHARS``, with a note saying so
+    (Veronica's own notes of a cut come first in her results, so they are kept)."""
+    if len(observation) <= OBSERVATION_CHARS:
+        return observation
+    return (
+        observation[:OBSERVATION_CHARS]
+        + f"\n[cut: only the first {OBSERVATION_CHARS} of {len(observation)} characters of this result are shown]"
+    )
 
 
 WAIT_FIRST: Final = 1.0  # seconds before asking a model server that was unreachable again

@@ -19,6 +19,7 @@ from typing import ClassVar, Final
 
 import aiohttp
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -26,12 +27,16 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from victoria.actors.llm_runner import protocols
+from victoria.actors.llm_runner.scheduler import Lease, Scheduler, Slot, Waiter
+from victoria.actors.llm_runner.servers import Registry
+from victoria.actors.llm_runner.share import Share
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
 from victoria.events import subjects
 from victoria.events.codec import encode
 from victoria.events.contracts import (
     LLMRequested,
     LLMResult,
+    ModelWait,
     TaskCancelled,
     TaskCancelRequested,
     TaskCompleted,
@@ -56,6 +61,9 @@ _JSON: Final = {"content-type": "application/json"}
 MAX_DELIVER: Final = 5  # deliveries of one request to runners (runner crashes) before giving up
 FRESH_FRACTION: Final = 0.25  # of the ack wait: a first delivery this young needs no read of the history
 RECENTLY_ENDED: Final = 10_000  # cancelled or failed tasks remembered for fresh requests
+HOLDING_ASK_TIMEOUT: Final = 0.5  # seconds for a runner calling for a request to say so
+HOLDING_POLL: Final = 1.0  # seconds between looks for the answer of a request another runner calls
+HOLDING_SLACK: Final = 30.0  # seconds past the call's own timeout that its holder is waited for
 
 
 class LLMRunner(Actor):
@@ -67,24 +75,49 @@ class LLMRunner(Actor):
         self.consumers: list[WorkConsumer] = []
         self._subs: list[Subscription] = []
         self.images = ImageStore(self.js)
-        self._calls: dict[str, set[asyncio.Task[LLMResult]]] = defaultdict(set)
+        self._calls: dict[str, set[asyncio.Task[LLMResult | str]]] = defaultdict(set)
         self._ended: OrderedDict[str, str] = OrderedDict()
         """Tasks lately cancelled or failed, as the live subscriptions saw them: id -> what."""
+        self._holding: set[str] = set()
+        """``<task_id> <request_id>`` of every call this instance makes or schedules now."""
         self._listening_since = 0  # time.time_ns() once those subscriptions are in place
         self._fresh_ns = int(self.config.ack_wait * FRESH_FRACTION * 1e9)
+        self.scheduler = Scheduler(
+            self.config.servers,
+            max_wait=self.config.model_max_wait,
+            concurrency=self.config.llm_concurrency,
+            instance=self.instance,
+            on_wait=self._on_wait,
+            on_admit=self._on_admit,
+        )
+        self.registry: Registry | None = None
+        self.share: Share | None = None
+        self._endpoints = {
+            key: slot.spec.url + protocols.endpoint(slot.spec.api)
+            for key, slot in self.scheduler.slots.items()
+        }
 
     async def on_start(self) -> None:
         # aiohttp rather than httpx here: this is the hot path, and httpx's connection pool cost
         # several times the CPU per call (bench/README.md has the figures).
         connector = aiohttp.TCPConnector(limit=self.config.llm_concurrency, limit_per_host=0)
         self.http = aiohttp.ClientSession(
-            base_url=self.config.llm_url,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             read_bufsize=1 << 20,  # one NDJSON line may carry a whole answer
         )
+        self.scheduler.start()
+        self.share = Share(self.js, self.scheduler, self.instance)
+        try:
+            await self.share.start()
+        except Exception as exc:  # an older store without the bucket: this instance decides alone
+            log.warning("model servers' shared state unavailable (%s); scheduling alone", exc)
+            self.share = None
+        self.registry = Registry(self.scheduler, instance=self.instance, http=self.http)
+        self.registry.start(self.share.kv if self.share is not None else None)
         for kind in ("cancel", "failed"):
             self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind(kind), cb=self._on_ended))
+        self._subs.append(await self.nc.subscribe(subjects.RUNNER_HOLDING, cb=self._on_holding))
         self._listening_since = time.time_ns()
         self.consumers = await self.consume_tasks(
             durable="llm-runner",
@@ -98,6 +131,11 @@ class LLMRunner(Actor):
         await asyncio.gather(*(consumer.stop() for consumer in self.consumers))
         for sub in self._subs:
             await sub.unsubscribe()
+        if self.registry is not None:
+            await self.registry.stop()
+        if self.share is not None:
+            await self.share.stop()
+        await self.scheduler.stop()
         if self.http is not None:
             await self.http.close()
 
@@ -119,6 +157,42 @@ class LLMRunner(Actor):
             for call in list(self._calls.get(task_id, ())):
                 log.info("task %s cancelled: aborting its model call", task_id)
                 call.cancel()
+
+    async def _on_holding(self, msg: Msg) -> None:
+        """Answer "mine" when this instance is calling (or scheduling) the model for the request."""
+        if msg.reply and msg.data.decode(errors="replace") in self._holding:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.respond(self.instance.encode())
+
+    async def _held_elsewhere(self, event: LLMRequested) -> str | None:
+        """The runner instance that is calling the model for this request now, if any answers."""
+        try:
+            reply = await self.nc.request(
+                subjects.RUNNER_HOLDING, _holding_key(event).encode(), timeout=HOLDING_ASK_TIMEOUT
+            )
+        except (nats.errors.Error, TimeoutError):
+            return None  # nobody: the holder died (or never was), so this one calls
+        return reply.data.decode(errors="replace") or "another runner"
+
+    async def _await_holder(self, event: LLMRequested, holder: str) -> bool:
+        """Wait while ``holder`` calls the model for this request: True once its answer is stored,
+        False when nobody holds the request any more (then this instance calls). The message is
+        kept alive meanwhile by the consumer's in-progress acks."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + event.timeout_s + HOLDING_SLACK
+        log.info(
+            "task %s request %s: %s is calling the model for it; waiting",
+            event.task_id,
+            event.request_id,
+            holder,
+        )
+        while loop.time() < deadline:
+            await asyncio.sleep(HOLDING_POLL)
+            if await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None:
+                return True
+            if await self._held_elsewhere(event) is None:
+                return await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None
+        return False
 
     async def _handle(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
@@ -144,6 +218,24 @@ class LLMRunner(Actor):
             )
             await msg.ack()
             return
+        if 1 < deliveries <= MAX_DELIVER:
+            # Delivered again without a runner's death (a NATS server went away, and in-progress
+            # acks with it): the first holder may still be calling. Paying twice is what this avoids.
+            holder = await self._held_elsewhere(event)
+            if holder is not None and await self._await_holder(event, holder):
+                log.info("task %s request %s answered by %s", event.task_id, event.request_id, holder)
+                await msg.ack()
+                return
+        holding = _holding_key(event)
+        self._holding.add(holding)
+        try:
+            await self._call_and_store(msg, event, ack, deliveries)
+        finally:
+            self._holding.discard(holding)
+
+    async def _call_and_store(
+        self, msg: Msg, event: LLMRequested, ack: AckSubject | None, deliveries: int
+    ) -> None:
         if deliveries > MAX_DELIVER:
             result = LLMResult(
                 task_id=event.task_id,
@@ -154,11 +246,12 @@ class LLMRunner(Actor):
                 instance=self.instance,
             )
         else:
-            call = asyncio.ensure_future(self.call(event, tracing.context_from(msg.headers)))
+            seq = ack.stream_seq if ack is not None else bus.stream_sequence(msg)
+            call = asyncio.ensure_future(self._scheduled(event, msg, seq))
             calls = self._calls[event.task_id]
             calls.add(call)
             try:
-                result = await call
+                scheduled = await call
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if call.cancelled() and current is not None and not current.cancelling():
@@ -169,6 +262,16 @@ class LLMRunner(Actor):
                 calls.discard(call)
                 if not calls:
                     self._calls.pop(event.task_id, None)
+            if isinstance(scheduled, str):
+                log.info(
+                    "task %s request %s not sent to the model after waiting for it: %s",
+                    event.task_id,
+                    event.request_id,
+                    scheduled,
+                )
+                await msg.ack()
+                return
+            result = scheduled
         if not await bus.append_result(self.nc, result, headers=_trace_headers(msg)):
             log.info(
                 "task %s request %s: an answer is stored already; this one is dropped",
@@ -176,6 +279,56 @@ class LLMRunner(Actor):
                 event.request_id,
             )
         await msg.ack()
+
+    async def _scheduled(self, event: LLMRequested, msg: Msg, seq: int) -> LLMResult | str:
+        """The call, once the scheduler gives it a server; or why nobody wants it after its wait."""
+        model = event.model or self.config.model
+        started = time.monotonic()
+        lease = await self.scheduler.acquire(model, task_id=event.task_id, request_id=event.request_id)
+        try:
+            if time.monotonic() - started > self.config.ack_wait * FRESH_FRACTION:
+                # It waited for its model: the task may have ended meanwhile.
+                unwanted = self._ended.get(event.task_id) or await self._read_unwanted(event, seq)
+                if unwanted is not None:
+                    return unwanted
+            return await self.call(event, tracing.context_from(msg.headers), lease=lease)
+        finally:
+            self.scheduler.release(lease)
+
+    def _on_wait(self, waiter: Waiter, place: int) -> None:
+        self._progress(
+            ModelWait(
+                task_id=waiter.task_id,
+                request_id=waiter.request_id,
+                model=waiter.model,
+                place=place,
+                instance=self.instance,
+                waited_s=round(time.monotonic() - waiter.since, 2),
+            )
+        )
+
+    def _on_admit(self, waiter: Waiter, slot: Slot) -> None:
+        if not waiter.noticed:
+            return  # placed before anybody was told it waits
+        self._progress(
+            ModelWait(
+                task_id=waiter.task_id,
+                request_id=waiter.request_id,
+                model=waiter.model,
+                waiting=False,
+                server=slot.spec.url,
+                instance=self.instance,
+            )
+        )
+        for other in self.scheduler.waiting:  # those behind it move up
+            if other.model == waiter.model and other is not waiter:
+                self.scheduler.notice(other)
+
+    def _progress(self, wait: ModelWait) -> None:
+        if not wait.task_id or not self.nc.is_connected:
+            return
+        task = asyncio.ensure_future(self.nc.publish(subjects.progress(wait.task_id), encode(wait)))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _unwanted(self, event: LLMRequested, msg: Msg, ack: AckSubject | None) -> str | None:
         """Why nobody waits for this request's answer any more, or None when somebody does.
@@ -204,6 +357,11 @@ class LLMRunner(Actor):
         seq = ack.stream_seq if ack is not None else bus.stream_sequence(msg)
         if redelivered and await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None:
             return "it is answered already"
+        return await self._read_unwanted(event, seq)
+
+    async def _read_unwanted(self, event: LLMRequested, seq: int) -> str | None:
+        """What came after the request (stored at ``seq``) in the task's history, if it makes the
+        request unwanted (one direct get)."""
         last = await bus.last_history_event(self.js, event.task_id)
         if last is None or last[0] <= seq:
             return None
@@ -221,13 +379,21 @@ class LLMRunner(Actor):
                 tag = type(later).__struct_config__.tag
                 return f"it is superseded: {tag} at sequence {later_seq} came after it"
 
-    async def call(self, event: LLMRequested, parent: Context | None = None) -> LLMResult:
-        """One model call with a deadline, streamed; its tokens go out as they arrive."""
+    async def call(
+        self, event: LLMRequested, parent: Context | None = None, *, lease: Lease | None = None
+    ) -> LLMResult:
+        """One model call with a deadline, streamed; its tokens go out as they arrive. Without a
+        ``lease``, the scheduler is asked for a server first (and the wait is not timed)."""
         model = event.model or self.config.model
+        if lease is None:
+            lease = await self.scheduler.acquire(model, task_id=event.task_id, request_id=event.request_id)
+            try:
+                return await self.call(event, parent, lease=lease)
+            finally:
+                self.scheduler.release(lease)
         timeout = min(event.timeout_s, self.config.llm_timeout)
         started = time.monotonic()
         base = LLMResult(task_id=event.task_id, request_id=event.request_id, ok=False, model=model)
-        url = self.config.llm_url + protocols.endpoint(self.config.llm_api)
         unreachable: list[str] = []
         span = tracing.tracer().start_span(
             f"chat {model}",
@@ -235,9 +401,9 @@ class LLMRunner(Actor):
             kind=SpanKind.CLIENT,
             attributes={
                 "gen_ai.operation.name": "chat",
-                "gen_ai.system": self.config.llm_api,
+                "gen_ai.system": lease.slot.spec.api,
                 "gen_ai.request.model": model,
-                "server.address": self.config.llm_url,
+                "server.address": lease.slot.spec.url,
                 "victoria.task_id": event.task_id,
                 "victoria.request_id": event.request_id,
             },
@@ -246,8 +412,9 @@ class LLMRunner(Actor):
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    completion = await self._call_until_reachable(event, model, url, unreachable, tokens)
+                    completion = await self._call_until_reachable(event, model, lease, unreachable, tokens)
             except TimeoutError:
+                url = self._endpoints[lease.slot.key]
                 err: LLMError = LLMTimeout(
                     f"model server at {url} gave no answer within {timeout:g}s", url=url
                 )
@@ -262,14 +429,20 @@ class LLMRunner(Actor):
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 return self._failed(base, exc, started)
             await tokens.close()
+            url = self._endpoints[lease.slot.key]
             duration = time.monotonic() - started
+            ttft = round(tokens.first_at - started, 4) if tokens.first_at else None
+            if self.registry is not None:
+                self.registry.record(
+                    lease.slot, model, ttft=ttft, duration=duration, tokens=completion.completion_tokens
+                )
             span.set_attribute("gen_ai.response.model", completion.model)
             if completion.prompt_tokens is not None:
                 span.set_attribute("gen_ai.usage.input_tokens", completion.prompt_tokens)
             if completion.completion_tokens is not None:
                 span.set_attribute("gen_ai.usage.output_tokens", completion.completion_tokens)
-            if tokens.first_at is not None:
-                span.set_attribute("victoria.time_to_first_token_s", round(tokens.first_at - started, 4))
+            if ttft is not None:
+                span.set_attribute("victoria.time_to_first_token_s", ttft)
             span.set_attribute("victoria.duration_s", round(duration, 4))
             log.debug(
                 "task %s request %s answered by %s in %.3fs",
@@ -289,26 +462,33 @@ class LLMRunner(Actor):
                 completion_tokens=completion.completion_tokens,
                 duration_s=round(duration, 4),
                 instance=self.instance,
-                time_to_first_token_s=round(tokens.first_at - started, 4) if tokens.first_at else None,
+                time_to_first_token_s=ttft,
             )
         finally:
             span.end()
 
     async def _call_until_reachable(
-        self, event: LLMRequested, model: str, url: str, unreachable: list[str], tokens: _TokenPublisher
+        self, event: LLMRequested, model: str, lease: Lease, unreachable: list[str], tokens: _TokenPublisher
     ) -> protocols.Completion:
+        """The call on ``lease``'s server. A server that refuses connections before answering is
+        left for another that has the model, when there is one (the lease moves); else it is
+        tried again for ``UNREACHABLE_GRACE`` seconds."""
         assert self.http is not None
-        api = self.config.llm_api
         keys = {key for message in event.messages for key in message.images}
         pictures = {key: await self.images.base64_of(key) for key in sorted(keys)}
-        body = protocols.request_body(api, model, event.messages, json_mode=event.json_mode, images=pictures)
         delay = 0.25
         first_try = time.monotonic()
+        tried: set[str] = set()
         while True:
+            slot = lease.slot
+            api = slot.spec.api
+            url = self._endpoints[slot.key]
+            keep_alive = self.registry.keep_alive(slot, model) if self.registry is not None else None
+            body = protocols.request_body(
+                api, model, event.messages, json_mode=event.json_mode, images=pictures, keep_alive=keep_alive
+            )
             try:
-                async with self.http.post(
-                    protocols.endpoint(api), data=_json.encode(body), headers=_JSON
-                ) as response:
+                async with self.http.post(url, data=_json.encode(body), headers=_JSON) as response:
                     unreachable.clear()
                     if response.status >= 400:
                         text = (await response.content.read(300)).decode("utf-8", "replace")
@@ -330,6 +510,14 @@ class LLMRunner(Actor):
                 if tokens.first_at is not None:
                     raise LLMProtocolError(f"{url}: the answer broke off: {exc}", url=url) from None
                 unreachable.append(f"{type(exc).__name__}: {exc or 'connection refused'}")
+                tried.add(slot.key)
+                if len(self.scheduler.slots) > 1:
+                    self.scheduler.server_down(slot)
+                    if self.scheduler.has_alternative(model, frozenset(tried)):
+                        log.warning("model server %s unreachable (%s); the call goes to another", url, exc)
+                        await self.scheduler.move(lease, exclude=frozenset(tried))
+                        first_try, delay = time.monotonic(), 0.25
+                        continue
                 if time.monotonic() - first_try + delay > UNREACHABLE_GRACE:
                     raise TimeoutError from None  # reported as "unavailable": the task decides to wait
                 log.warning("model server %s unreachable (%s); retrying in %.2fs", url, exc, delay)
@@ -403,3 +591,7 @@ class _TokenPublisher:
         if self.nc.is_connected:
             with contextlib.suppress(Exception):  # tokens are a view; the stored result is the truth
                 await self.nc.publish(self.subject, encode(chunk))
+
+
+def _holding_key(event: LLMRequested) -> str:
+    return f"{event.task_id} {event.request_id}"

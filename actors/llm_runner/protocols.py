@@ -39,15 +39,18 @@ def request_body(
     json_mode: bool,
     stream: bool = True,
     images: Mapping[str, str] | None = None,
+    keep_alive: str | None = None,
 ) -> dict[str, Any]:
     """The chat request. ``images`` maps a message's image keys to their bytes in base64: Ollama
     takes them in the message's ``images``, an OpenAI-compatible server as ``image_url`` parts
-    with a data URL."""
+    with a data URL. ``keep_alive`` (Ollama only): how long the model stays loaded after it."""
     msgs = [_message(api, m, images or {}) for m in messages]
     body: dict[str, Any] = {"model": model, "messages": msgs, "stream": stream}
     if api == "ollama":
         if json_mode:
             body["format"] = "json"
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
     elif stream:
         body["stream_options"] = {"include_usage": True}
     return body

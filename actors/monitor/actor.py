@@ -2,8 +2,10 @@
 
 An instance is ``up`` while its heartbeats arrive, ``down`` after ``MISSED_BEATS`` intervals of
 silence or when the supervisor reports its process dead, and ``up`` again at its next beat.
-``service_down`` and ``service_up`` are published only on transitions. The monitor never acts on
-itself: it has no way to restart anything, supervisors do that.
+``service_down`` and ``service_up`` are published only on transitions. ``service_started`` is
+published by the monitor too, at the first heartbeat of a new process (an instance not seen before,
+or a new pid), since only the monitor and the supervisor may publish service events (nats.conf).
+The monitor never acts on itself: it has no way to restart anything, supervisors do that.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api as jsapi
+from nats.js.errors import NotFoundError
 
 from victoria.actors.monitor.probes import ProbeSpec, ProbeState, check_http, check_postgres, redact
 from victoria.events import subjects
@@ -88,8 +91,11 @@ class Monitor(Actor):
             "failure_threshold": cfg.probe_failures,
             "success_threshold": cfg.probe_successes,
         }
-        health = "/api/tags" if cfg.llm_api == "ollama" else "/v1/models"
-        specs = [ProbeSpec(name="model-server", target=cfg.llm_url + health, kind="http", **common)]  # type: ignore[arg-type]
+        specs = []
+        for n, server in enumerate(cfg.servers):  # the first keeps the name it always had
+            health = "/api/tags" if server.api == "ollama" else "/v1/models"
+            name = "model-server" if n == 0 else f"model-server-{n + 1}"
+            specs.append(ProbeSpec(name=name, target=server.url + health, kind="http", **common))  # type: ignore[arg-type]
         if cfg.postgres_dsn:
             specs.append(ProbeSpec(name="postgres", target=cfg.postgres_dsn, kind="postgres", **common))  # type: ignore[arg-type]
         return specs
@@ -194,6 +200,7 @@ class Monitor(Actor):
             entry = self.entries[key] = _Entry(event.name, event.instance)
         match event:
             case Heartbeat():
+                started = event.pid > 0 and entry.pid != event.pid
                 entry.pid = event.pid
                 entry.interval = event.interval_s
                 entry.rss_bytes = event.rss_bytes
@@ -207,6 +214,8 @@ class Monitor(Actor):
                     if new:
                         entry.status, entry.reason = "down", "no heartbeat since the monitor started"
                     return
+                if started:
+                    await self._publish_started(event)
                 if event.status == "degraded":
                     await self._transition(entry, "degraded", event.detail or "reported degraded")
                 elif entry.status != "up":
@@ -219,8 +228,41 @@ class Monitor(Actor):
                 entry.restarts = max(entry.restarts, event.restarts)
                 entry.status = "down"
                 entry.reason = event.reason
+            case ServiceUp(source="supervisor") if entry.last_seen is None:
+                # A process that does not beat (an embedded nats-server): the supervisor's word.
+                entry.status = "up"
+                entry.reason = event.reason
+                entry.pid = event.pid or entry.pid
             case _:
                 pass
+
+    async def _publish_started(self, beat: Heartbeat) -> None:
+        """``service_started`` for the process that sent ``beat``, unless it is stored already (a
+        restarted monitor sees every live process anew). Several monitors publish it once: the
+        message id is the process's."""
+        subject = subjects.service_event(beat.name, beat.instance, "started")
+        try:
+            raw = await self.js.get_last_msg(subjects.SERVICE_STREAM, subject, direct=True)
+            last = service_decoder.decode(raw.data or b"")
+            if isinstance(last, ServiceStarted) and last.pid == beat.pid and last.ts == beat.started_at:
+                return
+        except (NotFoundError, msgspec.DecodeError):
+            pass
+        except Exception as exc:  # NATS away: publish it all the same
+            log.debug("last service_started of %s/%s not read: %s", beat.name, beat.instance, exc)
+        event = ServiceStarted(
+            name=beat.name,
+            instance=beat.instance,
+            pid=beat.pid,
+            version=beat.version,
+            restarts=beat.restarts,
+            ts=beat.started_at,
+        )
+        msg_id = f"started:{beat.name}:{beat.instance}:{beat.pid}:{beat.started_at.timestamp():.6f}"
+        try:
+            await self.js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})
+        except Exception as exc:  # NATS away: the state is right, the event is lost; log it
+            log.warning("could not publish started for %s/%s: %s", beat.name, beat.instance, exc)
 
     def _stale(self, entry: _Entry) -> bool:
         if entry.last_seen is None:
@@ -232,6 +274,8 @@ class Monitor(Actor):
         while True:
             await asyncio.sleep(max(0.25, self.config.heartbeat_interval / 2))
             for entry in list(self.entries.values()):
+                if entry.last_seen is None:
+                    continue  # never beat: its state is what the supervisor says (nats-server)
                 if entry.status != "down" and self._stale(entry):
                     silence = (utcnow() - entry.last_seen).total_seconds() if entry.last_seen else 0.0
                     await self._transition(

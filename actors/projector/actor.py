@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final
 
 import asyncpg
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -48,6 +49,24 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST: Final = 0.5  # seconds before trying PostgreSQL again
 RETRY_MAX: Final = 10.0  # seconds between tries, at most
+
+
+def without_nul(data: bytes) -> bytes:
+    """The event's JSON with every U+0000 in its strings replaced by U+FFFD."""
+
+    def clean(value: object) -> object:
+        if isinstance(value, str):
+            return value.replace("\x00", "\ufffd")
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+
+    try:
+        return msgspec.json.encode(clean(msgspec.json.decode(data)))
+    except msgspec.DecodeError:
+        return data
 
 
 class Projector(Actor):
@@ -96,10 +115,13 @@ class Projector(Actor):
         self.migrated.set()
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[object]]) -> None:
+        """Run ``attempt`` until PostgreSQL takes it; a ``DataError`` (no retry can mend it) is raised."""
         delay = RETRY_FIRST
         while True:
             try:
                 await attempt()
+            except asyncpg.DataError:
+                raise
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if self._db_down is None:
@@ -114,17 +136,25 @@ class Projector(Actor):
                 return
 
     async def _handle(self, msg: Msg) -> None:
-        event = bus.decode_task_event(msg.data, msg.subject)
+        # PostgreSQL text and jsonb cannot hold U+0000, which JSON (and so an event) can.
+        data = without_nul(msg.data) if b"\\u0000" in msg.data else msg.data
+        event = bus.decode_task_event(data, msg.subject)
         ack = parse_ack_subject(msg.reply)
         if event is None or ack is None:
             await msg.ack()  # nothing to project (bus.decode_task_event logged it)
             return
         await self.migrated.wait()
-        await self._retrying(
-            f"projecting {ack.stream} {ack.stream_seq}",
-            lambda: self._project(ack.stream, ack.stream_seq, event),
-        )
-        self.projected += 1
+        try:
+            await self._retrying(
+                f"projecting {ack.stream} {ack.stream_seq}",
+                lambda: self._project(ack.stream, ack.stream_seq, event),
+            )
+        except asyncpg.DataError as exc:
+            # The database refuses this event's values, now and on every retry: it stays in the
+            # stream (the truth) and is left out of the history rather than stop the projection.
+            log.error("%s %d not projected: PostgreSQL refuses its data: %s", ack.stream, ack.stream_seq, exc)
+        else:
+            self.projected += 1
         await msg.ack()
 
     async def _project(self, stream: str, seq: int, event: AnyTaskEvent) -> None:

@@ -85,15 +85,20 @@ class Veronica(Actor):
             self._busy -= 1
 
     def handle(self, request: FilesRequest) -> FilesReply:
+        """The reply to one request; a refusal or a failure is a reply too (``ok=False``), never an
+        exception: the error's text is the note the model gets (rules in ``files.py``)."""
         # A task of one of the users' projects works in that project's workspace.
         workspace = Path(request.workspace) if request.workspace else self.config.workspace
         try:
             if request.op == "read":
                 text = files.read_file(workspace, request.path)
                 return FilesReply(ok=True, output=text)
-            entries = files.list_directory(workspace, request.path, request.limit)
-            return FilesReply(ok=True, output="\n".join(entries), entries=entries)
+            listing = files.scan_directory(workspace, request.path, request.limit)
+            return FilesReply(ok=True, output=listing.text(), entries=listing.names)
         except ToolError as exc:
             return FilesReply(ok=False, error=str(exc))
         except OSError as exc:
             return FilesReply(ok=False, error=f"{request.path!r}: {exc.strerror or exc}")
+        except Exception as exc:  # a bug here must not leave the task waiting for a reply
+            log.exception("files %s %r failed", request.op, request.path)
+            return FilesReply(ok=False, error=f"{request.path!r}: Veronica failed: {type(exc).__name__}")

@@ -1,0 +1,220 @@
+"""What each model server has and holds, refreshed in the background; latency of recent calls.
+
+Every ``REFRESH`` seconds, for each server: Ollama's ``/api/tags`` (the models it has, with their
+sizes) and ``/api/ps`` (the models loaded now); an OpenAI-compatible server's ``/v1/models`` (it
+cannot say what is loaded: the model of the last call it served stands for that). A server that
+does not answer is down for the scheduler until it answers again. What is found is written to the
+bucket ``victoria_models`` under ``info.<server>.<instance>`` for ``/services`` and
+``victoria models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import statistics
+import time
+from collections import deque
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+import nats.errors
+from nats.js.kv import KeyValue
+
+from victoria.actors.llm_runner.scheduler import Scheduler, Slot
+from victoria.events.contracts import ModelInfo, ModelServerInfo
+
+log = logging.getLogger(__name__)
+
+REFRESH: Final = 5.0  # seconds between looks at each server
+REQUEST_TIMEOUT: Final = 3.0  # seconds one look may take
+RECENT: Final = 20  # calls per model that the latency figures are taken from
+INFO_EVERY: Final = 30.0  # seconds: the info record is rewritten this often even when unchanged
+KEEP_ALIVE_BIG: Final = "30m"  # Ollama keep_alive of a model of 20B parameters (or 12 GB) or more
+KEEP_ALIVE_MEDIUM: Final = "15m"  # ... of 7B (or 4 GB) or more
+KEEP_ALIVE_SMALL: Final = "5m"  # ... of smaller ones (Ollama's own default)
+_encode: Final = msgspec.json.Encoder()
+
+
+class _Model:
+    __slots__ = ("latency", "parameter_size", "size_bytes")
+
+    def __init__(self) -> None:
+        self.size_bytes: int | None = None
+        self.parameter_size: str | None = None
+        self.latency: deque[tuple[float | None, float | None]] = deque(maxlen=RECENT)
+
+
+def parameters_billions(text: str | None) -> float | None:
+    """``"30.5B"`` -> 30.5, ``"700M"`` -> 0.7; None when it cannot be read."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([BMK]?)\s*", text or "", re.IGNORECASE)
+    if not match:
+        return None
+    scale = {"b": 1.0, "m": 1e-3, "k": 1e-6, "": 1e-9}[match.group(2).lower()]
+    try:
+        return float(match.group(1)) * scale
+    except ValueError:
+        return None
+
+
+class Registry:
+    def __init__(self, scheduler: Scheduler, *, instance: str, http: aiohttp.ClientSession) -> None:
+        self.scheduler = scheduler
+        self.instance = instance
+        self.http = http
+        self.kv: KeyValue | None = None
+        self.models: dict[str, dict[str, _Model]] = {key: {} for key in scheduler.slots}
+        self._task: asyncio.Task[None] | None = None
+        self._written: dict[str, tuple[bytes, float]] = {}
+        for slot in scheduler.slots.values():
+            if slot.spec.models is not None:
+                slot.models = set(slot.spec.models)
+
+    def start(self, kv: KeyValue | None) -> None:
+        self.kv = kv
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="model-servers")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self.refresh(slot) for slot in self.scheduler.slots.values()))
+            await asyncio.sleep(REFRESH)
+
+    # --- looking at the servers ---------------------------------------------------------------
+    async def _get(self, url: str) -> Any:
+        async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as response:
+            if response.status >= 400:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message=response.reason or ""
+                )
+            return await response.json(content_type=None)
+
+    async def refresh(self, slot: Slot) -> None:
+        known = self.models[slot.key]
+        try:
+            if slot.spec.api == "ollama":
+                tags = await self._get(slot.spec.url + "/api/tags")
+                names = []
+                for item in tags.get("models") or []:
+                    name = str(item.get("name") or item.get("model") or "")
+                    if not name:
+                        continue
+                    names.append(name)
+                    model = known.setdefault(name, _Model())
+                    size = item.get("size")
+                    model.size_bytes = int(size) if isinstance(size, int) else None
+                    details = item.get("details") or {}
+                    model.parameter_size = details.get("parameter_size") or None
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                    ps = await self._get(slot.spec.url + "/api/ps")
+                    slot.loaded = [str(m.get("name") or m.get("model")) for m in ps.get("models") or []]
+                    slot.loaded_source = "server"
+            else:
+                listing = await self._get(slot.spec.url + "/v1/models")
+                names = [str(item.get("id")) for item in listing.get("data") or [] if item.get("id")]
+                for name in names:
+                    known.setdefault(name, _Model())
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+            if slot.up:
+                log.warning("model server %s does not answer: %s", slot.spec.url, exc or type(exc).__name__)
+            self.scheduler.server_down(slot)
+        else:
+            if slot.spec.models is None and names:
+                slot.models = {*names, *_aliases(names)}
+            if not slot.up:
+                log.info("model server %s answers again", slot.spec.url)
+            self.scheduler.server_up(slot)
+        await self.write_info(slot)
+
+    def mark_down(self, slot: Slot) -> None:
+        self.scheduler.server_down(slot)
+
+    # --- what calls tell ----------------------------------------------------------------------
+    def record(
+        self, slot: Slot, model: str, *, ttft: float | None, duration: float, tokens: int | None
+    ) -> None:
+        """One call answered: its model is loaded there now; its latency counts."""
+        slot.served(model)
+        rate = None
+        if tokens and ttft is not None and duration - ttft > 0:
+            rate = tokens / (duration - ttft)
+        self.models[slot.key].setdefault(model, _Model()).latency.append((ttft, rate))
+
+    def keep_alive(self, slot: Slot, model: str) -> str | None:
+        """Ollama ``keep_alive`` for a call: the models file's, or by the model's size."""
+        if slot.spec.api != "ollama":
+            return None
+        if slot.spec.keep_alive is not None:
+            return slot.spec.keep_alive
+        info = self.models[slot.key].get(model)
+        if info is None:
+            return None
+        billions = parameters_billions(info.parameter_size)
+        gigabytes = info.size_bytes / 1e9 if info.size_bytes else None
+        if (billions or 0) >= 20 or (gigabytes or 0) >= 12:
+            return KEEP_ALIVE_BIG
+        if (billions or 0) >= 7 or (gigabytes or 0) >= 4:
+            return KEEP_ALIVE_MEDIUM
+        if billions is None and gigabytes is None:
+            return None
+        return KEEP_ALIVE_SMALL
+
+    def info(self, slot: Slot) -> ModelServerInfo:
+        known = self.models[slot.key]
+        names = sorted({*known, *(slot.models or ()), *slot.loaded})
+        models = []
+        for name in names:
+            model = known.get(name)
+            samples = list(model.latency) if model else []
+            ttfts = [t for t, _ in samples if t is not None]
+            rates = [r for _, r in samples if r is not None]
+            models.append(
+                ModelInfo(
+                    name=name,
+                    loaded=name in slot.loaded,
+                    size_bytes=model.size_bytes if model else None,
+                    parameter_size=model.parameter_size if model else None,
+                    calls=len(samples),
+                    ttft_s=round(statistics.median(ttfts), 4) if ttfts else None,
+                    tokens_per_s=round(statistics.median(rates), 1) if rates else None,
+                )
+            )
+        return ModelServerInfo(
+            url=slot.spec.url,
+            api=slot.spec.api,
+            status="up" if slot.up else "down",
+            models=models,
+            loaded=list(slot.loaded),
+            loaded_source=slot.loaded_source,
+            swaps=slot.swaps,
+            instance=self.instance,
+            at=round(time.time(), 3),
+        )
+
+    async def write_info(self, slot: Slot) -> None:
+        if self.kv is None:
+            return
+        info = self.info(slot)
+        body = _encode.encode(msgspec.structs.replace(info, at=0.0))
+        last, at = self._written.get(slot.key, (b"", 0.0))
+        if body == last and time.monotonic() - at < INFO_EVERY:
+            return
+        try:
+            await self.kv.put(f"info.{slot.key}.{self.instance}", _encode.encode(info))
+            self._written[slot.key] = (body, time.monotonic())
+        except (nats.errors.Error, OSError) as exc:
+            log.debug("info of %s not written: %s", slot.spec.url, exc)
+
+
+def _aliases(names: list[str]) -> list[str]:
+    """Ollama answers to ``llama3.2`` for ``llama3.2:latest``."""
+    return [name.removesuffix(":latest") for name in names if name.endswith(":latest")]

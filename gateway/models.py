@@ -1,0 +1,77 @@
+"""The model servers as the runners see them, read from the bucket ``victoria_models``.
+
+Each runner instance writes ``info.<server>.<instance>`` (``ModelServerInfo``) after each look at
+a server. ``/services`` lists them merged per server (the newest record for what is loaded,
+the sum over instances for swaps); ``/metrics`` counts the swaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+
+from victoria.events import subjects
+from victoria.events.contracts import ModelServerInfo
+
+log = logging.getLogger(__name__)
+
+_info: Final = msgspec.json.Decoder(ModelServerInfo)
+
+
+async def read_infos(js: JetStreamContext) -> list[ModelServerInfo]:
+    """Every runner instance's record of every model server (none when there is no bucket)."""
+    try:
+        kv = await js.key_value(subjects.MODELS_BUCKET)
+        keys = [key for key in await kv.keys() if key.startswith("info.")]
+    except (NotFoundError, BucketNotFoundError, NoKeysError):
+        return []
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("model servers not read: %s", exc)
+        return []
+    infos = []
+    for key in keys:
+        with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, nats.errors.Error):
+            entry = await kv.get(key)
+            if entry.value:
+                infos.append(_info.decode(entry.value))
+    return infos
+
+
+def merge(infos: list[ModelServerInfo]) -> list[dict[str, Any]]:
+    """One entry per server: the newest record, with every instance's swaps added up."""
+    by_url: dict[str, list[ModelServerInfo]] = {}
+    for info in infos:
+        by_url.setdefault(info.url, []).append(info)
+    out = []
+    for url in sorted(by_url):
+        records = sorted(by_url[url], key=lambda i: i.at)
+        newest = records[-1]
+        entry: dict[str, Any] = msgspec.to_builtins(newest)
+        entry["swaps"] = sum(r.swaps for r in records)
+        entry["instances"] = sorted({r.instance for r in records})
+        entry.pop("instance", None)
+        out.append(entry)
+    return out
+
+
+async def model_servers(js: JetStreamContext) -> list[dict[str, Any]]:
+    return merge(await read_infos(js))
+
+
+def swaps_metric(servers: list[dict[str, Any]]) -> bytes:
+    """Prometheus text for ``victoria_model_swaps_total{server}``."""
+    lines = [
+        "# HELP victoria_model_swaps_total Calls a model server answered for a model it did not hold "
+        "(it had to swap), counted by the runners since they started.",
+        "# TYPE victoria_model_swaps_total counter",
+    ]
+    for server in servers:
+        url = str(server["url"]).replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'victoria_model_swaps_total{{server="{url}"}} {int(server["swaps"])}')
+    return ("\n".join(lines) + "\n").encode()
