@@ -193,21 +193,9 @@ class FakeModel:
                             self.swaps += 1
                         await asyncio.sleep(self.load_time)
                         self.loaded = model
-                    if stream:
-                        self.streamed += 1
-                        await self._stream(writer, path, model, content)
-                    else:
-                        if self.delay > 0:
-                            await asyncio.sleep(self.delay)
-                        await self._send(writer, 200, self._whole(path, model, content))
+                    await self._reply(writer, path, model, content, stream=stream)
                 return True
-            if stream:
-                self.streamed += 1
-                await self._stream(writer, path, model, content)
-            else:
-                if self.delay > 0:
-                    await asyncio.sleep(self.delay)
-                await self._send(writer, 200, self._whole(path, model, content))
+            await self._reply(writer, path, model, content, stream=stream)
             return True
         except ConnectionError:
             self.aborted += 1
@@ -232,6 +220,17 @@ class FakeModel:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5},
         }
+
+    async def _reply(
+        self, writer: asyncio.StreamWriter, path: str, model: str, content: str, *, stream: bool
+    ) -> None:
+        if stream:
+            self.streamed += 1
+            await self._stream(writer, path, model, content)
+            return
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+        await self._send(writer, 200, self._whole(path, model, content))
 
     async def _stream(self, writer: asyncio.StreamWriter, path: str, model: str, content: str) -> None:
         """Chunked NDJSON (Ollama) or server-sent events (OpenAI), the delay spread over the pieces."""

@@ -47,6 +47,8 @@ IDEMPOTENCY_BUCKET: Final = "victoria_idempotency"
 IMAGES_BUCKET: Final = "victoria_images"
 SESSIONS_BUCKET: Final = "victoria_sessions"
 MODELS_BUCKET: Final = "victoria_models"
+BUCKETS: Final = (IDEMPOTENCY_BUCKET, SESSIONS_BUCKET, MODELS_BUCKET)
+"""The key-value buckets (their streams are ``KV_<bucket>``); the images are an object store."""
 """Model servers as the runners share them: what each runs now, what waits, what it serves."""
 TELEGRAM: Final = "telegram"
 """The service name of the Telegram bot that registers with the gateway and beats through it."""

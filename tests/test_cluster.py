@@ -19,7 +19,7 @@ import nats
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, free_port, stream_messages
+from tests.system import NatsServer, System, free_port, stream_messages
 from victoria.events import subjects
 
 pytestmark = pytest.mark.e2e
@@ -253,3 +253,35 @@ def test_two_gateways_on_one_nats_give_the_same_status_events_and_idempotent_ans
         second.send_signal(signal.SIGTERM)
         second.wait(20)
         system.close()
+
+
+def test_victoria_setup_makes_the_streams_and_refuses_more_replicas_than_servers(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIA_", "NATS_"))}
+        env["VICTORIA_DATA_DIR"] = str(tmp_path / "data")
+        argv = [sys.executable, "-m", "victoria", "setup", "--nats-url", server.url]
+        made = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+        assert "1 replica each" in made.stdout
+
+        async def names() -> set[str]:
+            nc = await nats.connect(server.url)
+            try:
+                return {info.config.name or "" for info in await nc.jetstream().streams_info()}
+            finally:
+                await nc.close()
+
+        assert set(subjects.TASK_STREAMS) | {subjects.SERVICE_STREAM} <= asyncio.run(names())
+        three = subprocess.run(
+            argv,
+            env={**env, "VICTORIA_REPLICAS": "3"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert three.returncode != 0
+        assert "VICTORIA_REPLICAS=1" in three.stderr + three.stdout
+    finally:
+        server.stop()

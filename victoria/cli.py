@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--data-dir", type=Path, default=None)
     watch.add_argument("--raw", action="store_true", help="print payloads as they are")
 
+    setup = sub.add_parser(
+        "setup",
+        help="make every stream and bucket as the NATS user supervisor (VICTORIA_REPLICAS copies), then exit",
+    )
+    setup.add_argument("--nats-url", default=None)
+    setup.add_argument("--data-dir", type=Path, default=None)
+
     nats_env = sub.add_parser(
         "nats-env",
         help="print the NATS users' passwords as export lines, for a nats-server of your own run with "
@@ -237,6 +244,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if command == "status":
             return client.status(target, args.task_id)
         return client.cancel(target, args.task_id)
+    if command == "setup":
+        from victoria.runtime import bus, logs, setup
+
+        logs.setup("setup", config.log_level, instance=config.instance)
+        return process.run(setup.run(config, bus.resolve_nats_url(config, args.nats_url)))
     if command == "nats-env":
         from victoria.errors import ConfigError
         from victoria.runtime import bus, credentials
