@@ -116,5 +116,8 @@ async def serve_actor(
         try:
             await asyncio.wait_for(nc.drain(), 5.0)
         except Exception:  # closing anyway
-            await nc.close()
+            try:
+                await nc.close()
+            except Exception as exc:  # NATS is away (reconnecting): nothing left to flush to it
+                log.debug("close while NATS is away: %r", exc)
         await asyncio.to_thread(tracing.shutdown)
