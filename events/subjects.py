@@ -120,9 +120,6 @@ def llm_result(task_id: str, request_id: str) -> str:
     return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.{LLM_RESULT}.{_check(request_id, 'request id')}"
 
 
-ALL_LLM_RESULTS: Final = f"{PREFIX}.task.*.*.{LLM_RESULT}.*"
-
-
 def result_stored(task_id: str, request_id: str) -> str:
     """Where the runner says, once JetStream has stored it, the model's answer to one request: the
     asking attempt listens here, not on the stream's subject, whose core subscribers would also

@@ -37,7 +37,7 @@ from victoria.events.contracts import AnyTaskEvent, DeadLetter, LLMResult, TaskE
 from victoria.runtime import credentials, images, memory
 from victoria.runtime.config import DEFAULT_DEDUP_WINDOW, Config
 from victoria.runtime.protocol import (
-    WRONG_LAST_SEQUENCE,
+    REFUSED_EXPECTATION,
     PubAck,
     decode_pub_ack,
     fencing_supported,
@@ -49,6 +49,15 @@ log = logging.getLogger(__name__)
 
 DAY: Final = 86_400.0  # seconds
 PUBLISH_TIMEOUT: Final = 5.0  # seconds, one JetStream publish
+BROKER_AWAY: Final = (
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    nats.errors.ConnectionClosedError,
+)
+"""What a request meets while NATS is away or a stream elects a leader (a server of the cluster
+went away): worth asking again, or handing the message back, not a bug."""
 STREAMS_WAIT: Final = 30.0  # seconds a starting process waits for JetStream to answer
 STREAM_AWAY_WAIT: Final = 15.0  # seconds a publish waits for a stream that has no leader
 JETSTREAM_UNAVAILABLE: Final = 10008  # "JetStream system temporarily unavailable"
@@ -199,12 +208,7 @@ async def wait_for_streams(
         try:
             await ensure_streams(js, dedup_window=dedup_window, replicas=replicas)
             return
-        except (
-            TimeoutError,
-            nats.errors.NoRespondersError,
-            NoStreamResponseError,
-            ServiceUnavailableError,
-        ) as exc:
+        except BROKER_AWAY as exc:
             if loop.time() > deadline:
                 raise BrokerUnavailable(f"JetStream did not answer within {timeout:g}s: {exc!r}") from None
             log.info("JetStream does not answer yet (%r); asking again", exc)
@@ -476,7 +480,7 @@ async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] 
         all_headers.update(headers)
     payload = encode(result)
     answer = await publish(nc, subjects.llm_result(result.task_id, result.request_id), payload, all_headers)
-    if answer.error_code == WRONG_LAST_SEQUENCE or answer.duplicate:
+    if answer.error_code in REFUSED_EXPECTATION or answer.duplicate:
         return False
     raise_for(answer)
     # Stored: now tell the attempt that waits (an answer it acts on is always in the log).

@@ -21,20 +21,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import BadRequestError
 
+from victoria.runtime.bus import BROKER_AWAY
 from victoria.runtime.protocol import pull_status
 
 log = logging.getLogger(__name__)
 
-BROKER_AWAY: Final = (
-    TimeoutError,
-    nats.errors.NoRespondersError,
-    NoStreamResponseError,
-    ServiceUnavailableError,
-    nats.errors.ConnectionClosedError,
-)
-"""What a handler meets while NATS is away or a stream elects a leader: the message is handed back."""
 START_WAIT: Final = 30.0  # seconds a starting consumer waits for its stream to answer
 AWAY_REDELIVERY: Final = 2.0  # seconds before a message whose handler met BROKER_AWAY comes again
 

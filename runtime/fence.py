@@ -37,7 +37,7 @@ from victoria.events import subjects
 from victoria.events.codec import task_decoder
 from victoria.events.contracts import TaskCancelled, TaskCancelRequested, TaskEvent
 from victoria.runtime import bus
-from victoria.runtime.protocol import WRONG_LAST_SEQUENCE, found_sequence
+from victoria.runtime.protocol import REFUSED_EXPECTATION, found_sequence
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class TaskWriter:
                 # (A fenced append carries no message id, so it is never taken for a duplicate.)
                 self.expected = answer.seq
                 return answer.seq
-            if answer.error_code != WRONG_LAST_SEQUENCE:
+            if answer.error_code not in REFUSED_EXPECTATION:
                 bus.raise_for(answer)
             # Refused: what stands last in the history decides.
             found = await self._found(found_sequence(answer.error))

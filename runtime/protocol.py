@@ -16,6 +16,11 @@ import msgspec
 
 WRONG_LAST_SEQUENCE: Final = 10071
 """JetStream's error code for an append refused by ``Nats-Expected-Last-(Subject-)Sequence``."""
+WRONG_LAST_SEQUENCE_UNSAID: Final = 10164
+"""The same refusal without the sequence found ("wrong last sequence"), as a clustered stream's
+leader gives it (seen with 3 replicas on nats-server 2.15)."""
+REFUSED_EXPECTATION: Final = frozenset({WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_UNSAID})
+"""Every code of an append refused because the last sequence was not the one expected."""
 FENCING_SINCE: Final = (2, 11)
 """The first nats-server version that honours ``Nats-Expected-Last-Subject-Sequence-Subject``.
 Older servers ignore the header and check the exact subject instead, which refuses every

@@ -26,7 +26,6 @@ from typing import Any, Final, TextIO
 import httpx
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoStreamResponseError
 
 from victoria.errors import VictoriaError
 from victoria.events import subjects
@@ -323,7 +322,7 @@ class Supervisor:
             try:
                 bus.raise_for(await bus.publish(self.nc, subject, encode(event), headers))
                 return
-            except (TimeoutError, NoStreamResponseError) as exc:
+            except bus.BROKER_AWAY as exc:
                 if loop.time() > deadline or self._stopping:
                     log.error("could not publish %s: %s", subject, exc)
                     return

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from victoria.runtime.protocol import (
+    REFUSED_EXPECTATION,
     WRONG_LAST_SEQUENCE,
     AckSubject,
     decode_pub_ack,
@@ -142,3 +143,9 @@ def test_fencing_needs_nats_server_2_11_or_later(version: tuple[int, int, int], 
 
 def test_a_version_is_written_as_nats_server_writes_it() -> None:
     assert format_version((2, 9, 10)) == "2.9.10"
+
+
+def test_a_refusal_without_the_sequence_found_is_a_refused_expectation_too() -> None:
+    error = {"code": 400, "err_code": 10164, "description": "wrong last sequence"}
+    assert error["err_code"] in REFUSED_EXPECTATION
+    assert found_sequence(error) is None  # the fence then reads the last event itself
