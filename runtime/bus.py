@@ -60,6 +60,7 @@ BROKER_AWAY: Final = (
 went away): worth asking again, or handing the message back, not a bug."""
 STREAMS_WAIT: Final = 30.0  # seconds a starting process waits for JetStream to answer
 STREAM_AWAY_WAIT: Final = 15.0  # seconds a publish waits for a stream that has no leader
+RESULT_STORE_WAIT: Final = 120.0  # seconds a model's answer is published again until it is stored
 JETSTREAM_UNAVAILABLE: Final = 10008  # "JetStream system temporarily unavailable"
 REPLAY_FETCH_TIMEOUT: Final = 5.0  # seconds, one batch of a task's history
 PLACEMENT_ERRORS: Final = frozenset({10074, 10023, 10005})
@@ -474,12 +475,33 @@ async def append_fenced(
 
 async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:
     """Store the model's answer to one request: True, or False when an answer to that request is
-    stored already (each request's result subject takes one message, ever: expected sequence 0)."""
+    stored already (each request's result subject takes one message, ever: expected sequence 0).
+
+    An answer is paid for: while the stream does not answer (a server of the cluster went away and
+    the stream elects a leader), it is published again, for up to ``RESULT_STORE_WAIT`` seconds.
+    Publishing again is safe: the expected sequence refuses a second copy, whoever stored the first.
+    """
     all_headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
     if headers:
         all_headers.update(headers)
     payload = encode(result)
-    answer = await publish(nc, subjects.llm_result(result.task_id, result.request_id), payload, all_headers)
+    subject = subjects.llm_result(result.task_id, result.request_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RESULT_STORE_WAIT
+    while True:
+        try:
+            answer = await publish(nc, subject, payload, all_headers)
+            break
+        except (TimeoutError, NoStreamResponseError) as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning(
+                "task %s request %s: the answer is not stored yet (%r); publishing it again",
+                result.task_id,
+                result.request_id,
+                exc,
+            )
+            await asyncio.sleep(0.5)
     if answer.error_code in REFUSED_EXPECTATION or answer.duplicate:
         return False
     raise_for(answer)

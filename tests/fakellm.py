@@ -211,6 +211,11 @@ class FakeLLM:
         with self.lock:
             return sum(n - 1 for n in self.prompts.values() if n > 1)
 
+    def repeated(self) -> list[str]:
+        """The prompts asked more than once, each as its last 300 characters (for a failure's text)."""
+        with self.lock:
+            return [key[-300:] for key, n in self.prompts.items() if n > 1]
+
     def answer(self, messages: list[dict[str, Any]]) -> str:
         system = next((text_of(m) for m in messages if m.get("role") == "system"), "")
         user = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")

@@ -226,6 +226,12 @@ class LLMRunner(Actor):
                 log.info("task %s request %s answered by %s", event.task_id, event.request_id, holder)
                 await msg.ack()
                 return
+            log.info(
+                "task %s request %s delivered again (%d) and unanswered: calling the model for it",
+                event.task_id,
+                event.request_id,
+                deliveries,
+            )
         holding = _holding_key(event)
         self._holding.add(holding)
         try:

@@ -5,7 +5,9 @@ silence or when the supervisor reports its process dead, and ``up`` again at its
 ``service_down`` and ``service_up`` are published only on transitions. ``service_started`` is
 published by the monitor too, at the first heartbeat of a new process (an instance not seen before,
 or a new pid), since only the monitor and the supervisor may publish service events (nats.conf).
-The monitor never acts on itself: it has no way to restart anything, supervisors do that.
+The monitor never acts on itself: it has no way to restart anything, supervisors do that. Nor does
+it judge anyone while its own heartbeats do not come back to it (``Monitor.blind``): that silence
+is NATS failing over, not every service dying at once.
 """
 
 from __future__ import annotations
@@ -273,16 +275,29 @@ class Monitor(Actor):
     async def _check_loop(self) -> None:
         while True:
             await asyncio.sleep(max(0.25, self.config.heartbeat_interval / 2))
-            for entry in list(self.entries.values()):
-                if entry.last_seen is None:
-                    continue  # never beat: its state is what the supervisor says (nats-server)
-                if entry.status != "down" and self._stale(entry):
-                    silence = (utcnow() - entry.last_seen).total_seconds() if entry.last_seen else 0.0
-                    await self._transition(
-                        entry,
-                        "down",
-                        f"no heartbeat for {silence:.1f}s (expected every {entry.interval:g}s)",
-                    )
+            await self.check()
+
+    def blind(self) -> bool:
+        """True while the monitor's own heartbeats do not come back to it: then the silence is the
+        pipe's (its connection, or the heartbeat stream electing a leader after a server of the
+        cluster went away), not the services', and nobody is judged by it."""
+        own = self.entries.get((self.name, self.instance))
+        return own is None or self._stale(own)
+
+    async def check(self) -> None:
+        """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals."""
+        if self.blind():
+            return
+        for entry in list(self.entries.values()):
+            if entry.last_seen is None:
+                continue  # never beat: its state is what the supervisor says (nats-server)
+            if entry.status != "down" and self._stale(entry):
+                silence = (utcnow() - entry.last_seen).total_seconds()
+                await self._transition(
+                    entry,
+                    "down",
+                    f"no heartbeat for {silence:.1f}s (expected every {entry.interval:g}s)",
+                )
 
     async def _transition(
         self, entry: _Entry, status: Literal["up", "down", "degraded"], reason: str

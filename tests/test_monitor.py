@@ -1,0 +1,59 @@
+"""The service monitor's judgement (actors/monitor/actor.py), against a real nats-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from tests.system import NatsServer
+from victoria.actors.monitor.actor import Monitor, _Entry
+from victoria.events import subjects
+from victoria.events.codec import service_decoder
+from victoria.events.contracts import ServiceDown, utcnow
+from victoria.runtime import bus
+from victoria.runtime.config import Config
+
+pytestmark = pytest.mark.usefixtures("strict_loop")
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    client = await bus.connect(nats_server.url, name="monitor-test")
+    await bus.ensure_streams(client.jetstream())
+    yield client
+    await client.close()
+
+
+def silent(name: str, instance: str, seconds: float) -> _Entry:
+    return _Entry(name, instance, pid=1, last_seen=utcnow() - timedelta(seconds=seconds), interval=0.5)
+
+
+async def test_a_silent_instance_is_down_while_the_monitor_hears_its_own_heartbeats(nc: NATS) -> None:
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1"}))
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 0.1)
+    monitor.entries[("victoria", "a")] = silent("victoria", "a", 10.0)
+    await monitor.check()
+    assert monitor.entries[("victoria", "a")].status == "down"
+    stored = await nc.jetstream().get_last_msg(
+        subjects.SERVICE_STREAM, subjects.service_event("victoria", "a", "down")
+    )
+    event = service_decoder.decode(stored.data or b"")
+    assert isinstance(event, ServiceDown) and "no heartbeat" in event.reason
+
+
+async def test_nobody_is_declared_down_while_the_monitors_own_heartbeats_are_late_too(nc: NATS) -> None:
+    """A NATS server of the cluster went away: every beat, the monitor's own too, stops reaching it
+    for a few seconds while the heartbeat stream elects a leader. That is no service's death."""
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1"}))
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 10.0)
+    monitor.entries[("victoria", "a")] = silent("victoria", "a", 10.0)
+    await monitor.check()
+    assert monitor.entries[("victoria", "a")].status == "up"
+    assert monitor.entries[("monitor", "m1")].status == "up", "the monitor never judges itself down"
+    # Its own beats come again, the other's do not: now the silence means something.
+    monitor.entries[("monitor", "m1")].last_seen = utcnow()
+    await monitor.check()
+    assert monitor.entries[("victoria", "a")].status == "down"
