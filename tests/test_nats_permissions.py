@@ -20,6 +20,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js import api as jsapi
 
 from tests.fakellm import FakeLLM
 from tests.system import System, stream_messages
@@ -182,6 +183,32 @@ async def test_no_role_but_the_supervisor_creates_changes_purges_or_deletes_a_st
         assert (await js.stream_info(stream)).config.name == stream  # still there
         await js.add_stream(name="PERMISSIONS_TEST", subjects=["permissions-test.>"])
         assert await js.delete_stream("PERMISSIONS_TEST")
+
+
+async def test_the_work_consumers_are_their_actors_own_and_only_the_supervisor_deletes_one(
+    system: System,
+) -> None:
+    stream = subjects.task_stream(0)
+    owners = {"victoria": "victoria", "llm-runner": "llm-runner", "projector": "projector"}
+    for role in NOT_SUPERVISOR:
+        if role == "observer":
+            continue
+        async with connected(system, role) as session:
+            for durable in ("victoria", "llm-runner", "projector"):
+                await session.refused(f"$JS.API.CONSUMER.DELETE.{stream}.{durable}")
+                if owners.get(role) != durable:
+                    await session.refused(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}")
+                    await session.refused(f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.victoria.>")
+            await session.refused(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.victoria")
+            # A short-lived reading consumer of its own is still made, read and deleted.
+            js = session.nc.jetstream()
+            info = await js.add_consumer(stream, config=jsapi.ConsumerConfig(ack_policy=jsapi.AckPolicy.NONE))
+            assert await js.delete_consumer(stream, info.name or "")
+            assert (await js.consumer_info(stream, "victoria")).name == "victoria"
+    async with connected(system, "supervisor") as supervisor:
+        js = supervisor.nc.jetstream()
+        made = await js.add_consumer(stream, config=jsapi.ConsumerConfig(durable_name="permissions-test"))
+        assert await js.delete_consumer(stream, made.name or "")
 
 
 async def test_every_role_but_the_observer_reads_the_streams_and_the_observer_only_subscribes(
