@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -31,29 +32,42 @@ def silent(name: str, instance: str, seconds: float) -> _Entry:
     return _Entry(name, instance, pid=1, last_seen=utcnow() - timedelta(seconds=seconds), interval=0.5)
 
 
+async def hearing_itself(monitor: Monitor, seconds: float) -> None:
+    """``seconds`` pass while the monitor's own beats come back to it, looking every 0.25 s."""
+    own = monitor.entries[("monitor", monitor.instance)]
+    for _ in range(int(seconds / 0.25)):
+        own.last_seen = utcnow()
+        await monitor.check()
+        await asyncio.sleep(0.25)
+
+
 async def test_a_silent_instance_is_down_while_the_monitor_hears_its_own_heartbeats(nc: NATS) -> None:
     monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1"}))
     monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 0.1)
     monitor.entries[("victoria", "a")] = silent("victoria", "a", 10.0)
-    await monitor.check()
+    monitor.entries[("victoria", "b")] = silent("victoria", "b", 0.1)
+    await hearing_itself(monitor, 2.0)  # more than three intervals of 0.5 s
     assert monitor.entries[("victoria", "a")].status == "down"
+    assert monitor.entries[("victoria", "b")].status == "down"  # its beats stopped 2 s ago
     stored = await nc.jetstream().get_last_msg(
         subjects.SERVICE_STREAM, subjects.service_event("victoria", "a", "down")
     )
     event = service_decoder.decode(stored.data or b"")
-    assert isinstance(event, ServiceDown) and "no heartbeat" in event.reason
+    assert isinstance(event, ServiceDown) and "no heartbeat for 1" in event.reason, event  # 10 s and more
 
 
 async def test_nobody_is_declared_down_while_the_monitors_own_heartbeats_are_late_too(nc: NATS) -> None:
     """A NATS server of the cluster went away: every beat, the monitor's own too, stops reaching it
-    for a few seconds while the heartbeat stream elects a leader. That is no service's death."""
+    for a few seconds while the heartbeat stream elects a leader. That is no service's death, and
+    once the beats flow again every instance gets its full three intervals to be heard."""
     monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1"}))
-    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 10.0)
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 1.2)  # just past two intervals
     monitor.entries[("victoria", "a")] = silent("victoria", "a", 10.0)
     await monitor.check()
     assert monitor.entries[("victoria", "a")].status == "up"
-    assert monitor.entries[("monitor", "m1")].status == "up", "the monitor never judges itself down"
-    # Its own beats come again, the other's do not: now the silence means something.
-    monitor.entries[("monitor", "m1")].last_seen = utcnow()
-    await monitor.check()
+    assert monitor.entries[("monitor", "m1")].status == "up", "the monitor never judges itself"
+    # Its own beats come again; the other has three intervals from then before it counts as down.
+    await hearing_itself(monitor, 1.0)
+    assert monitor.entries[("victoria", "a")].status == "up"
+    await hearing_itself(monitor, 1.0)
     assert monitor.entries[("victoria", "a")].status == "down"

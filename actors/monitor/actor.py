@@ -44,6 +44,7 @@ from victoria.runtime.config import Config
 log = logging.getLogger(__name__)
 
 MISSED_BEATS: Final = 3  # intervals of silence before an instance counts as down
+BLIND_AFTER: Final = 2  # intervals the monitor's own beat may be late before it judges nobody
 
 
 @dataclass(slots=True)
@@ -83,6 +84,8 @@ class Monitor(Actor):
         self.entries: dict[tuple[str, str], _Entry] = {}
         self.probes: dict[str, ProbeState] = {}
         self._subs: list[Subscription] = []
+        self._hearing_since: datetime | None = None
+        """Since when the monitor's own heartbeats come back to it in time (None while blind)."""
 
     def probe_specs(self) -> list[ProbeSpec]:
         cfg = self.config
@@ -278,21 +281,33 @@ class Monitor(Actor):
             await self.check()
 
     def blind(self) -> bool:
-        """True while the monitor's own heartbeats do not come back to it: then the silence is the
-        pipe's (its connection, or the heartbeat stream electing a leader after a server of the
-        cluster went away), not the services', and nobody is judged by it."""
+        """True while the monitor's own heartbeats come late (more than ``BLIND_AFTER`` intervals):
+        then silence is the pipe's (its connection, or the heartbeat stream electing a leader after
+        a server of the cluster went away), not the services', and nobody is judged by it."""
         own = self.entries.get((self.name, self.instance))
-        return own is None or self._stale(own)
+        if own is None or own.last_seen is None:
+            return True
+        return (utcnow() - own.last_seen).total_seconds() > own.interval * BLIND_AFTER
 
     async def check(self) -> None:
-        """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals."""
+        """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals
+        while the monitor could hear them. Once its own beats come again after a blind spell, each
+        instance has ``MISSED_BEATS`` intervals from then to beat (its beats published meanwhile
+        may have been refused too); the monitor never judges itself."""
         if self.blind():
+            self._hearing_since = None
             return
+        now = utcnow()
+        if self._hearing_since is None:
+            self._hearing_since = now
         for entry in list(self.entries.values()):
             if entry.last_seen is None:
                 continue  # never beat: its state is what the supervisor says (nats-server)
-            if entry.status != "down" and self._stale(entry):
-                silence = (utcnow() - entry.last_seen).total_seconds()
+            if entry.status == "down" or (entry.name, entry.instance) == (self.name, self.instance):
+                continue
+            heard = max(entry.last_seen, self._hearing_since)
+            if (now - heard).total_seconds() > entry.interval * MISSED_BEATS:
+                silence = (now - entry.last_seen).total_seconds()
                 await self._transition(
                     entry,
                     "down",
