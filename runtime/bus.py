@@ -392,14 +392,24 @@ def event_headers(task_id: str, key: str, extra: dict[str, str] | None = None) -
     return headers
 
 
-async def publish(nc: NATS, subject: str, payload: bytes, headers: dict[str, str]) -> PubAck:
+async def publish(
+    nc: NATS,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str],
+    *,
+    wait: float = STREAM_AWAY_WAIT,
+    again_after_timeout: bool = False,
+) -> PubAck:
     """Publish to a stream and wait until it is stored; JetStream's answer, refusals included.
 
     What ``js.publish`` does, through nats-py's public request API, with the acknowledgement
     decoded by msgspec (``protocol.decode_pub_ack``) instead of ``json.loads``, and without raising
-    for a refusal: a fenced writer reads what refused it."""
+    for a refusal: a fenced writer reads what refused it. While no stream answers it publishes
+    again, for up to ``wait`` seconds; after a timeout only when ``again_after_timeout`` (the
+    message may have been stored: only a publish that cannot store a second copy may say so)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + STREAM_AWAY_WAIT
+    deadline = loop.time() + wait
     delay = 0.05
     while True:
         try:
@@ -409,8 +419,12 @@ async def publish(nc: NATS, subject: str, payload: bytes, headers: dict[str, str
                 return answer
         except nats.errors.NoRespondersError:
             pass
-        # Nothing was stored: the stream has no leader now (a server of the cluster went away and
-        # its replicas elect another, which takes seconds). Publish again until it is back.
+        except nats.errors.TimeoutError as exc:
+            if not again_after_timeout:
+                raise
+            log.warning("%s: not stored yet (%r); publishing it again", subject, exc)
+        # Nothing was stored, or (after a timeout) perhaps it was: the stream has no leader now (a
+        # server of the cluster went away and its replicas elect another, which takes seconds).
         if loop.time() + delay > deadline:
             raise NoStreamResponseError from None
         log.debug("no stream answers %s; publishing again in %.2fs", subject, delay)
@@ -486,22 +500,9 @@ async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] 
         all_headers.update(headers)
     payload = encode(result)
     subject = subjects.llm_result(result.task_id, result.request_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RESULT_STORE_WAIT
-    while True:
-        try:
-            answer = await publish(nc, subject, payload, all_headers)
-            break
-        except (TimeoutError, NoStreamResponseError) as exc:
-            if loop.time() > deadline:
-                raise
-            log.warning(
-                "task %s request %s: the answer is not stored yet (%r); publishing it again",
-                result.task_id,
-                result.request_id,
-                exc,
-            )
-            await asyncio.sleep(0.5)
+    answer = await publish(
+        nc, subject, payload, all_headers, wait=RESULT_STORE_WAIT, again_after_timeout=True
+    )
     if answer.error_code in REFUSED_EXPECTATION or answer.duplicate:
         return False
     raise_for(answer)

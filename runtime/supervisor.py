@@ -113,6 +113,7 @@ class Supervisor:
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
         self._reports: set[asyncio.Task[None]] = set()
+        self._last_report: asyncio.Task[None] | None = None
         self._lock: TextIO | None = None
 
     async def run(self) -> int:
@@ -304,8 +305,21 @@ class Supervisor:
             )
 
     def _report(self, publishing: Coroutine[Any, Any, None]) -> None:
-        """Publish in the background: a restart never waits for NATS to take the report."""
-        task = asyncio.create_task(publishing)
+        """Publish in the background: a restart never waits for NATS to take the report. Reports
+        are stored in the order they were made (a ``service_down`` that NATS took late is not
+        stored after the ``service_up`` that followed it): each waits for the one before."""
+        previous = self._last_report
+
+        async def in_order() -> None:
+            try:
+                if previous is not None:
+                    await asyncio.wait([previous])
+            except asyncio.CancelledError:
+                publishing.close()
+                raise
+            await publishing
+
+        task = self._last_report = asyncio.create_task(in_order())
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 

@@ -269,11 +269,11 @@ class Monitor(Actor):
         except Exception as exc:  # NATS away: the state is right, the event is lost; log it
             log.warning("could not publish started for %s/%s: %s", beat.name, beat.instance, exc)
 
-    def _stale(self, entry: _Entry) -> bool:
+    def _stale(self, entry: _Entry, beats: int = MISSED_BEATS) -> bool:
+        """Silent for more than ``beats`` intervals (or never heard)."""
         if entry.last_seen is None:
             return True
-        silence = (utcnow() - entry.last_seen).total_seconds()
-        return silence > entry.interval * MISSED_BEATS
+        return (utcnow() - entry.last_seen).total_seconds() > entry.interval * beats
 
     async def _check_loop(self) -> None:
         while True:
@@ -285,9 +285,7 @@ class Monitor(Actor):
         then silence is the pipe's (its connection, or the heartbeat stream electing a leader after
         a server of the cluster went away), not the services', and nobody is judged by it."""
         own = self.entries.get((self.name, self.instance))
-        if own is None or own.last_seen is None:
-            return True
-        return (utcnow() - own.last_seen).total_seconds() > own.interval * BLIND_AFTER
+        return own is None or self._stale(own, BLIND_AFTER)
 
     async def check(self) -> None:
         """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals
