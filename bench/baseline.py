@@ -58,6 +58,24 @@ def chat_body(model: str, messages: list[dict[str, str]], *, json_mode: bool, st
     return body
 
 
+async def post_chat(http: aiohttp.ClientSession, body: dict[str, Any], *, stream: bool) -> str:
+    """One Ollama ``/api/chat`` call with aiohttp (Victoria's runner's client): the reply's text."""
+    async with http.post(
+        "/api/chat", data=_json.encode(body), headers={"content-type": "application/json"}
+    ) as response:
+        response.raise_for_status()
+        if not stream:
+            data = msgspec.json.decode(await response.read())
+            return str(data.get("message", {}).get("content", ""))
+        parts: list[str] = []
+        async for raw in response.content:
+            piece, done = stream_piece(raw.decode("utf-8", "replace"))
+            parts.append(piece)
+            if done:
+                break
+        return "".join(parts)
+
+
 def stream_piece(line: str) -> tuple[str, bool]:
     """(content, done) of one NDJSON line of an Ollama stream."""
     if not line.strip():
@@ -91,20 +109,7 @@ class Baseline:
 
     async def ask(self, messages: list[dict[str, str]], *, json_mode: bool = False) -> str:
         body = chat_body(self.model, messages, json_mode=json_mode, stream=self.stream)
-        async with self.http.post(
-            "/api/chat", data=_json.encode(body), headers={"content-type": "application/json"}
-        ) as response:
-            response.raise_for_status()
-            if not self.stream:
-                data = msgspec.json.decode(await response.read())
-                return str(data.get("message", {}).get("content", ""))
-            parts: list[str] = []
-            async for raw in response.content:
-                piece, done = stream_piece(raw.decode("utf-8", "replace"))
-                parts.append(piece)
-                if done:
-                    break
-            return "".join(parts)
+        return await post_chat(self.http, body, stream=self.stream)
 
     async def run_task(self, task_id: str, goal: str, max_steps: int) -> None:
         state = self.status[task_id]

@@ -25,7 +25,7 @@ from typing import Any, Final
 import aiohttp
 from celery import Celery
 
-from bench.baseline import SYSTEM, chat_body, stream_piece
+from bench.baseline import SYSTEM, chat_body, post_chat
 from bench.loadgen import LoopResult
 
 REDIS_URL: Final = os.environ.get("BENCH_CELERY_REDIS", "redis://127.0.0.1:6379/13")
@@ -75,18 +75,7 @@ def _session() -> tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]:
 
 
 async def _post(session: aiohttp.ClientSession, body: dict[str, Any]) -> str:
-    async with session.post("/api/chat", json=body) as response:
-        response.raise_for_status()
-        if not STREAM:
-            data = await response.json()
-            return str(data.get("message", {}).get("content", ""))
-        parts: list[str] = []
-        async for raw in response.content:
-            piece, done = stream_piece(raw.decode("utf-8", "replace"))
-            parts.append(piece)
-            if done:
-                break
-        return "".join(parts)
+    return await post_chat(session, body, stream=STREAM)
 
 
 def _ask(messages: list[dict[str, str]], *, json_mode: bool = False) -> str:

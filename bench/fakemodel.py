@@ -34,6 +34,7 @@ from typing import Any, Final
 import msgspec
 
 from bench.loadgen import run_fast
+from victoria.events.tools import FINISH
 
 MAX_HEAD: Final = 64 * 1024  # bytes of request line and headers
 MAX_BODY: Final = 16 * 1024 * 1024  # bytes of request body
@@ -55,7 +56,7 @@ def answer(messages: list[dict[str, Any]]) -> str:
         if "numbered plan" in str(system):
             return "1. Look at the goal.\n2. Answer it."
         return json.dumps({"clear": True, "understanding": f"The user wants: {goal}"}, ensure_ascii=False)
-    return json.dumps({"tool": "finish", "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
+    return json.dumps({"tool": FINISH.name, "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
 
 
 class FakeModel:

@@ -9,15 +9,18 @@ reads a newer event.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal, get_args
 
 import msgspec
+
+from victoria.events.goals import RouteKind
+from victoria.events.subjects import ResultKind, TaskKind
 
 SCHEMA_VERSION: Final = 1
 
 TaskStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
-TASK_TYPES: Final[frozenset[str]] = frozenset({"capabilities", "files", "agent", "plan"})
+TASK_TYPES: Final[frozenset[str]] = frozenset(get_args(RouteKind))
 """Explicit routes a client may ask for; without ``task_type`` Victoria's classifier chooses.
 ``plan`` understands and plans, and answers with the plan (``POST /plan``)."""
 
@@ -41,6 +44,11 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, gc=Fa
 
 
 class TaskEvent(Message, kw_only=True, frozen=True):
+    """An event of one task. ``kind`` (a class variable, not a field) is the last token of its
+    subject (``victoria.events.subjects.task_event``); a model result's is ``llm_result``, the token
+    before its request id."""
+
+    kind: ClassVar[TaskKind | ResultKind]
     task_id: str
 
 
@@ -53,6 +61,7 @@ class ChatTurn(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
 
 class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "submitted"
     goal: str
     task_type: str | None = None
     project_context: Any = None
@@ -86,12 +95,14 @@ class TaskSubmitted(TaskEvent, tag="task_submitted", kw_only=True, frozen=True):
 
 
 class TaskStarted(TaskEvent, tag="task_started", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "started"
     attempt: int
     instance: str
     route: str = ""
 
 
 class TaskStage(TaskEvent, tag="task_stage", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "stage"
     stage: str
     step: int | None = None
     detail: str = ""
@@ -108,9 +119,11 @@ class ChatMessage(msgspec.Struct, frozen=True, gc=False):
 
 
 class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "llm_request"
     request_id: str
     """Unique within the task, and the same on every attempt (``understand``, ``plan``, ``step-3``)."""
     purpose: str
+    """What is asked: one of ``PURPOSES``."""
     messages: list[ChatMessage]
     model: str | None = None
     timeout_s: float = 300.0
@@ -128,12 +141,21 @@ class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
     takes the stored answer only when it would ask the same; else it asks again, under a new id."""
     workflow: int = 0
     """The version of the workflow code that made the request (``actors/agent/workflow.py``)."""
+    understood: str | None = None
+    """What the agent read in the task's understand reply (its one reader of model replies), on the
+    request that follows it: what the old clients' ``/stream`` shows as the "Understood" step."""
 
+
+Purpose = Literal["understand", "plan", "step", "answer"]
+PURPOSES: Final[tuple[Purpose, ...]] = ("understand", "plan", "step", "answer")
+"""What a model request asks for: what the goal means, a plan, a step (a tool call, or the final
+answer), the final answer alone."""
 
 LLMErrorKind = Literal["unavailable", "timeout", "http_status", "protocol", "cancelled"]
 
 
 class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
+    kind: ClassVar[ResultKind] = "llm_result"
     request_id: str
     ok: bool
     content: str = ""
@@ -146,9 +168,13 @@ class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
     duration_s: float = 0.0
     instance: str = ""
     time_to_first_token_s: float | None = None
+    purpose: str = ""
+    """What the request asked for (its ``LLMRequested.purpose``, one of ``PURPOSES``): readers
+    tell an understanding from a plan or a step by it, never by the request id."""
 
 
 class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "tool_result"
     call_id: str
     tool: str
     args: dict[str, Any] = {}
@@ -158,6 +184,7 @@ class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):
 
 
 class TaskCancelRequested(TaskEvent, tag="task_cancel_requested", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "cancel"
     reason: str = "cancelled by request"
 
 
@@ -199,6 +226,7 @@ class Knowledge(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
 
 class TaskCompleted(TaskEvent, tag="task_completed", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "completed"
     output: str
     attempts: int = 1
     model_calls: list[ModelCall] = []
@@ -207,6 +235,7 @@ class TaskCompleted(TaskEvent, tag="task_completed", kw_only=True, frozen=True):
 
 
 class TaskFailed(TaskEvent, tag="task_failed", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "failed"
     error: str
     error_kind: str = "error"
     attempts: int = 1
@@ -214,6 +243,7 @@ class TaskFailed(TaskEvent, tag="task_failed", kw_only=True, frozen=True):
 
 
 class TaskCancelled(TaskEvent, tag="task_cancelled", kw_only=True, frozen=True):
+    kind: ClassVar[TaskKind] = "cancelled"
     reason: str = "cancelled by request"
     attempts: int = 0
     model_calls: list[ModelCall] = []
@@ -231,6 +261,19 @@ AnyTaskEvent = (
     | TaskFailed
     | TaskCancelled
 )
+
+HistoryEvent = (
+    TaskSubmitted
+    | TaskStarted
+    | TaskStage
+    | LLMRequested
+    | ToolResult
+    | TaskCancelRequested
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled
+)
+"""The events of a task's own history (``victoria.task.<s>.<id>.<kind>``): all but model results."""
 
 TERMINAL_EVENTS: Final = (TaskCompleted, TaskFailed, TaskCancelled)
 
@@ -338,8 +381,13 @@ class ServicesReply(Message, tag="services_reply", kw_only=True, frozen=True):
 
 
 class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
+    """A message set aside, on ``victoria.dlq.>``: one nobody could decode, or a task that
+    exhausted its attempts."""
+
     consumer: str
+    """The durable consumer that set it aside."""
     subject: str
+    """Where it was published."""
     reason: str
     data: str
     """The original payload, as text (bytes that are not UTF-8 are replaced)."""
@@ -354,12 +402,16 @@ class LogRecord(Message, tag="log_record", kw_only=True, frozen=True):
     """One log line of one actor, on ``victoria.log.<actor>.<level>``."""
 
     actor: str
+    """The service that logged it (``victoria``, ``llm-runner``, ...)."""
     instance: str
     pid: int
     level: str
+    """``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``."""
     logger: str
+    """The Python logger's name (the module)."""
     message: str
     task_id: str | None = None
+    """The task it was logged for, when one was running."""
     trace_id: str | None = None
 
 
@@ -369,8 +421,12 @@ class TokenChunk(Message, tag="token_chunk", kw_only=True, frozen=True):
     task_id: str
     request_id: str
     seq: int
+    """Counts from 0 per request: a reader puts the pieces in order and sees a gap."""
     text: str
     done: bool = False
+    """The last piece of the request's answer."""
+    purpose: str = ""
+    """The purpose of the request these words answer (``LLMRequested.purpose``)."""
 
 
 # --- model-aware scheduling (issue 14) -------------------------------------------------------------
@@ -443,3 +499,7 @@ class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """Model changes this runner instance has seen the server make since it started."""
     instance: str = ""
     at: float = 0.0
+    error: str | None = None
+    """Why the runner's last look at the server failed: the URL and the failure, named the same
+    whatever the HTTP client calls it (``ConnectError``, ``TimeoutError``, ``HTTPStatusError``);
+    None while it answers."""

@@ -14,26 +14,11 @@ model calls) closes the history.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 import msgspec
 
-from victoria.events.contracts import (
-    AnyTaskEvent,
-    Knowledge,
-    LLMRequested,
-    LLMResult,
-    ModelCall,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TaskStatusName,
-    TaskSubmitted,
-    ToolResult,
-)
+from victoria.events import contracts
 
 _NOTHING: Final[dict[str, Any]] = {}
 _NO_STAGES: Final[set[str]] = set()
@@ -43,7 +28,7 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     """The public status object of ``GET /run/status/{task_id}``."""
 
     task_id: str
-    status: TaskStatusName
+    status: contracts.TaskStatusName
     stage: str | None
     output: str | None
     error: str | None
@@ -72,7 +57,9 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     Not an event: the gateway takes it from ``victoria.progress.<task_id>``."""
 
 
-def knowledge_of(submitted: TaskSubmitted | None, knowledge: Knowledge | None) -> dict[str, Any]:
+def knowledge_of(
+    submitted: contracts.TaskSubmitted | None, knowledge: contracts.Knowledge | None
+) -> dict[str, Any]:
     """The old server's ``knowledge`` object: always a dict, with what this task knows."""
     out: dict[str, Any] = {}
     if knowledge is not None:
@@ -129,8 +116,8 @@ class TaskHistory:
         """Keep model requests, results, tool results and the stages seen (Victoria needs them to
         resume a task; a status view does not). Without memo the four collections are shared empty
         ones that ``apply`` never writes to: a cache of thousands of folds holds no containers."""
-        self.submitted: TaskSubmitted | None = None
-        self.status: TaskStatusName = "queued"
+        self.submitted: contracts.TaskSubmitted | None = None
+        self.status: contracts.TaskStatusName = "queued"
         self.stage: str | None = None
         self.step: int | None = None
         self.output: str | None = None
@@ -142,10 +129,10 @@ class TaskHistory:
         self.cancel_reason: str | None = None
         self.closed = False
         """A terminal event is stored: nothing more is written for the task."""
-        self.knowledge: Knowledge | None = None
-        self.llm_requests: dict[str, LLMRequested] = {} if memo else _NOTHING
-        self.llm_results: dict[str, LLMResult] = {} if memo else _NOTHING
-        self.tool_results: dict[str, ToolResult] = {} if memo else _NOTHING
+        self.knowledge: contracts.Knowledge | None = None
+        self.llm_requests: dict[str, contracts.LLMRequested] = {} if memo else _NOTHING
+        self.llm_results: dict[str, contracts.LLMResult] = {} if memo else _NOTHING
+        self.tool_results: dict[str, contracts.ToolResult] = {} if memo else _NOTHING
         self.stages_seen: set[str] = set() if memo else _NO_STAGES
         self.last_seq = 0
         self.own_seq = 0
@@ -157,18 +144,18 @@ class TaskHistory:
         """The status is final: a terminal event is stored, or a cancel request decided it."""
         return self.status in ("completed", "failed", "cancelled")
 
-    def apply(self, event: AnyTaskEvent, seq: int = 0) -> bool:
+    def apply(self, event: contracts.AnyTaskEvent, seq: int = 0) -> bool:
         """Apply one event. Returns False (and changes nothing) for an event already applied."""
         if seq:
             if seq <= self.last_seq:
                 return False
             self.last_seq = seq
-            if not isinstance(event, LLMResult):
+            if not isinstance(event, contracts.LLMResult):
                 self.own_seq = seq
         if self.created_at is None:
             self.created_at = event.ts
         self.updated_at = event.ts
-        if self.closed and not isinstance(event, TaskSubmitted):
+        if self.closed and not isinstance(event, contracts.TaskSubmitted):
             # A late event (an in-flight model result, a duplicate) never reopens a finished task.
             return True
         self._remember(event)
@@ -176,70 +163,74 @@ class TaskHistory:
             self._advance(event)
         return True
 
-    def _remember(self, event: AnyTaskEvent) -> None:
+    def _remember(self, event: contracts.AnyTaskEvent) -> None:
         """What holds whatever the status says: the submission, the attempts, the terminal event
         that closes the history and (with ``memo``) what an attempt needs to resume the task."""
         match event:
-            case TaskSubmitted():
+            case contracts.TaskSubmitted():
                 self.submitted = event
                 self.created_at = event.ts
-            case TaskStarted(attempt=attempt):
+            case contracts.TaskStarted(attempt=attempt):
                 self.attempts = max(self.attempts, attempt)
-            case TaskStage(stage=stage, step=step, key=key):
+            case contracts.TaskStage(stage=stage, step=step, key=key):
                 if self.memo:
                     self.stages_seen.add(key or stage_key(stage, step))
-            case LLMRequested(stage=stage, step=step, attempt=attempt):
+            case contracts.LLMRequested(stage=stage, step=step, attempt=attempt):
                 if attempt is not None:
                     self.attempts = max(self.attempts, attempt)
                 if self.memo:
                     if stage is not None:
                         self.stages_seen.add(stage_key(stage, step))
                     self.llm_requests[event.request_id] = event
-            case LLMResult():
+            case contracts.LLMResult():
                 if self.memo:
                     self.llm_results.setdefault(event.request_id, event)
-            case ToolResult():
+            case contracts.ToolResult():
                 if self.memo:
                     self.tool_results.setdefault(event.call_id, event)
-            case TaskCompleted() | TaskFailed() | TaskCancelled():
+            case contracts.TaskCompleted() | contracts.TaskFailed() | contracts.TaskCancelled():
                 # After a cancel request only task_cancelled can be stored on a fenced history;
                 # another terminal event (an unfenced server) closes it without changing the status.
                 self.closed = True
                 self.attempts = max(self.attempts, event.attempts)
+            case contracts.TaskCancelRequested():
+                pass  # it decides the status (``_advance``), and holds nothing more
             case _:
-                pass
+                assert_never(event)
 
-    def _advance(self, event: AnyTaskEvent) -> None:
+    def _advance(self, event: contracts.AnyTaskEvent) -> None:
         """The status fields, while no terminal event or cancel request has decided them."""
         match event:
-            case TaskStarted():
+            case contracts.TaskStarted():
                 self.status = "running"
-            case TaskStage(stage=stage, step=step):
+            case contracts.TaskStage(stage=stage, step=step):
                 self.stage, self.step = stage, step
                 if self.status == "queued":
                     self.status = "running"
-            case LLMRequested(stage=stage, step=step):
+            case contracts.LLMRequested(stage=stage, step=step):
                 if stage is not None:
                     self.stage, self.step = stage, step
                 if self.status == "queued":
                     self.status = "running"
-            case TaskCancelRequested(reason=reason):
+            case contracts.TaskCancelRequested(reason=reason):
                 self.cancel_reason = reason
                 self.status, self.stage, self.error = "cancelled", "cancelled", reason
-            case TaskCompleted(output=output, knowledge=knowledge):
+            case contracts.TaskCompleted(output=output, knowledge=knowledge):
                 self.status, self.stage, self.output = "completed", "done", output
                 self.knowledge = knowledge
-            case TaskFailed(error=error, error_kind=kind):
+            case contracts.TaskFailed(error=error, error_kind=kind):
                 self.status, self.stage, self.error, self.error_kind = "failed", "failed", error, kind
-            case TaskCancelled(reason=reason):
+            case contracts.TaskCancelled(reason=reason):
                 self.status, self.stage, self.error = "cancelled", "cancelled", reason
+            case contracts.TaskSubmitted() | contracts.LLMResult() | contracts.ToolResult():
+                pass  # what they hold is remembered (``_remember``); the status stays as it is
             case _:
-                pass
+                assert_never(event)
 
-    def model_calls(self) -> list[ModelCall]:
+    def model_calls(self) -> list[contracts.ModelCall]:
         """The task's model calls, one per stored result (kept with ``memo`` only)."""
         return [
-            ModelCall(
+            contracts.ModelCall(
                 model=result.model or "unknown",
                 outcome="ok" if result.ok else result.error_kind or "error",
                 duration_s=result.duration_s,
@@ -283,7 +274,7 @@ def stage_key(stage: str, step: int | None) -> str:
     return stage if step is None else f"{stage}:{step}"
 
 
-def fold(task_id: str, events: list[AnyTaskEvent]) -> TaskHistory:
+def fold(task_id: str, events: list[contracts.AnyTaskEvent]) -> TaskHistory:
     history = TaskHistory(task_id)
     for event in events:
         history.apply(event)

@@ -65,10 +65,16 @@ TaskKind = Literal[
     "cancelled",
 ]
 """The last token of an event of a task's own history."""
-LLM_RESULT: Final = "llm_result"
+ResultKind = Literal["llm_result"]
+LLM_RESULT: Final[ResultKind] = "llm_result"
 """The token before the request id in a model result's subject."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _family(family: str) -> str:
+    """Filter for every subject of one family (``victoria.<family>.>``)."""
+    return f"{PREFIX}.{family}.>"
 
 
 def is_token(value: str) -> bool:
@@ -143,7 +149,7 @@ def shard_events_of_kind(shard: int, kind: TaskKind) -> str:
     return f"{PREFIX}.task.{shard}.*.{kind}"
 
 
-ALL_TASK_EVENTS: Final = f"{PREFIX}.task.>"
+ALL_TASK_EVENTS: Final = _family("task")
 
 
 def task_id_of(subject: str) -> str:
@@ -165,14 +171,15 @@ def service_event(name: str, instance: str, kind: Literal["started", "down", "up
     return f"{PREFIX}.svc.{_check(name, 'service name')}.{_check(instance, 'instance')}.{kind}"
 
 
-ALL_SERVICE_EVENTS: Final = f"{PREFIX}.svc.>"
+ALL_SERVICE_EVENTS: Final = _family("svc")
 
 
 def heartbeat(name: str, instance: str) -> str:
+    """One instance's heartbeats (a memory-stored stream keeps the last few)."""
     return f"{PREFIX}.heartbeat.{_check(name, 'service name')}.{_check(instance, 'instance')}"
 
 
-ALL_HEARTBEATS: Final = f"{PREFIX}.heartbeat.>"
+ALL_HEARTBEATS: Final = _family("heartbeat")
 
 
 def heartbeats_of(name: str) -> str:
@@ -181,34 +188,38 @@ def heartbeats_of(name: str) -> str:
 
 
 def dead_letter_task(task_id: str) -> str:
+    """A task message that exhausted its attempts."""
     return f"{PREFIX}.dlq.task.{_check(task_id, 'task id')}"
 
 
 def dead_letter_bad(consumer: str) -> str:
+    """A message that ``consumer`` could not decode."""
     return f"{PREFIX}.dlq.bad.{_check(consumer, 'consumer')}"
 
 
-ALL_DEAD_LETTERS: Final = f"{PREFIX}.dlq.>"
+ALL_DEAD_LETTERS: Final = _family("dlq")
 
 
 def rpc(service: str, method: str) -> str:
     return f"{PREFIX}.rpc.{_check(service, 'service')}.{_check(method, 'method')}"
 
 
-VERONICA_FILES: Final = f"{PREFIX}.rpc.veronica.files"
-MONITOR_SERVICES: Final = f"{PREFIX}.rpc.monitor.services"
-RUNNER_HOLDING: Final = f"{PREFIX}.rpc.llm-runner.holding"
+VERONICA_FILES: Final = rpc("veronica", "files")
+MONITOR_SERVICES: Final = rpc("monitor", "services")
+RUNNER_HOLDING: Final = rpc("llm-runner", "holding")
 """Asked of every runner by one that got a request again: answered only by one calling for it."""
 
 
 def log(actor: str, level: str) -> str:
+    """The log records of one actor at one level (``LogRecord``)."""
     return f"{PREFIX}.log.{_check(actor, 'actor')}.{_check(level.lower(), 'level')}"
 
 
-ALL_LOGS: Final = f"{PREFIX}.log.>"
+ALL_LOGS: Final = _family("log")
 
 
 def tokens(task_id: str) -> str:
+    """A task's model output as it is written (``TokenChunk``), best effort, not stored."""
     return f"{PREFIX}.tokens.{_check(task_id, 'task id')}"
 
 

@@ -1,7 +1,8 @@
 """The answer's words out of a step reply as the model writes it. Pure code, no I/O.
 
-A step reply is a JSON tool call; the one that finishes says ``{"tool": "finish", "args":
-{"answer": "..."}}``. ``POST /stream`` sends the old server's clients the answer's words as they
+A step reply is a JSON tool call; the one that finishes holds the answer under one of the keys the
+tool table names for it (``victoria.events.tools.ANSWER_KEYS``, the keys the agent's reply parser
+takes the answer from). ``POST /stream`` sends the old server's clients the answer's words as they
 come (``chunk`` lines), not the JSON around them: ``AnswerStream`` is fed the model's text in the
 pieces the runner publishes and returns, each time, the new characters of the answer's string,
 with JSON escapes undone (an escape cut in two by a piece boundary waits for its end).
@@ -13,7 +14,9 @@ import json
 import re
 from typing import Final
 
-_OPENING: Final = re.compile(r'"(?:answer|final_answer)"\s*:\s*"')
+from victoria.events.tools import ANSWER_KEYS
+
+_OPENING: Final = re.compile(r'"(?:' + "|".join(ANSWER_KEYS) + r')"\s*:\s*"')
 _SIMPLE_ESCAPES: Final = {
     '"': '"',
     "\\": "\\",

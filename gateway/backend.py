@@ -13,11 +13,11 @@ from victoria.gateway.admission import Admission
 from victoria.gateway.auth import Tokens
 from victoria.gateway.idempotency import IdempotencyStore
 from victoria.gateway.metrics import Metrics
+from victoria.gateway.registry import Registry
 from victoria.gateway.views import TaskViews
 from victoria.runtime.config import Config
 from victoria.runtime.images import ImageStore
 from victoria.runtime.memory import KvMemory, PgMemory
-from victoria.runtime.registry import Registry
 
 if TYPE_CHECKING:  # asyncpg is loaded only where a database is configured
     import asyncpg

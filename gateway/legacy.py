@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, assert_never
 
 import msgspec
 import nats.errors
@@ -21,26 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from victoria import __version__
-from victoria.events import subjects
+from victoria.events import contracts, subjects
 from victoria.events.codec import encode
-from victoria.events.contracts import (
-    AnyTaskEvent,
-    Heartbeat,
-    LLMRequested,
-    LLMResult,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TokenChunk,
-    ToolResult,
-)
 from victoria.events.fold import TaskHistory
 from victoria.gateway.answer_stream import AnswerStream
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.follow import Follower, Quiet, Stored, Tokens
 from victoria.gateway.http import json_response, read_body
+from victoria.gateway.models import model_servers
 from victoria.gateway.operations import service_view, task_counts
 from victoria.gateway.requests import (
     MAX_RUN_BODY,
@@ -74,12 +62,11 @@ log = logging.getLogger(__name__)
 
 AGENT: Final = "Victoria"
 WAIT_SLACK: Final = 60.0  # seconds past the task deadline a sync request may wait (none runs it)
-MODELS_TIMEOUT: Final = 3.0  # seconds to ask a model server for its models
+MODELS_TIMEOUT: Final = 3.0  # seconds to wait for a runner's first look at the model servers
 BOT_INTERVAL: Final = 60.0  # seconds between a Telegram bot's heartbeats unless it says otherwise
 END_VIEW_WAIT: Final = 2.0  # seconds /stream waits for the gateway's view to fold the terminal event
 MAX_BOT_VERSION: Final = 200  # characters: it goes into every /services answer
-_token_chunk: Final = msgspec.json.Decoder(TokenChunk)
-_any: Final = msgspec.json.Decoder()
+_token_chunk: Final = msgspec.json.Decoder(contracts.TokenChunk)
 _INSTANCE: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -264,71 +251,51 @@ TITLES: Final = {
 }
 
 
-def _steps(event: AnyTaskEvent) -> list[dict[str, Any]]:
-    """The old server's ``step`` lines for one of our events (none for most)."""
+def _steps(event: contracts.AnyTaskEvent) -> list[dict[str, Any]]:
+    """The old server's ``step`` lines for one of our events (none for most). What the model's
+    replies meant is read by the agent and carried in its events (``LLMRequested.understood``, a
+    completed task's clarification questions); here nothing parses a reply."""
     match event:
-        case TaskStarted(attempt=attempt) if attempt > 1:
-            return [{"type": "step", "stepType": "attempt", "title": f"Attempt {attempt}", "content": ""}]
-        case TaskStage(stage=stage, step=step, detail=detail):
-            return [_stage_step(stage, step, detail)]
-        case LLMRequested(stage=stage, step=step) if stage is not None:
-            return [_stage_step(stage, step, "")]
-        case LLMResult(ok=True, request_id=request_id, content=content) if not request_id.startswith("step-"):
-            # The model's words before the steps: what it understood, and its plan.
-            if request_id.startswith("plan"):
-                return [{"type": "step", "stepType": "plan", "title": "Plan", "content": content}]
-            return [
-                {
-                    "type": "step",
-                    "stepType": "understood",
-                    "title": "Understood",
-                    "content": _understood(content),
-                }
-            ]
-        case LLMResult(ok=False, error=error):
-            return [
-                {
-                    "type": "step",
-                    "stepType": "model_error",
-                    "title": "Model call failed",
-                    "content": error or "",
-                }
-            ]
-        case ToolResult(tool=tool, args=args, ok=ok, output=output, error=error):
-            return [
-                {
-                    "type": "step",
-                    "stepType": "tool",
-                    "title": f"{tool} {args.get('path', '')}".strip(),
-                    "content": (output if ok else f"error: {error}")[:4000],
-                }
-            ]
-        case TaskCancelRequested(reason=reason):
-            return [{"type": "step", "stepType": "cancel", "title": "Cancel requested", "content": reason}]
-        case TaskFailed(error=error):
-            return [{"type": "error", "content": error}]
-        case TaskCancelled(reason=reason):
-            return [{"type": "error", "content": f"cancelled: {reason}"}]
-        case _:
+        case contracts.TaskStarted(attempt=attempt):
+            if attempt > 1:
+                return [_step("attempt", f"Attempt {attempt}", "")]
             return []
+        case contracts.TaskStage(stage=stage, step=step, detail=detail):
+            return [_stage_step(stage, step, detail)]
+        case contracts.LLMRequested(stage=stage, step=step, understood=understood):
+            # The model's words before the steps: what it understood (here), and its plan (below).
+            lines = [] if understood is None else [_step("understood", "Understood", understood)]
+            return lines if stage is None else [*lines, _stage_step(stage, step, "")]
+        case contracts.LLMResult(ok=ok, purpose=purpose, content=content, error=error):
+            if not ok:
+                return [_step("model_error", "Model call failed", error or "")]
+            return [_step("plan", "Plan", content)] if purpose == "plan" else []
+        case contracts.ToolResult(tool=tool, args=args, ok=ok, output=output, error=error):
+            title = f"{tool} {args.get('path', '')}".strip()
+            return [_step("tool", title, (output if ok else f"error: {error}")[:4000])]
+        case contracts.TaskCancelRequested(reason=reason):
+            return [_step("cancel", "Cancel requested", reason)]
+        case contracts.TaskCompleted(knowledge=knowledge):
+            if knowledge is not None and knowledge.clarification_questions:
+                return [_step("understood", "Understood", "\n".join(knowledge.clarification_questions))]
+            return []
+        case contracts.TaskFailed(error=error):
+            return [{"type": "error", "content": error}]
+        case contracts.TaskCancelled(reason=reason):
+            return [{"type": "error", "content": f"cancelled: {reason}"}]
+        case contracts.TaskSubmitted():
+            return []
+        case _:
+            assert_never(event)
 
 
-def _understood(content: str) -> str:
-    """The understanding in an understand reply (JSON, or plain words from a model that ignored it)."""
-    try:
-        reply = _any.decode(content)
-    except msgspec.DecodeError:
-        return content
-    if isinstance(reply, dict):
-        if reply.get("clear") is False:
-            return "\n".join(str(q) for q in reply.get("questions") or [])
-        return str(reply.get("understanding") or "")
-    return content
+def _step(kind: str, title: str, content: str) -> dict[str, Any]:
+    return {"type": "step", "stepType": kind, "title": title, "content": content}
 
 
 def _stage_step(stage: str, step: int | None, detail: str) -> dict[str, Any]:
     title = f"Step {step}" if step is not None else TITLES.get(stage, stage.replace("_", " ").capitalize())
-    return {"type": "step", "stepType": stage, "title": title, "content": detail}
+    return _step(stage, title, detail)
 
 
 async def _legacy_events(backend: Backend, follower: Follower) -> AsyncIterator[bytes]:
@@ -345,7 +312,7 @@ async def _legacy_events(backend: Backend, follower: Follower) -> AsyncIterator[
                 yield b": keep-alive\n\n"
             elif isinstance(item, Tokens):
                 chunk = _token_chunk.decode(item.data)
-                if chunk.request_id.startswith("step-"):  # step replies carry the answer
+                if chunk.purpose == "step":  # step replies carry the answer
                     words = answers.setdefault(chunk.request_id, AnswerStream()).feed(chunk.text)
                     if words:
                         said = True
@@ -408,24 +375,23 @@ async def health(request: Request, state: GatewayState) -> Response:
 
 
 async def available_models(request: Request, state: GatewayState) -> Response:
-    """``GET /api/available-models``: the models the configured server has, asked now: Ollama's
-    ``/api/tags`` under ``ollama``, an OpenAI-compatible server's ``/v1/models`` under ``mlx``."""
-    import httpx  # loaded on first use: no other route needs it, and it is slow to import
-
-    config = state.config
+    """``GET /api/available-models``: the models of the model servers as the LLM runner last saw
+    them (it is the only one that talks to them): Ollama servers' under ``ollama``, OpenAI-compatible
+    servers' under ``mlx``; ``error`` says why a server did not answer."""
     body = AvailableModels(ollama=[], mlx=[])
-    path = "/api/tags" if config.llm_api == "ollama" else "/v1/models"
-    try:
-        async with httpx.AsyncClient(timeout=MODELS_TIMEOUT) as client:
-            response = await client.get(config.llm_url + path)
-        response.raise_for_status()
-        data = response.json()
-        if config.llm_api == "ollama":
-            body.ollama = [str(m.get("name") or m.get("model")) for m in data.get("models", [])]
-        else:
-            body.mlx = [str(m.get("id")) for m in data.get("data", [])]
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        body.error = f"{config.llm_url}{path}: {type(exc).__name__}: {exc}"
+    backend = state.backend
+    if backend is None or not backend.nc.is_connected:
+        body.error = "NATS is not connected: the runner's view of the model servers cannot be read"
+        return json_response(body)
+    servers = await model_servers(backend.js, wait=MODELS_TIMEOUT)
+    errors = [str(server["error"]) for server in servers if server.get("error")]
+    for server in servers:
+        names = [str(model["name"]) for model in server["models"]]
+        listed = [name for name in names if f"{name}:latest" not in names]  # not Ollama's aliases
+        (body.ollama if server["api"] == "ollama" else body.mlx).extend(listed)
+    if not servers:
+        errors.append(f"no LLM runner has looked at a model server within {MODELS_TIMEOUT:g}s")
+    body.error = "; ".join(errors) or None
     return json_response(body)
 
 
@@ -451,7 +417,7 @@ class BotBeat(msgspec.Struct, kw_only=True):
 _bot_beat: Final = msgspec.json.Decoder(BotBeat)
 
 
-async def _bot_heartbeat(request: Request, backend: Backend) -> Heartbeat:
+async def _bot_heartbeat(request: Request, backend: Backend) -> contracts.Heartbeat:
     raw = await read_body(request)
     try:
         said = _bot_beat.decode(raw) if raw.strip() else BotBeat()
@@ -466,7 +432,7 @@ async def _bot_heartbeat(request: Request, backend: Backend) -> Heartbeat:
         raise BadRequest(
             422, "invalid_field", "heartbeat_interval must be 0-86400 seconds", "heartbeat_interval"
         )
-    beat = Heartbeat(
+    beat = contracts.Heartbeat(
         name=subjects.TELEGRAM,
         instance=instance,
         pid=said.pid or 0,
@@ -486,7 +452,7 @@ async def _last_interval(backend: Backend, instance: str) -> float:
         raw = await backend.js.get_last_msg(
             subjects.HEARTBEAT_STREAM, subjects.heartbeat(subjects.TELEGRAM, instance), direct=True
         )
-        return msgspec.json.decode(raw.data or b"{}", type=Heartbeat).interval_s
+        return msgspec.json.decode(raw.data or b"{}", type=contracts.Heartbeat).interval_s
     except (NotFoundError, msgspec.DecodeError):
         return BOT_INTERVAL
 
@@ -518,7 +484,7 @@ async def telegram_health(request: Request, backend: Backend) -> Response:
         raw = await backend.js.get_last_msg(
             subjects.HEARTBEAT_STREAM, subjects.heartbeats_of(subjects.TELEGRAM), direct=True
         )
-        beat = msgspec.json.decode(raw.data or b"{}", type=Heartbeat)
+        beat = msgspec.json.decode(raw.data or b"{}", type=contracts.Heartbeat)
     except NotFoundError:
         return json_response(TelegramHealth(status="unknown", heartbeat_age_seconds=None, registered=False))
     except msgspec.DecodeError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 import msgspec
 import nats.errors
@@ -19,21 +19,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from victoria.events import subjects
+from victoria.events import contracts, subjects
 from victoria.events.codec import encode
-from victoria.events.contracts import (
-    AnyTaskEvent,
-    LLMRequested,
-    ModelCall,
-    ServicesReply,
-    ServicesRequest,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TaskSubmitted,
-)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +28,7 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 TRACKED_TASKS: Final = 50_000  # tasks whose current stage start is remembered
 STAGE_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 MODEL_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-_services = msgspec.json.Decoder(ServicesReply)
+_services = msgspec.json.Decoder(contracts.ServicesReply)
 
 
 async def consumer_counts(js: JetStreamContext, durable: str) -> tuple[int, int]:
@@ -143,39 +130,36 @@ class Metrics:
     def refusal(self, reason: str) -> None:
         self._child(self.refused, reason).inc()
 
-    def observe(self, event: AnyTaskEvent) -> None:
+    def observe(self, event: contracts.AnyTaskEvent) -> None:
         """Count one live task event (called for every event the gateway's consumer sees)."""
         tag = str(type(event).__struct_config__.tag)
         self._child(self.events, tag).inc()
         match event:
-            case TaskSubmitted():
+            case contracts.TaskSubmitted():
                 self.submitted.inc()
                 self._enter(event.task_id, "queued", event.ts)
-            case TaskStarted():
+            case contracts.TaskStarted():
                 self.attempts.inc()
                 self._enter(event.task_id, "started", event.ts)
-            case TaskStage():
+            case contracts.TaskStage():
                 self._enter(event.task_id, event.stage, event.ts)
-            case LLMRequested(attempt=attempt, stage=stage):  # may carry a start and a stage
+            case contracts.LLMRequested(attempt=attempt, stage=stage):  # may carry a start and a stage
                 if attempt is not None:
                     self.attempts.inc()
                     self._enter(event.task_id, "started", event.ts)
                 if stage is not None:
                     self._enter(event.task_id, stage, event.ts)
-            case TaskCompleted() | TaskFailed() | TaskCancelled():
+            case contracts.TaskCompleted() | contracts.TaskFailed() | contracts.TaskCancelled():
                 self._enter(event.task_id, None, event.ts)
                 for call in event.model_calls:  # counted when the task ends, each call once
                     self._model_call(call)
-                status = (
-                    "completed"
-                    if isinstance(event, TaskCompleted)
-                    else ("failed" if isinstance(event, TaskFailed) else "cancelled")
-                )
-                self._child(self.finished, status).inc()
-            case _:
+                self._child(self.finished, event.kind).inc()
+            case contracts.TaskCancelRequested() | contracts.LLMResult() | contracts.ToolResult():
                 pass
+            case _:
+                assert_never(event)
 
-    def _model_call(self, call: ModelCall) -> None:
+    def _model_call(self, call: contracts.ModelCall) -> None:
         self._child(self.model_seconds, call.model, call.outcome).observe(call.duration_s)
         if call.time_to_first_token_s is not None:
             self._child(self.first_token, call.model).observe(call.time_to_first_token_s)
@@ -210,7 +194,9 @@ class Metrics:
 
     async def _read_services(self, nc: NATS) -> None:
         try:
-            reply = await nc.request(subjects.MONITOR_SERVICES, encode(ServicesRequest()), timeout=0.5)
+            reply = await nc.request(
+                subjects.MONITOR_SERVICES, encode(contracts.ServicesRequest()), timeout=0.5
+            )
             services = _services.decode(reply.data).services
         except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
             log.debug("services for metrics: %s", exc)

@@ -7,8 +7,10 @@ the sum over instances for swaps); ``/metrics`` counts the swaps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Final
 
 import msgspec
@@ -22,6 +24,7 @@ from victoria.events.contracts import ModelServerInfo
 log = logging.getLogger(__name__)
 
 _info: Final = msgspec.json.Decoder(ModelServerInfo)
+FIRST_LOOK_POLL: Final = 0.1  # seconds between reads while no runner has written a record
 
 
 async def read_infos(js: JetStreamContext) -> list[ModelServerInfo]:
@@ -60,8 +63,15 @@ def merge(infos: list[ModelServerInfo]) -> list[dict[str, Any]]:
     return out
 
 
-async def model_servers(js: JetStreamContext) -> list[dict[str, Any]]:
-    return merge(await read_infos(js))
+async def model_servers(js: JetStreamContext, *, wait: float = 0.0) -> list[dict[str, Any]]:
+    """The servers as the runners last saw them; with ``wait``, up to that many seconds for a first
+    record when there is none yet (a runner that has just started)."""
+    deadline = time.monotonic() + wait
+    while True:
+        infos = await read_infos(js)
+        if infos or time.monotonic() >= deadline:
+            return merge(infos)
+        await asyncio.sleep(FIRST_LOOK_POLL)
 
 
 def swaps_metric(servers: list[dict[str, Any]]) -> bytes:

@@ -13,11 +13,12 @@ from opentelemetry.trace import Span
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from victoria.actors.agent import classifier
+from victoria.events import goals as classifier
 from victoria.events.contracts import ChatTurn, TaskSubmitted
 from victoria.events.fold import TaskHistory
 from victoria.gateway.admission import Overloaded
 from victoria.gateway.backend import Backend
+from victoria.gateway.registry import UnknownProject
 from victoria.gateway.requests import (
     BadRequest,
     RunRequest,
@@ -28,7 +29,6 @@ from victoria.gateway.requests import (
 from victoria.gateway.views import TaskViews
 from victoria.runtime import bus, memory, tracing
 from victoria.runtime.config import DEFAULT_MAX_STEPS
-from victoria.runtime.registry import UnknownProject
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def submit(
             expert=expert.name,
             expert_prompt=expert.system_prompt,
         )
-        ack = await bus.append(backend.nc, event, "submitted", key="submitted", headers=trace_headers)
+        ack = await bus.append(backend.nc, event, key="submitted", headers=trace_headers)
         backend.views.record(event, ack.seq)
         log.debug("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
     response = await answer(task_id)

@@ -50,7 +50,7 @@ async def cancel(request: Request, backend: Backend) -> Response:
     # if none does yet) writes task_cancelled. The request alone decides the status, unless
     # the terminal event came first; the answer waits until this gateway's view has either.
     cancel = TaskCancelRequested(task_id=task_id, reason="cancelled by request")
-    await bus.append(backend.nc, cancel, "cancel", key="cancel")
+    await bus.append(backend.nc, cancel, key="cancel")
     await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
     if history.terminal and history.status != "cancelled":
         return json_response(history.view(), 200)  # it had ended before the request

@@ -33,7 +33,7 @@ from victoria.errors import (
 )
 from victoria.events import subjects
 from victoria.events.codec import encode, task_decoder
-from victoria.events.contracts import AnyTaskEvent, DeadLetter, LLMResult, TaskEvent
+from victoria.events.contracts import AnyTaskEvent, DeadLetter, HistoryEvent, LLMResult
 from victoria.runtime import credentials, images, memory
 from victoria.runtime.config import DEFAULT_DEDUP_WINDOW, Config
 from victoria.runtime.protocol import (
@@ -440,8 +440,7 @@ def raise_for(answer: PubAck) -> None:
 
 async def append(
     nc: NATS,
-    event: TaskEvent,
-    kind: subjects.TaskKind,
+    event: HistoryEvent,
     *,
     key: str,
     headers: dict[str, str] | None = None,
@@ -451,7 +450,7 @@ async def append(
     duplicate window."""
     answer = await publish(
         nc,
-        subjects.task_event(event.task_id, kind),
+        subjects.task_event(event.task_id, event.kind),
         encode(event),
         event_headers(event.task_id, key, headers),
     )
@@ -461,8 +460,7 @@ async def append(
 
 async def append_fenced(
     nc: NATS,
-    event: TaskEvent,
-    kind: subjects.TaskKind,
+    event: HistoryEvent,
     *,
     key: str,
     expect: int | None,
@@ -484,7 +482,7 @@ async def append_fenced(
         }
         if headers:
             all_headers.update(headers)
-    return await publish(nc, subjects.task_event(event.task_id, kind), encode(event), all_headers)
+    return await publish(nc, subjects.task_event(event.task_id, event.kind), encode(event), all_headers)
 
 
 async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:

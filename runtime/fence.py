@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 from victoria.errors import CancelRequested, TaskLost
 from victoria.events import subjects
 from victoria.events.codec import task_decoder
-from victoria.events.contracts import TaskCancelled, TaskCancelRequested, TaskEvent
+from victoria.events.contracts import HistoryEvent, TaskCancelled, TaskCancelRequested
 from victoria.runtime import bus
 from victoria.runtime.protocol import REFUSED_EXPECTATION, found_sequence
 
@@ -73,15 +73,8 @@ class TaskWriter:
         self.expected = expected
         self.lost = None
 
-    async def append(
-        self,
-        event: TaskEvent,
-        kind: subjects.TaskKind,
-        *,
-        key: str,
-        headers: dict[str, str] | None = None,
-    ) -> int:
-        """Append ``event`` to the task's history and return its stream sequence.
+    async def append(self, event: HistoryEvent, *, key: str, headers: dict[str, str] | None = None) -> int:
+        """Append ``event`` to the task's history (under its own kind) and return its stream sequence.
 
         Raises :class:`TaskLost` when another attempt holds the task now, and
         :class:`CancelRequested` when a cancel request was stored since this attempt's last append
@@ -91,17 +84,15 @@ class TaskWriter:
             await asyncio.wait([previous])
         if self.lost is not None:
             raise self.lost
-        work = asyncio.ensure_future(self._append(event, kind, key, headers))
+        work = asyncio.ensure_future(self._append(event, key, headers))
         work.add_done_callback(_retrieve)
         self._inflight = work
         return await asyncio.shield(work)
 
-    async def _append(
-        self, event: TaskEvent, kind: subjects.TaskKind, key: str, headers: dict[str, str] | None
-    ) -> int:
+    async def _append(self, event: HistoryEvent, key: str, headers: dict[str, str] | None) -> int:
         for _ in range(CANCEL_RETRIES):
             fence = self.expected if self.fenced else None
-            answer = await bus.append_fenced(self.nc, event, kind, key=key, expect=fence, headers=headers)
+            answer = await bus.append_fenced(self.nc, event, key=key, expect=fence, headers=headers)
             if answer.error is None:
                 # (A fenced append carries no message id, so it is never taken for a duplicate.)
                 self.expected = answer.seq

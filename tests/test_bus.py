@@ -27,8 +27,8 @@ async def test_an_append_is_stored_once_however_often_it_is_repeated(nc: NATS) -
     js = nc.jetstream()
     await bus.ensure_streams(js)
     event = TaskStage(task_id="t-bus", stage="planning")
-    first = await bus.append(nc, event, "stage", key="stage:planning")
-    again = await bus.append(nc, event, "stage", key="stage:planning")
+    first = await bus.append(nc, event, key="stage:planning")
+    again = await bus.append(nc, event, key="stage:planning")
     assert (first.stream, first.duplicate) == (subjects.task_stream_of("t-bus"), False)
     assert (again.seq, again.duplicate) == (first.seq, True)
     assert [seq for seq, _ in await bus.read_task_events(js, "t-bus")] == [first.seq]
@@ -39,10 +39,10 @@ async def test_a_refused_append_raises_the_servers_error(nc: NATS) -> None:
     await bus.ensure_streams(js)
     event = TaskStage(task_id="t-bus", stage="step", step=1)
     with pytest.raises(APIError) as caught:
-        await bus.append(nc, event, "stage", key="x", headers={"Nats-Expected-Last-Sequence": "999"})
+        await bus.append(nc, event, key="x", headers={"Nats-Expected-Last-Sequence": "999"})
     assert caught.value.err_code == 10071  # wrong last sequence
 
 
 async def test_an_append_with_no_stream_to_take_it_says_so(nc: NATS) -> None:
     with pytest.raises(NoStreamResponseError):
-        await bus.append(nc, TaskStage(task_id="t-bus", stage="x"), "stage", key="x")
+        await bus.append(nc, TaskStage(task_id="t-bus", stage="x"), key="x")

@@ -10,30 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import victoria.events as events
+from victoria.events import contracts
 from victoria.events.codec import encode, service_decoder, task_decoder
-from victoria.events.contracts import (
-    SCHEMA_VERSION,
-    ChatMessage,
-    LLMRequested,
-    LLMResult,
-    Message,
-    ServiceDown,
-    ServiceUp,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TaskSubmitted,
-    ToolResult,
-)
 from victoria.runtime.bus import decode_task_event
 
 TS = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
 
-TASK_EVENTS: list[Message] = [
-    TaskSubmitted(
+TASK_EVENTS: list[contracts.Message] = [
+    contracts.TaskSubmitted(
         task_id="t1",
         goal="Выведи список файлов",
         task_type="files",
@@ -46,19 +30,19 @@ TASK_EVENTS: list[Message] = [
         deadline_s=60.0,
         ts=TS,
     ),
-    TaskStarted(task_id="t1", attempt=2, instance="host-1", route="files", ts=TS),
-    TaskStage(task_id="t1", stage="plan", step=3, detail="thinking", ts=TS),
-    LLMRequested(
+    contracts.TaskStarted(task_id="t1", attempt=2, instance="host-1", route="files", ts=TS),
+    contracts.TaskStage(task_id="t1", stage="plan", step=3, detail="thinking", ts=TS),
+    contracts.LLMRequested(
         task_id="t1",
         request_id="step-3",
         purpose="step",
-        messages=[ChatMessage("system", "be brief"), ChatMessage("user", "привет")],
+        messages=[contracts.ChatMessage("system", "be brief"), contracts.ChatMessage("user", "привет")],
         model="m",
         timeout_s=12.5,
         json_mode=True,
         ts=TS,
     ),
-    LLMResult(
+    contracts.LLMResult(
         task_id="t1",
         request_id="step-3",
         ok=False,
@@ -73,53 +57,55 @@ TASK_EVENTS: list[Message] = [
         instance="r1",
         ts=TS,
     ),
-    ToolResult(task_id="t1", call_id="c-1", tool="read_file", args={"path": "a.txt"}, output="hi", ts=TS),
-    TaskCancelRequested(task_id="t1", reason="user asked", ts=TS),
-    TaskCompleted(task_id="t1", output="done", attempts=2, ts=TS),
-    TaskFailed(task_id="t1", error="bad", error_kind="deadline", attempts=3, ts=TS),
-    TaskCancelled(task_id="t1", reason="stop", attempts=1, ts=TS),
+    contracts.ToolResult(
+        task_id="t1", call_id="c-1", tool="read_file", args={"path": "a.txt"}, output="hi", ts=TS
+    ),
+    contracts.TaskCancelRequested(task_id="t1", reason="user asked", ts=TS),
+    contracts.TaskCompleted(task_id="t1", output="done", attempts=2, ts=TS),
+    contracts.TaskFailed(task_id="t1", error="bad", error_kind="deadline", attempts=3, ts=TS),
+    contracts.TaskCancelled(task_id="t1", reason="stop", attempts=1, ts=TS),
 ]
 
 TAGS = {
-    TaskSubmitted: "task_submitted",
-    TaskStarted: "task_started",
-    TaskStage: "task_stage",
-    LLMRequested: "llm_requested",
-    LLMResult: "llm_result",
-    ToolResult: "tool_result",
-    TaskCancelRequested: "task_cancel_requested",
-    TaskCompleted: "task_completed",
-    TaskFailed: "task_failed",
-    TaskCancelled: "task_cancelled",
-    ServiceDown: "service_down",
-    ServiceUp: "service_up",
+    contracts.TaskSubmitted: "task_submitted",
+    contracts.TaskStarted: "task_started",
+    contracts.TaskStage: "task_stage",
+    contracts.LLMRequested: "llm_requested",
+    contracts.LLMResult: "llm_result",
+    contracts.ToolResult: "tool_result",
+    contracts.TaskCancelRequested: "task_cancel_requested",
+    contracts.TaskCompleted: "task_completed",
+    contracts.TaskFailed: "task_failed",
+    contracts.TaskCancelled: "task_cancelled",
+    contracts.ServiceDown: "service_down",
+    contracts.ServiceUp: "service_up",
 }
 
 
 @pytest.mark.parametrize("event", TASK_EVENTS, ids=lambda e: type(e).__name__)
-def test_every_task_event_round_trips_through_encode_and_task_decoder(event: Message) -> None:
+def test_every_task_event_round_trips_through_encode_and_task_decoder(event: contracts.Message) -> None:
     decoded = task_decoder.decode(encode(event))
     assert type(decoded) is type(event)
     assert decoded == event
 
 
 @pytest.mark.parametrize("event", TASK_EVENTS, ids=lambda e: type(e).__name__)
-def test_the_json_of_every_task_event_carries_type_version_and_timestamp(event: Message) -> None:
+def test_the_json_of_every_task_event_carries_type_version_and_timestamp(event: contracts.Message) -> None:
     obj = msgspec.json.decode(encode(event))
     assert obj["type"] == TAGS[type(event)]
-    assert obj["v"] == SCHEMA_VERSION
+    assert obj["v"] == contracts.SCHEMA_VERSION
     assert datetime.fromisoformat(obj["ts"].replace("Z", "+00:00")) == TS
 
 
 @pytest.mark.parametrize(("cls", "tag"), list(TAGS.items()), ids=lambda x: getattr(x, "__name__", x))
-def test_each_message_class_has_its_documented_tag(cls: type[Message], tag: str) -> None:
+def test_each_message_class_has_its_documented_tag(cls: type[contracts.Message], tag: str) -> None:
     assert cls.__struct_config__.tag == tag
 
 
 def test_a_new_event_gets_the_current_schema_version_and_an_aware_utc_timestamp() -> None:
     before = datetime.now(UTC)
-    event = TaskCompleted(task_id="t", output="x")
-    assert event.v == SCHEMA_VERSION
+    event = contracts.TaskCompleted(task_id="t", output="x")
+    assert event.v == contracts.SCHEMA_VERSION
     assert event.ts.tzinfo is not None
     assert before <= event.ts <= datetime.now(UTC)
 
@@ -130,14 +116,14 @@ def test_unknown_extra_fields_are_ignored_on_decode() -> None:
         b'"attempts":4,"brand_new_field":{"nested":[1,2]},"another":"x"}'
     )
     event = task_decoder.decode(raw)
-    assert isinstance(event, TaskCompleted)
+    assert isinstance(event, contracts.TaskCompleted)
     assert (event.task_id, event.output, event.attempts, event.v) == ("t1", "ok", 4, 2)
 
 
 def test_a_minimal_event_decodes_with_defaults_for_missing_optional_fields() -> None:
     event = task_decoder.decode(b'{"type":"task_submitted","task_id":"t1","goal":"hi"}')
-    assert isinstance(event, TaskSubmitted)
-    assert event.v == SCHEMA_VERSION
+    assert isinstance(event, contracts.TaskSubmitted)
+    assert event.v == contracts.SCHEMA_VERSION
     assert event.max_steps == 8
     assert event.task_type is None
     assert event.deadline_s == 900.0
@@ -149,26 +135,26 @@ def test_an_unknown_tag_is_a_decode_error() -> None:
 
 
 def test_a_service_event_is_not_a_task_event() -> None:
-    raw = encode(ServiceDown(name="veronica", instance="h1", reason="gone"))
+    raw = encode(contracts.ServiceDown(name="veronica", instance="h1", reason="gone"))
     with pytest.raises(msgspec.ValidationError):
         task_decoder.decode(raw)
     decoded = service_decoder.decode(raw)
-    assert isinstance(decoded, ServiceDown)
+    assert isinstance(decoded, contracts.ServiceDown)
     assert decoded.reason == "gone"
 
 
 def test_service_events_round_trip_through_service_decoder() -> None:
     for event in (
-        ServiceDown(
+        contracts.ServiceDown(
             name="llm-runner", instance="h1", reason="SIGKILL", likely_oom=True, exit_code=137, ts=TS
         ),
-        ServiceUp(name="llm-runner", instance="h1", reason="restarted", pid=12, ts=TS),
+        contracts.ServiceUp(name="llm-runner", instance="h1", reason="restarted", pid=12, ts=TS),
     ):
         assert service_decoder.decode(encode(event)) == event
 
 
 def test_decode_task_event_returns_the_event_for_good_bytes() -> None:
-    event = TaskStage(task_id="t1", stage="understand", ts=TS)
+    event = contracts.TaskStage(task_id="t1", stage="understand", ts=TS)
     assert decode_task_event(encode(event), "victoria.task.t1.stage") == event
 
 
@@ -250,6 +236,8 @@ def test_the_public_names_of_the_events_package_are_pinned() -> None:
 def test_messages_are_not_tracked_by_the_garbage_collector() -> None:
     import gc
 
-    event = LLMRequested(task_id="t1", request_id="r", purpose="p", messages=[ChatMessage("user", "hi")])
+    event = contracts.LLMRequested(
+        task_id="t1", request_id="r", purpose="p", messages=[contracts.ChatMessage("user", "hi")]
+    )
     assert not gc.is_tracked(event) and not gc.is_tracked(event.messages[0])
-    assert not gc.is_tracked(TaskSubmitted(task_id="t1", goal="hi", project_context={"a": [1]}))
+    assert not gc.is_tracked(contracts.TaskSubmitted(task_id="t1", goal="hi", project_context={"a": [1]}))

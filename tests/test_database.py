@@ -1,5 +1,5 @@
 """Our schema in the users' PostgreSQL (runtime/db.py) and their experts and projects
-(runtime/registry.py), against this machine's PostgreSQL, a database per test."""
+(gateway/registry.py), against this machine's PostgreSQL, a database per test."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from tests.pg import execute, fetch
-from victoria.runtime import db
-from victoria.runtime.registry import (
+from victoria.gateway.registry import (
     DEFAULT_EXPERT,
     Expert,
     Project,
@@ -19,6 +18,7 @@ from victoria.runtime.registry import (
     choose_expert,
     project_slug,
 )
+from victoria.runtime import db
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 

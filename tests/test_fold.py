@@ -4,19 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from victoria.events.contracts import (
-    AnyTaskEvent,
-    LLMRequested,
-    LLMResult,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TaskSubmitted,
-    ToolResult,
-)
+from victoria.events import contracts
 from victoria.events.fold import TaskHistory, fold, stage_key, status_dict
 
 T0 = datetime(2025, 1, 1, 9, 0, 0, tzinfo=UTC)
@@ -26,8 +14,8 @@ def at(seconds: int) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def submitted(goal: str = "do it", **kw: object) -> TaskSubmitted:
-    return TaskSubmitted(task_id="t1", goal=goal, ts=at(0), **kw)  # type: ignore[arg-type]
+def submitted(goal: str = "do it", **kw: object) -> contracts.TaskSubmitted:
+    return contracts.TaskSubmitted(task_id="t1", goal=goal, ts=at(0), **kw)  # type: ignore[arg-type]
 
 
 def test_a_task_with_no_events_is_queued_and_empty() -> None:
@@ -41,7 +29,7 @@ def test_a_task_with_no_events_is_queued_and_empty() -> None:
 
 
 def test_a_model_request_that_opens_attempt_one_and_a_stage_makes_the_task_running_in_that_stage() -> None:
-    request = LLMRequested(
+    request = contracts.LLMRequested(
         task_id="t1",
         request_id="step-2",
         purpose="step",
@@ -64,8 +52,10 @@ def test_a_model_request_that_carries_no_marker_leaves_the_stage_as_it_was() -> 
         "t1",
         [
             submitted(),
-            TaskStage(task_id="t1", stage="waiting_for_model", ts=at(1)),
-            LLMRequested(task_id="t1", request_id="plan-retry1", purpose="plan", messages=[], ts=at(2)),
+            contracts.TaskStage(task_id="t1", stage="waiting_for_model", ts=at(1)),
+            contracts.LLMRequested(
+                task_id="t1", request_id="plan-retry1", purpose="plan", messages=[], ts=at(2)
+            ),
         ],
     )
     assert (h.status, h.stage, h.attempts) == ("running", "waiting_for_model", 0)
@@ -82,11 +72,11 @@ def test_a_task_goes_from_queued_to_running_to_completed() -> None:
     h = TaskHistory("t1")
     h.apply(submitted())
     assert h.view().status == "queued"
-    h.apply(TaskStarted(task_id="t1", attempt=1, instance="i1", ts=at(1)))
+    h.apply(contracts.TaskStarted(task_id="t1", attempt=1, instance="i1", ts=at(1)))
     assert h.view().status == "running"
-    h.apply(TaskStage(task_id="t1", stage="plan", ts=at(2)))
+    h.apply(contracts.TaskStage(task_id="t1", stage="plan", ts=at(2)))
     assert (h.view().status, h.view().stage) == ("running", "plan")
-    h.apply(TaskCompleted(task_id="t1", output="42", attempts=1, ts=at(3)))
+    h.apply(contracts.TaskCompleted(task_id="t1", output="42", attempts=1, ts=at(3)))
     assert h.view().status == "completed"
     assert h.stage == "done"
     assert h.output == "42"
@@ -97,7 +87,7 @@ def test_a_task_goes_from_queued_to_running_to_completed() -> None:
 
 
 def test_a_stage_alone_moves_a_queued_task_to_running() -> None:
-    h = fold("t1", [submitted(), TaskStage(task_id="t1", stage="understand", ts=at(1))])
+    h = fold("t1", [submitted(), contracts.TaskStage(task_id="t1", stage="understand", ts=at(1))])
     assert h.status == "running"
 
 
@@ -106,8 +96,10 @@ def test_a_failed_task_keeps_its_error_and_error_kind() -> None:
         "t1",
         [
             submitted(),
-            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            TaskFailed(task_id="t1", error="model unavailable", error_kind="llm", attempts=1, ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            contracts.TaskFailed(
+                task_id="t1", error="model unavailable", error_kind="llm", attempts=1, ts=at(2)
+            ),
         ],
     )
     assert h.status == "failed"
@@ -123,8 +115,8 @@ def test_a_cancelled_task_keeps_its_reason_as_the_error() -> None:
         "t1",
         [
             submitted(),
-            TaskCancelRequested(task_id="t1", reason="user said stop", ts=at(1)),
-            TaskCancelled(task_id="t1", reason="user said stop", ts=at(2)),
+            contracts.TaskCancelRequested(task_id="t1", reason="user said stop", ts=at(1)),
+            contracts.TaskCancelled(task_id="t1", reason="user said stop", ts=at(2)),
         ],
     )
     assert h.status == "cancelled"
@@ -139,8 +131,8 @@ def test_a_cancel_request_decides_the_status_at_once_and_leaves_the_history_open
         "t1",
         [
             submitted(),
-            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
         ],
     )
     assert (h.status, h.stage, h.error) == ("cancelled", "cancelled", "stop")
@@ -154,10 +146,10 @@ def test_task_cancelled_after_the_request_closes_the_history_with_its_attempts()
         "t1",
         [
             submitted(),
-            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
-            TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
-            TaskCancelled(task_id="t1", reason="stop", attempts=2, ts=at(4)),
+            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
+            contracts.TaskCancelled(task_id="t1", reason="stop", attempts=2, ts=at(4)),
         ],
     )
     assert (h.status, h.attempts, h.closed) == ("cancelled", 2, True)
@@ -169,8 +161,8 @@ def test_a_completion_after_a_cancel_request_never_changes_the_status_once_read(
         "t1",
         [
             submitted(),
-            TaskCancelRequested(task_id="t1", reason="stop", ts=at(1)),
-            TaskCompleted(task_id="t1", output="done anyway", ts=at(2)),
+            contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(1)),
+            contracts.TaskCompleted(task_id="t1", output="done anyway", ts=at(2)),
         ],
     )
     assert (h.status, h.output, h.closed) == ("cancelled", None, True)
@@ -179,17 +171,17 @@ def test_a_completion_after_a_cancel_request_never_changes_the_status_once_read(
 def test_model_results_after_a_cancel_request_are_still_counted_for_the_terminal_event() -> None:
     h = TaskHistory("t1")
     h.apply(submitted(), 1)
-    h.apply(LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)), 2)
-    h.apply(TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)), 3)
-    h.apply(LLMResult(task_id="t1", request_id="plan", ok=True, model="m", ts=at(3)), 4)
+    h.apply(contracts.LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)), 2)
+    h.apply(contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)), 3)
+    h.apply(contracts.LLMResult(task_id="t1", request_id="plan", ok=True, model="m", ts=at(3)), 4)
     assert [call.model for call in h.model_calls()] == ["m"]
 
 
 def test_own_seq_is_the_last_event_of_the_tasks_own_history_not_a_model_result() -> None:
     h = TaskHistory("t1")
     h.apply(submitted(), 3)
-    h.apply(LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)), 5)
-    h.apply(LLMResult(task_id="t1", request_id="plan", ok=True, ts=at(2)), 9)
+    h.apply(contracts.LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)), 5)
+    h.apply(contracts.LLMResult(task_id="t1", request_id="plan", ok=True, ts=at(2)), 9)
     assert (h.own_seq, h.last_seq) == (5, 9)
 
 
@@ -198,12 +190,12 @@ def test_attempts_is_the_largest_attempt_seen() -> None:
         "t1",
         [
             submitted(),
-            TaskStarted(task_id="t1", attempt=3, instance="i", ts=at(1)),
-            TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=3, instance="i", ts=at(1)),
+            contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(2)),
         ],
     )
     assert h.attempts == 3
-    h.apply(TaskCompleted(task_id="t1", output="x", attempts=1, ts=at(3)))
+    h.apply(contracts.TaskCompleted(task_id="t1", output="x", attempts=1, ts=at(3)))
     assert h.attempts == 3
 
 
@@ -211,8 +203,8 @@ def test_attempts_of_a_terminal_event_raise_the_count() -> None:
     h = fold(
         "t1",
         [
-            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            TaskFailed(task_id="t1", error="e", attempts=5, ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            contracts.TaskFailed(task_id="t1", error="e", attempts=5, ts=at(2)),
         ],
     )
     assert h.attempts == 5
@@ -222,8 +214,8 @@ def test_a_cancel_with_default_attempts_keeps_the_attempts_already_counted() -> 
     h = fold(
         "t1",
         [
-            TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(1)),
-            TaskCancelled(task_id="t1", ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(1)),
+            contracts.TaskCancelled(task_id="t1", ts=at(2)),
         ],
     )
     assert h.attempts == 2
@@ -234,16 +226,16 @@ def test_a_late_event_after_completion_does_not_reopen_the_task() -> None:
         "t1",
         [
             submitted(),
-            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            TaskCompleted(task_id="t1", output="final", ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            contracts.TaskCompleted(task_id="t1", output="final", ts=at(2)),
         ],
     )
     for late in (
-        TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
-        TaskStage(task_id="t1", stage="step", step=4, ts=at(4)),
-        TaskFailed(task_id="t1", error="too late", ts=at(5)),
-        TaskCancelled(task_id="t1", reason="too late", ts=at(6)),
-        LLMResult(task_id="t1", request_id="step-9", ok=True, content="late", ts=at(7)),
+        contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
+        contracts.TaskStage(task_id="t1", stage="step", step=4, ts=at(4)),
+        contracts.TaskFailed(task_id="t1", error="too late", ts=at(5)),
+        contracts.TaskCancelled(task_id="t1", reason="too late", ts=at(6)),
+        contracts.LLMResult(task_id="t1", request_id="step-9", ok=True, content="late", ts=at(7)),
     ):
         assert h.apply(late) is True
     assert h.status == "completed"
@@ -258,9 +250,9 @@ def test_a_late_event_after_failure_does_not_reopen_the_task() -> None:
     h = fold(
         "t1",
         [
-            TaskFailed(task_id="t1", error="deadline", error_kind="deadline", ts=at(1)),
-            TaskStarted(task_id="t1", attempt=7, instance="i", ts=at(2)),
-            TaskCompleted(task_id="t1", output="x", ts=at(3)),
+            contracts.TaskFailed(task_id="t1", error="deadline", error_kind="deadline", ts=at(1)),
+            contracts.TaskStarted(task_id="t1", attempt=7, instance="i", ts=at(2)),
+            contracts.TaskCompleted(task_id="t1", output="x", ts=at(3)),
         ],
     )
     assert h.status == "failed"
@@ -271,19 +263,19 @@ def test_a_late_event_after_failure_does_not_reopen_the_task() -> None:
 def test_applying_the_same_stream_seq_twice_is_ignored() -> None:
     h = TaskHistory("t1")
     assert h.apply(submitted(), seq=1) is True
-    assert h.apply(TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)), seq=2) is True
-    assert h.apply(TaskCompleted(task_id="t1", output="x", ts=at(2)), seq=2) is False
+    assert h.apply(contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)), seq=2) is True
+    assert h.apply(contracts.TaskCompleted(task_id="t1", output="x", ts=at(2)), seq=2) is False
     assert h.status == "running"
     assert h.last_seq == 2
-    assert h.apply(TaskStage(task_id="t1", stage="old", ts=at(3)), seq=1) is False
+    assert h.apply(contracts.TaskStage(task_id="t1", stage="old", ts=at(3)), seq=1) is False
     assert h.stage is None
     assert h.updated_at == at(1)
 
 
 def test_events_without_a_seq_are_always_applied() -> None:
     h = TaskHistory("t1")
-    assert h.apply(TaskStage(task_id="t1", stage="a", ts=at(1))) is True
-    assert h.apply(TaskStage(task_id="t1", stage="b", ts=at(2))) is True
+    assert h.apply(contracts.TaskStage(task_id="t1", stage="a", ts=at(1))) is True
+    assert h.apply(contracts.TaskStage(task_id="t1", stage="b", ts=at(2))) is True
     assert h.stage == "b"
 
 
@@ -291,11 +283,11 @@ def test_the_first_model_and_tool_result_win() -> None:
     h = fold(
         "t1",
         [
-            LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)),
-            LLMResult(task_id="t1", request_id="plan", ok=True, content="first", ts=at(2)),
-            LLMResult(task_id="t1", request_id="plan", ok=True, content="second", ts=at(3)),
-            ToolResult(task_id="t1", call_id="c1", tool="read_file", output="one", ts=at(4)),
-            ToolResult(task_id="t1", call_id="c1", tool="read_file", output="two", ts=at(5)),
+            contracts.LLMRequested(task_id="t1", request_id="plan", purpose="plan", messages=[], ts=at(1)),
+            contracts.LLMResult(task_id="t1", request_id="plan", ok=True, content="first", ts=at(2)),
+            contracts.LLMResult(task_id="t1", request_id="plan", ok=True, content="second", ts=at(3)),
+            contracts.ToolResult(task_id="t1", call_id="c1", tool="read_file", output="one", ts=at(4)),
+            contracts.ToolResult(task_id="t1", call_id="c1", tool="read_file", output="two", ts=at(5)),
         ],
     )
     assert set(h.llm_requests) == {"plan"}
@@ -307,8 +299,8 @@ def test_stages_seen_record_stage_and_step() -> None:
     h = fold(
         "t1",
         [
-            TaskStage(task_id="t1", stage="understand", ts=at(1)),
-            TaskStage(task_id="t1", stage="step", step=2, ts=at(2)),
+            contracts.TaskStage(task_id="t1", stage="understand", ts=at(1)),
+            contracts.TaskStage(task_id="t1", stage="step", step=2, ts=at(2)),
         ],
     )
     assert h.stages_seen == {"understand", "step:2"}
@@ -322,8 +314,8 @@ def test_view_carries_the_submission_fields_and_the_state() -> None:
         "t1",
         [
             submitted(goal="g", task_type="agent", correlation_id="corr", session_id="sess"),
-            TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            TaskStage(task_id="t1", stage="step", step=3, ts=at(2)),
+            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+            contracts.TaskStage(task_id="t1", stage="step", step=3, ts=at(2)),
         ],
     )
     view = h.view()
@@ -344,7 +336,7 @@ def test_view_carries_the_submission_fields_and_the_state() -> None:
 
 
 def test_status_dict_is_plain_json_ready_data() -> None:
-    h = fold("t1", [submitted(), TaskCompleted(task_id="t1", output="ok", ts=at(5))])
+    h = fold("t1", [submitted(), contracts.TaskCompleted(task_id="t1", output="ok", ts=at(5))])
     d = status_dict(h)
     assert d["task_id"] == "t1"
     assert d["status"] == "completed"
@@ -380,19 +372,19 @@ def test_status_dict_is_plain_json_ready_data() -> None:
 def test_russian_text_is_preserved_in_goal_output_and_error() -> None:
     goal = "Выведи список файлов в корне проекта. Только имена, до 8 штук."
     output = "Файлы: README.md, «проект».txt — всё."
-    h = fold("t1", [submitted(goal=goal), TaskCompleted(task_id="t1", output=output, ts=at(1))])
+    h = fold("t1", [submitted(goal=goal), contracts.TaskCompleted(task_id="t1", output=output, ts=at(1))])
     assert h.view().goal == goal
     assert h.view().output == output
     assert status_dict(h)["output"] == output
-    failed = fold("t2", [TaskFailed(task_id="t2", error="Модель недоступна", ts=at(1))])
+    failed = fold("t2", [contracts.TaskFailed(task_id="t2", error="Модель недоступна", ts=at(1))])
     assert failed.view().error == "Модель недоступна"
 
 
 def test_fold_and_apply_agree() -> None:
-    stream: list[AnyTaskEvent] = [
+    stream: list[contracts.AnyTaskEvent] = [
         submitted(),
-        TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-        TaskCompleted(task_id="t1", output="x", ts=at(2)),
+        contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+        contracts.TaskCompleted(task_id="t1", output="x", ts=at(2)),
     ]
     h = TaskHistory("t1")
     for seq, event in enumerate(stream, start=1):
@@ -402,13 +394,15 @@ def test_fold_and_apply_agree() -> None:
 
 def test_the_model_calls_of_a_task_are_one_per_stored_result_with_outcome_and_tokens() -> None:
     results = [
-        LLMResult(
+        contracts.LLMResult(
             task_id="t1", request_id="understand", ok=True, model="m", duration_s=0.5, completion_tokens=7
         ),
-        LLMResult(
+        contracts.LLMResult(
             task_id="t1", request_id="plan", ok=False, model="m", error_kind="timeout", duration_s=30.0
         ),
-        LLMResult(task_id="t1", request_id="plan", ok=True, model="m", duration_s=9.0),  # a duplicate
+        contracts.LLMResult(
+            task_id="t1", request_id="plan", ok=True, model="m", duration_s=9.0
+        ),  # a duplicate
     ]
     h = fold("t1", [submitted(), *results])
     assert [(c.model, c.outcome, c.duration_s, c.completion_tokens) for c in h.model_calls()] == [
@@ -420,7 +414,7 @@ def test_the_model_calls_of_a_task_are_one_per_stored_result_with_outcome_and_to
 def test_a_status_view_fold_keeps_only_what_a_status_shows_and_its_neighbours_stay_empty() -> None:
     events = [
         submitted(),
-        LLMRequested(
+        contracts.LLMRequested(
             task_id="t1",
             request_id="understand",
             purpose="understand",
@@ -428,7 +422,7 @@ def test_a_status_view_fold_keeps_only_what_a_status_shows_and_its_neighbours_st
             stage="understanding",
             ts=at(1),
         ),
-        TaskStage(task_id="t1", stage="step", step=2, ts=at(2)),
+        contracts.TaskStage(task_id="t1", stage="step", step=2, ts=at(2)),
     ]
     view, other = TaskHistory("t1", memo=False), TaskHistory("t2", memo=False)
     for event in events:
@@ -449,10 +443,10 @@ def test_a_completed_tasks_knowledge_is_in_the_old_servers_shape() -> None:
         model_used="qwen",
         verbose_steps=[VerboseStep(step=1, thought="look", tool="list_directory", input={"path": "."})],
     )
-    start = TaskSubmitted(
+    start = contracts.TaskSubmitted(
         task_id="t1", goal="g", project_context={"repo": "x"}, max_steps=50, max_steps_requested=500, ts=at(0)
     )
-    h = fold("t1", [start, TaskCompleted(task_id="t1", output="ok", knowledge=knowledge, ts=at(1))])
+    h = fold("t1", [start, contracts.TaskCompleted(task_id="t1", output="ok", knowledge=knowledge, ts=at(1))])
     view = h.view()
     assert view.knowledge == {
         "metadata": {"model_used": "qwen", "source": "model"},
@@ -474,7 +468,11 @@ def test_a_task_that_asks_back_shows_its_questions() -> None:
         routed_to="agent_run", clarification_questions=["Which one?"], suggested_restatement="r"
     )
     h = fold(
-        "t1", [submitted(), TaskCompleted(task_id="t1", output="Which one?", knowledge=knowledge, ts=at(1))]
+        "t1",
+        [
+            submitted(),
+            contracts.TaskCompleted(task_id="t1", output="Which one?", knowledge=knowledge, ts=at(1)),
+        ],
     )
     assert h.view().clarification_questions == ["Which one?"]
     assert h.view().knowledge["suggested_restatement"] == "r"

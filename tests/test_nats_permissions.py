@@ -115,7 +115,7 @@ async def test_the_gateway_cannot_append_a_terminal_event_or_a_model_result(syst
         await gateway.refused(subjects.llm_result(task_id, "plan"))
         # What it is there for: submissions and cancel requests.
         submitted = TaskSubmitted(task_id=task_id, goal="What can you do?", task_type="capabilities")
-        await bus.append(gateway.nc, submitted, "submitted", key="submitted")
+        await bus.append(gateway.nc, submitted, key="submitted")
     assert (await asyncio.to_thread(system.wait_terminal, task_id))["status"] == "completed"
     events = await asyncio.to_thread(stream_messages, system.bus_url(), f"victoria.task.*.{task_id}.>")
     kinds = [e["type"] for e in events]

@@ -75,9 +75,7 @@ def understand_messages() -> list[ChatMessage]:
 
 async def history_of_an_earlier_attempt(nc: NATS, task_id: str, *, fingerprint: str) -> None:
     """What attempt 1 stored before it died: the submission, its first request and the answer."""
-    await bus.append(
-        nc, TaskSubmitted(task_id=task_id, goal=GOAL, task_type="agent"), "submitted", key="submitted"
-    )
+    await bus.append(nc, TaskSubmitted(task_id=task_id, goal=GOAL, task_type="agent"), key="submitted")
     request = LLMRequested(
         task_id=task_id,
         request_id="understand",
@@ -89,7 +87,7 @@ async def history_of_an_earlier_attempt(nc: NATS, task_id: str, *, fingerprint: 
         fingerprint=fingerprint,
         workflow=1,
     )
-    await bus.append(nc, request, "llm_request", key="llm_req:understand")
+    await bus.append(nc, request, key="llm_req:understand")
     answer = LLMResult(
         task_id=task_id, request_id="understand", ok=True, content="OLD UNDERSTANDING", model="m"
     )
@@ -150,9 +148,9 @@ async def test_a_resumed_task_asks_again_when_the_stored_request_asked_something
     assert any("attempt 1 lost the task" in r.getMessage() for r in caplog.records)
 
 
-async def store(nc: NATS, event: object, kind: subjects.TaskKind, key: str) -> int:
+async def store(nc: NATS, event: object, key: str) -> int:
     assert isinstance(event, (TaskSubmitted, LLMRequested, TaskStarted, TaskCancelRequested, TaskCompleted))
-    return (await bus.append(nc, event, kind, key=key)).seq
+    return (await bus.append(nc, event, key=key)).seq
 
 
 async def test_the_runner_calls_the_model_only_for_requests_somebody_waits_for(
@@ -167,17 +165,17 @@ async def test_the_runner_calls_the_model_only_for_requests_somebody_waits_for(
         )
 
     for task_id in ("ended", "cancelled", "superseded", "adopted", "waiting"):
-        await store(nc, TaskSubmitted(task_id=task_id, goal="g"), "submitted", "submitted")
-    await store(nc, ask("ended", "plan"), "llm_request", "llm_req:plan")
-    await store(nc, TaskCompleted(task_id="ended", output="x"), "completed", "terminal")
-    await store(nc, ask("cancelled", "plan"), "llm_request", "llm_req:plan")
-    await store(nc, TaskCancelRequested(task_id="cancelled"), "cancel", "cancel")
-    await store(nc, ask("superseded", "plan"), "llm_request", "llm_req:plan")
-    await store(nc, TaskStarted(task_id="superseded", attempt=2, instance="b"), "started", "started:2")
-    await store(nc, ask("superseded", "plan-v2"), "llm_request", "llm_req:plan-v2")
-    await store(nc, ask("adopted", "plan"), "llm_request", "llm_req:plan")
-    await store(nc, TaskStarted(task_id="adopted", attempt=2, instance="b"), "started", "started:2")
-    await store(nc, ask("waiting", "plan"), "llm_request", "llm_req:plan")
+        await store(nc, TaskSubmitted(task_id=task_id, goal="g"), "submitted")
+    await store(nc, ask("ended", "plan"), "llm_req:plan")
+    await store(nc, TaskCompleted(task_id="ended", output="x"), "terminal")
+    await store(nc, ask("cancelled", "plan"), "llm_req:plan")
+    await store(nc, TaskCancelRequested(task_id="cancelled"), "cancel")
+    await store(nc, ask("superseded", "plan"), "llm_req:plan")
+    await store(nc, TaskStarted(task_id="superseded", attempt=2, instance="b"), "started:2")
+    await store(nc, ask("superseded", "plan-v2"), "llm_req:plan-v2")
+    await store(nc, ask("adopted", "plan"), "llm_req:plan")
+    await store(nc, TaskStarted(task_id="adopted", attempt=2, instance="b"), "started:2")
+    await store(nc, ask("waiting", "plan"), "llm_req:plan")
 
     runner = LLMRunner(nc, config(fake))
     await runner.start()
@@ -215,15 +213,15 @@ async def test_a_fresh_request_of_a_task_cancelled_meanwhile_is_not_sent_to_the_
     try:
         await asyncio.sleep(3.5)  # the runner has listened for longer than a quarter of the ack wait
         for task_id in ("slow", "doomed"):
-            await store(nc, TaskSubmitted(task_id=task_id, goal="g"), "submitted", "submitted")
+            await store(nc, TaskSubmitted(task_id=task_id, goal="g"), "submitted")
             request = LLMRequested(
                 task_id=task_id,
                 request_id="plan",
                 purpose="plan",
                 messages=[ChatMessage("user", task_id)],
             )
-            await store(nc, request, "llm_request", "llm_req:plan")
-        await store(nc, TaskCancelRequested(task_id="doomed"), "cancel", "cancel")
+            await store(nc, request, "llm_req:plan")
+        await store(nc, TaskCancelRequested(task_id="doomed"), "cancel")
         for _ in range(100):
             if await bus.last_llm_result(nc.jetstream(), "slow", "plan") is not None:
                 break

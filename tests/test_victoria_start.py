@@ -36,15 +36,13 @@ async def test_a_task_cancelled_while_no_victoria_ran_is_not_run_when_one_starts
     reason = "cancelled by request"
     for task_id in ("queued-cancelled", "cancel-only", "untouched"):
         submitted = TaskSubmitted(task_id=task_id, goal="Write a haiku", task_type="agent", ts=before)
-        await bus.append(nc, submitted, "submitted", key="submitted")
+        await bus.append(nc, submitted, key="submitted")
     # What gateways before fencing wrote for a queued task: the request, and the end. Now they
     # write the request only ("cancel-only"); the first Victoria to take the task ends it.
-    await bus.append(
-        nc, TaskCancelRequested(task_id="queued-cancelled", reason=reason), "cancel", key="cancel"
-    )
+    await bus.append(nc, TaskCancelRequested(task_id="queued-cancelled", reason=reason), key="cancel")
     ended = TaskCancelled(task_id="queued-cancelled", reason=reason, attempts=0)
-    await bus.append(nc, ended, "cancelled", key="terminal")
-    await bus.append(nc, TaskCancelRequested(task_id="cancel-only", reason=reason), "cancel", key="cancel")
+    await bus.append(nc, ended, key="terminal")
+    await bus.append(nc, TaskCancelRequested(task_id="cancel-only", reason=reason), key="cancel")
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test", "VICTORIA_ACK_WAIT": "30"}))
     await victoria.start()
@@ -77,7 +75,7 @@ async def test_markers_no_model_request_carried_are_stored_in_order_before_the_n
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test"}))
     task = TaskSubmitted(task_id="markers", goal="g")
-    submitted = await bus.append(nc, task, "submitted", key="submitted")
+    submitted = await bus.append(nc, task, key="submitted")
     history = TaskHistory(task.task_id)
     history.apply(task, submitted.seq)
     writer = TaskWriter(nc, task.task_id, attempt=1, expected=submitted.seq)

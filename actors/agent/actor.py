@@ -27,25 +27,8 @@ from opentelemetry.trace import Span, SpanKind
 
 from victoria.actors.agent import workflow
 from victoria.errors import CancelRequested, TaskAborted, TaskLost
-from victoria.events import subjects
+from victoria.events import contracts, subjects, tools
 from victoria.events.codec import encode, files_reply_decoder, service_decoder
-from victoria.events.contracts import (
-    ChatMessage,
-    FilesRequest,
-    LLMRequested,
-    LLMResult,
-    ServiceDown,
-    ServiceStarted,
-    ServiceUp,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TaskSubmitted,
-    ToolResult,
-)
 from victoria.events.fold import TaskHistory, stage_key
 from victoria.runtime import bus, tracing
 from victoria.runtime.base import Actor
@@ -70,7 +53,7 @@ class Victoria(Actor):
         self.running: dict[str, set[asyncio.Task[workflow.Outcome]]] = {}
         """Task id -> its workflows running here (two only while this instance overtook itself)."""
         self.cancel_reasons: dict[str, str] = {}
-        self.waiters: dict[tuple[str, str], set[asyncio.Future[LLMResult]]] = {}
+        self.waiters: dict[tuple[str, str], set[asyncio.Future[contracts.LLMResult]]] = {}
         """(task id, request id) -> the attempts waiting for that model result."""
         self._subs: list[Subscription] = []
         self.veronica: dict[str, str | None] = {}
@@ -96,7 +79,7 @@ class Victoria(Actor):
     # --- bus callbacks ---------------------------------------------------------------------------
     async def on_result(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
-        if isinstance(event, LLMResult):
+        if isinstance(event, contracts.LLMResult):
             for future in self.waiters.get((event.task_id, event.request_id), ()):
                 if not future.done():
                     future.set_result(event)
@@ -121,11 +104,11 @@ class Victoria(Actor):
             event = service_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
-        if isinstance(event, ServiceDown):
+        if isinstance(event, contracts.ServiceDown):
             self.veronica[event.instance] = event.reason
             went_down, self.veronica_went_down = self.veronica_went_down, asyncio.Event()
             went_down.set()  # wakes the requests that were out to her
-        elif isinstance(event, ServiceUp | ServiceStarted):
+        elif isinstance(event, contracts.ServiceUp | contracts.ServiceStarted):
             self.veronica[event.instance] = None
 
     def veronica_down(self) -> str | None:
@@ -137,7 +120,7 @@ class Victoria(Actor):
     # --- one delivery --------------------------------------------------------------------------
     async def _handle(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
-        if not isinstance(event, TaskSubmitted):
+        if not isinstance(event, contracts.TaskSubmitted):
             await bus.dead_letter(self.js, "victoria", msg, "not a task_submitted event")
             await msg.term()
             return
@@ -160,7 +143,7 @@ class Victoria(Actor):
             current_task_id.reset(task_token)
             current_trace_id.reset(trace_token)
 
-    async def _attempt(self, msg: Msg, task: TaskSubmitted, attempt: int, span: Span) -> str:
+    async def _attempt(self, msg: Msg, task: contracts.TaskSubmitted, attempt: int, span: Span) -> str:
         """One delivery of one task; returns what became of it, for the span and the log."""
         writer = TaskWriter(
             self.nc, task.task_id, attempt=attempt, expected=bus.stream_sequence(msg), fenced=self.fenced
@@ -175,13 +158,15 @@ class Victoria(Actor):
                         return ended
                     if attempt > 1:
                         # A retry claims the task at once: from here on no older attempt can write.
-                        started = TaskStarted(task_id=task.task_id, attempt=attempt, instance=self.instance)
-                        await writer.append(started, "started", key=f"started:{attempt}")
+                        started = contracts.TaskStarted(
+                            task_id=task.task_id, attempt=attempt, instance=self.instance
+                        )
+                        await writer.append(started, key=f"started:{attempt}")
                         history.apply(started)
                         log.info("task %s attempt %d started", task.task_id, attempt)
                     break
                 except CancelRequested as exc:
-                    history.apply(TaskCancelRequested(task_id=task.task_id, reason=exc.reason))
+                    history.apply(contracts.TaskCancelRequested(task_id=task.task_id, reason=exc.reason))
                 except TaskLost:
                     # Written between this attempt's read and its claim: by an older attempt that
                     # has not noticed yet (read again and claim on top), or by a newer one.
@@ -198,7 +183,7 @@ class Victoria(Actor):
             span.set_attribute("victoria.lost", True)
             return "lost"
 
-    async def _history(self, task: TaskSubmitted, attempt: int, writer: TaskWriter) -> TaskHistory:
+    async def _history(self, task: contracts.TaskSubmitted, attempt: int, writer: TaskWriter) -> TaskHistory:
         if attempt > 1:
             history = await self._read(task)
             writer.restart_from(history.own_seq)
@@ -210,11 +195,11 @@ class Victoria(Actor):
         history.apply(task, writer.expected)
         if not self.fenced:
             cancel = await bus.last_task_event(self.js, task.task_id, "cancel")
-            if isinstance(cancel, TaskCancelRequested):
+            if isinstance(cancel, contracts.TaskCancelRequested):
                 history.apply(cancel)
         return history
 
-    async def _read(self, task: TaskSubmitted) -> TaskHistory:
+    async def _read(self, task: contracts.TaskSubmitted) -> TaskHistory:
         history = TaskHistory(task.task_id)
         for seq, event in await bus.read_task_events(self.js, task.task_id):
             history.apply(event, seq)
@@ -223,7 +208,7 @@ class Victoria(Actor):
         return history
 
     async def _settle(
-        self, msg: Msg, task: TaskSubmitted, attempt: int, history: TaskHistory, writer: TaskWriter
+        self, msg: Msg, task: contracts.TaskSubmitted, attempt: int, history: TaskHistory, writer: TaskWriter
     ) -> str | None:
         """End the task without running it when its history or its deliveries say so (and say
         how); None when it is to run."""
@@ -232,16 +217,18 @@ class Victoria(Actor):
             await msg.ack()
             return "already finished"
         if history.cancel_reason is not None:
-            cancelled = TaskCancelled(task_id=task.task_id, reason=history.cancel_reason, attempts=attempt)
+            cancelled = contracts.TaskCancelled(
+                task_id=task.task_id, reason=history.cancel_reason, attempts=attempt
+            )
             await self._finish(cancelled, history, writer)
             await msg.ack()
             return "cancelled"
         if attempt > self.config.max_attempts:
             error = f"gave up after {self.config.max_attempts} attempts (each a delivery to Victoria)"
-            failed = TaskFailed(
+            failed = contracts.TaskFailed(
                 task_id=task.task_id, error=error, error_kind="max_attempts", attempts=attempt - 1
             )
-            if isinstance(await self._finish(failed, history, writer), TaskCancelled):
+            if isinstance(await self._finish(failed, history, writer), contracts.TaskCancelled):
                 await msg.ack()
                 return "cancelled"
             await bus.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
@@ -250,17 +237,17 @@ class Victoria(Actor):
         if self._remaining(task) <= 0:
             stored = await self._finish(self._deadline_failure(task, attempt), history, writer)
             await msg.ack()
-            return "deadline" if isinstance(stored, TaskFailed) else "cancelled"
+            return "deadline" if isinstance(stored, contracts.TaskFailed) else "cancelled"
         return None
 
     @staticmethod
-    def _remaining(task: TaskSubmitted) -> float:
+    def _remaining(task: contracts.TaskSubmitted) -> float:
         return task.deadline_s - (datetime.now(UTC) - task.ts).total_seconds()
 
     async def _run(
         self,
         msg: Msg,
-        task: TaskSubmitted,
+        task: contracts.TaskSubmitted,
         attempt: int,
         history: TaskHistory,
         writer: TaskWriter,
@@ -268,17 +255,17 @@ class Victoria(Actor):
     ) -> str:
         ctx = _Context(self, task, history, span, writer)
         if attempt == 1:
-            ctx.pending_start = TaskStarted(task_id=task.task_id, attempt=1, instance=self.instance)
+            ctx.pending_start = contracts.TaskStarted(task_id=task.task_id, attempt=1, instance=self.instance)
             log.debug("task %s attempt 1 started", task.task_id)
         run = asyncio.create_task(workflow.run(ctx), name=f"task-{task.task_id}")
         runs = self.running.setdefault(task.task_id, set())
         runs.add(run)
-        terminal: TaskCompleted | TaskFailed | TaskCancelled
+        terminal: contracts.TaskCompleted | contracts.TaskFailed | contracts.TaskCancelled
         try:
             try:
                 async with asyncio.timeout(self._remaining(task)) as deadline:
                     outcome = await run
-                terminal = TaskCompleted(
+                terminal = contracts.TaskCompleted(
                     task_id=task.task_id, output=outcome.output, attempts=attempt, knowledge=outcome.knowledge
                 )
             except TimeoutError:
@@ -286,17 +273,17 @@ class Victoria(Actor):
                     raise
                 terminal = self._deadline_failure(task, attempt, ctx.last_model_error)
             except TaskAborted as exc:
-                terminal = TaskFailed(
+                terminal = contracts.TaskFailed(
                     task_id=task.task_id, error=exc.reason, error_kind=exc.kind, attempts=attempt
                 )
             except CancelRequested as exc:  # an append of the workflow found the request
-                terminal = TaskCancelled(task_id=task.task_id, reason=exc.reason, attempts=attempt)
+                terminal = contracts.TaskCancelled(task_id=task.task_id, reason=exc.reason, attempts=attempt)
             except asyncio.CancelledError:
                 reason = self.cancel_reasons.get(task.task_id)
                 current = asyncio.current_task()
                 if reason is None or (current is not None and current.cancelling()):
                     raise
-                terminal = TaskCancelled(task_id=task.task_id, reason=reason, attempts=attempt)
+                terminal = contracts.TaskCancelled(task_id=task.task_id, reason=reason, attempts=attempt)
         finally:
             if not run.done():
                 run.cancel()
@@ -307,29 +294,33 @@ class Victoria(Actor):
             ctx.end_stage()
         stored = await self._finish(terminal, history, writer, span)
         await msg.ack()
-        routine = attempt == 1 and isinstance(stored, TaskCompleted)  # the events tell it all
+        routine = attempt == 1 and isinstance(stored, contracts.TaskCompleted)  # the events tell it all
         log.log(
             logging.DEBUG if routine else logging.INFO,
             "task %s %s after attempt %d",
             task.task_id,
-            _status(stored),
+            stored.kind,
             attempt,
         )
-        return _status(stored)
+        return stored.kind
 
-    def _deadline_failure(self, task: TaskSubmitted, attempt: int, cause: str | None = None) -> TaskFailed:
+    def _deadline_failure(
+        self, task: contracts.TaskSubmitted, attempt: int, cause: str | None = None
+    ) -> contracts.TaskFailed:
         error = f"task deadline of {task.deadline_s:g}s passed"
         if cause:
             error += f"; last model error: {cause}"
-        return TaskFailed(task_id=task.task_id, error=error, error_kind="deadline", attempts=attempt)
+        return contracts.TaskFailed(
+            task_id=task.task_id, error=error, error_kind="deadline", attempts=attempt
+        )
 
     async def _finish(
         self,
-        event: TaskCompleted | TaskFailed | TaskCancelled,
+        event: contracts.TaskCompleted | contracts.TaskFailed | contracts.TaskCancelled,
         history: TaskHistory,
         writer: TaskWriter,
         span: Span | None = None,
-    ) -> TaskCompleted | TaskFailed | TaskCancelled:
+    ) -> contracts.TaskCompleted | contracts.TaskFailed | contracts.TaskCancelled:
         """Store the terminal event, with the task's model calls summed up in it (for metrics), and
         return it. A cancel request stored since the attempt's last append turns it into
         ``task_cancelled``: the request decided the task."""
@@ -338,12 +329,12 @@ class Victoria(Actor):
             event = msgspec.structs.replace(event, model_calls=calls)
         headers = tracing.headers_for(span) if span is not None else None
         try:
-            await writer.append(event, _status(event), key="terminal", headers=headers)
+            await writer.append(event, key="terminal", headers=headers)
         except CancelRequested as exc:
-            event = TaskCancelled(
+            event = contracts.TaskCancelled(
                 task_id=event.task_id, reason=exc.reason, attempts=event.attempts, model_calls=calls
             )
-            await writer.append(event, "cancelled", key="terminal", headers=headers)
+            await writer.append(event, key="terminal", headers=headers)
         history.apply(event)
         await self._remember(history)
         return event
@@ -371,14 +362,6 @@ class Victoria(Actor):
             )
 
 
-def _status(event: TaskCompleted | TaskFailed | TaskCancelled) -> subjects.TaskKind:
-    if isinstance(event, TaskCompleted):
-        return "completed"
-    if isinstance(event, TaskFailed):
-        return "failed"
-    return "cancelled"
-
-
 class _VeronicaDown(Exception):
     pass
 
@@ -395,7 +378,12 @@ class _Context:
     """
 
     def __init__(
-        self, actor: Victoria, task: TaskSubmitted, history: TaskHistory, span: Span, writer: TaskWriter
+        self,
+        actor: Victoria,
+        task: contracts.TaskSubmitted,
+        history: TaskHistory,
+        span: Span,
+        writer: TaskWriter,
     ) -> None:
         self.actor = actor
         self.task = task
@@ -405,8 +393,12 @@ class _Context:
         self._stage_span: Span | None = None
         self.delegate_timeout = actor.config.delegate_timeout
         self.last_model_error: str | None = None
-        self.pending_start: TaskStarted | None = None
-        self.pending_stage: TaskStage | None = None
+        self.pending_start: contracts.TaskStarted | None = None
+        self.pending_stage: contracts.TaskStage | None = None
+        self.pending_understood: str | None = None
+
+    def understood(self, text: str) -> None:
+        self.pending_understood = text
 
     async def stage(
         self, stage: str, *, step: int | None = None, detail: str = "", key: str | None = None
@@ -425,22 +417,22 @@ class _Context:
         if key in self.history.stages_seen:
             self._stage_span.set_attribute("victoria.replayed", True)
             return
-        event = TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail, key=key)
+        event = contracts.TaskStage(task_id=self.task.task_id, stage=stage, step=step, detail=detail, key=key)
         self.history.apply(event)
         if not detail and key == default_key:
             self.pending_stage = event  # the model request that follows carries it
             return
         await self.flush_markers()
-        await self.writer.append(event, "stage", key=f"stage:{key}", headers=self._headers())
+        await self.writer.append(event, key=f"stage:{key}", headers=self._headers())
 
     async def flush_markers(self) -> None:
         """Store the markers no model request has carried, oldest first."""
         start, self.pending_start = self.pending_start, None
         if start is not None:
-            await self.writer.append(start, "started", key=f"started:{start.attempt}")
+            await self.writer.append(start, key=f"started:{start.attempt}")
         stage, self.pending_stage = self.pending_stage, None
         if stage is not None:
-            await self.writer.append(stage, "stage", key=f"stage:{stage.key}", headers=self._headers())
+            await self.writer.append(stage, key=f"stage:{stage.key}", headers=self._headers())
 
     def end_stage(self) -> None:
         if self._stage_span is not None:
@@ -456,15 +448,20 @@ class _Context:
             await asyncio.sleep(seconds)
 
     async def llm(
-        self, request_id: str, purpose: str, messages: list[ChatMessage], *, json_mode: bool = False
-    ) -> LLMResult:
+        self,
+        request_id: str,
+        purpose: contracts.Purpose,
+        messages: list[contracts.ChatMessage],
+        *,
+        json_mode: bool = False,
+    ) -> contracts.LLMResult:
         asked = workflow.fingerprint(messages, model=self.task.model, json_mode=json_mode)
         request_id = self._same_question(request_id, asked)
         known = self.history.llm_results.get(request_id)
         if known is not None:
             return known
         key = (self.task.task_id, request_id)
-        future: asyncio.Future[LLMResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[contracts.LLMResult] = asyncio.get_running_loop().create_future()
         waiting = self.actor.waiters.setdefault(key, set())
         waiting.add(future)
         # Only the instance that waits hears the answer: one subscription per request, made before
@@ -476,9 +473,9 @@ class _Context:
             if request_id in self.history.llm_requests:
                 await self.flush_markers()  # waiting for an answer asked for on an earlier attempt
             else:
-                start, stage = self.pending_start, self.pending_stage
-                self.pending_start = self.pending_stage = None
-                request = LLMRequested(
+                start, stage, understood = self.pending_start, self.pending_stage, self.pending_understood
+                self.pending_start = self.pending_stage = self.pending_understood = None
+                request = contracts.LLMRequested(
                     task_id=self.task.task_id,
                     request_id=request_id,
                     purpose=purpose,
@@ -492,10 +489,9 @@ class _Context:
                     instance=start.instance if start is not None else "",
                     fingerprint=asked,
                     workflow=workflow.VERSION,
+                    understood=understood,
                 )
-                await self.writer.append(
-                    request, "llm_request", key=f"llm_req:{request_id}", headers=self._headers()
-                )
+                await self.writer.append(request, key=f"llm_req:{request_id}", headers=self._headers())
                 self.history.apply(request)
             while True:
                 try:
@@ -562,8 +558,10 @@ class _Context:
             )
             cid = f"{call_id}-v{version}"
 
-    async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult:
-        tool = "read_file" if request.op == "read" else "list_directory"
+    async def files(
+        self, call_id: str, request: contracts.FilesRequest, *, timeout: float
+    ) -> contracts.ToolResult:
+        tool = tools.by_op(request.op).name
         args: dict[str, object] = {"path": request.path}
         if request.limit is not None:
             args["limit"] = request.limit
@@ -576,7 +574,7 @@ class _Context:
         try:
             reply_msg = await self._ask_veronica(request, timeout)
             reply = files_reply_decoder.decode(reply_msg.data)
-            result = ToolResult(
+            result = contracts.ToolResult(
                 task_id=self.task.task_id,
                 call_id=call_id,
                 tool=tool,
@@ -602,11 +600,11 @@ class _Context:
             "ok" if result.ok else result.error,
             time.monotonic() - started,
         )
-        await self.writer.append(result, "tool_result", key=f"tool:{call_id}", headers=self._headers())
+        await self.writer.append(result, key=f"tool:{call_id}", headers=self._headers())
         self.history.apply(result)
         return result
 
-    async def _ask_veronica(self, request: FilesRequest, timeout: float) -> Msg:
+    async def _ask_veronica(self, request: contracts.FilesRequest, timeout: float) -> Msg:
         """Veronica's reply. Her file work is read-only, so when an instance of hers goes down while
         a request is out, the request is sent again to those still up; with none up, it fails at once."""
         loop = asyncio.get_running_loop()
@@ -634,7 +632,9 @@ class _Context:
             ask.cancel()
             log.info("task %s: a Veronica went down while she had its request", self.task.task_id)
 
-    def _tool_error(self, call_id: str, tool: str, args: dict[str, object], error: str) -> ToolResult:
-        return ToolResult(
+    def _tool_error(
+        self, call_id: str, tool: str, args: dict[str, object], error: str
+    ) -> contracts.ToolResult:
+        return contracts.ToolResult(
             task_id=self.task.task_id, call_id=call_id, tool=tool, args=args, ok=False, error=error
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from victoria.events.tools import TOOLS
+
 
 @dataclass(frozen=True, slots=True)
 class Capability:
@@ -32,20 +34,24 @@ REGISTRY: Final = (
 )
 
 
+def _both(words: list[str], conjunction: str) -> str:
+    return f" {conjunction} ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
 def answer(lang: Literal["ru", "en"]) -> str:
-    """Two short sentences, in the language of the question."""
+    """Two short sentences, in the language of the question; the tools are those of the table."""
     if lang == "ru":
         return (
             "Я Victoria: умею "
             + REGISTRY[0].ru
-            + " с инструментами просмотра и чтения файлов, а также "
+            + f" с инструментами {_both([tool.skill[1] for tool in TOOLS], 'и')} файлов, а также "
             + REGISTRY[1].ru
             + ". Каждая задача хранится в журнале событий, поэтому переживает сбои и перезапуски."
         )
     return (
         "I am Victoria: I "
         + REGISTRY[0].en
-        + " with tools that list and read files, and I "
+        + f" with tools that {_both([tool.skill[0] for tool in TOOLS], 'and')} files, and I "
         + REGISTRY[1].en
         + ". Every task is kept in an event log, so it survives crashes and restarts."
     )

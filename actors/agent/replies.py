@@ -11,7 +11,8 @@ from typing import Any, Final
 
 import msgspec
 
-TOOLS: Final = ("list_directory", "read_file", "finish")
+from victoria.events import tools
+from victoria.events.tools import FINISH, Tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +45,9 @@ Action = Finish | ToolCall
 
 _decoder: Final = msgspec.json.Decoder()
 _FENCE: Final = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
-_ANSWER: Final = re.compile(
-    r'"(?:answer|final|final_answer|output|result)"\s*:\s*"((?:[^"\\]|\\.)*)', re.DOTALL
-)
+_ANSWER: Final = re.compile(r'"(?:' + "|".join(tools.ANSWER_KEYS) + r')"\s*:\s*"((?:[^"\\]|\\.)*)', re.DOTALL)
+_TEXT_KEYS: Final = (*tools.ANSWER_KEYS, "text", "content")
+"""Where a reply object that names no tool holds its answer: under an answer key, or its text."""
 _TOOL: Final = re.compile(r'"(?:tool|action|name)"\s*:\s*"(\w+)"')
 _PATH: Final = re.compile(r'"path"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
@@ -118,24 +119,39 @@ def _from_object(obj: dict[str, Any]) -> Action | None:
     args = obj.get("args") or obj.get("arguments") or obj.get("parameters") or obj.get("input") or {}
     if not isinstance(args, dict):
         args = {"value": args}
-    if isinstance(tool, str):
-        tool = tool.strip().lower()
-        if tool in ("finish", "final", "answer", "final_answer", "done"):
-            return Finish(_answer_text(args) or _answer_text(obj) or "")
-        if tool in ("list_directory", "list_dir", "ls", "list_files"):
-            return ToolCall("list_directory", {"path": str(args.get("path") or ".")})
-        if tool in ("read_file", "cat", "open_file"):
-            path = args.get("path") or args.get("file") or args.get("value")
-            if isinstance(path, str) and path:
-                return ToolCall("read_file", {"path": path})
+    known = tools.lookup(tool) if isinstance(tool, str) else None
+    if known is FINISH:
+        return Finish(_answer_text(args) or _answer_text(obj) or "")
+    if known is not None:
+        call = _call(known, args)
+        if call is not None:
+            return call
     answer = _answer_text(obj)
     if answer is not None:
         return Finish(answer)
     return None
 
 
+def _call(tool: Tool, args: dict[str, Any]) -> ToolCall | None:
+    """The call of ``tool`` with the arguments a model gave, under their names or the other names
+    models use; None when a required argument is missing or not text."""
+    defaults = tool.args.__struct_defaults__
+    fields = tool.fields
+    required = len(fields) - len(defaults)
+    out: dict[str, Any] = {}
+    for n, name in enumerate(fields):
+        value = next((args[key] for key in tool.names_for(name) if args.get(key)), None)
+        if n < required:
+            if not isinstance(value, str) or not value:
+                return None
+            out[name] = value
+        else:
+            out[name] = str(value or defaults[n - required])
+    return ToolCall(tool.name, out)
+
+
 def _answer_text(obj: dict[str, Any]) -> str | None:
-    for key in ("answer", "final", "final_answer", "output", "result", "text", "content"):
+    for key in _TEXT_KEYS:
         value = obj.get(key)
         if isinstance(value, str):
             return value
@@ -148,13 +164,13 @@ def _from_partial(text: str) -> Action | None:
     """JSON cut short (a model that hit its token limit): take what can be read."""
     if "{" not in text:
         return None
-    tool = _TOOL.search(text)
-    if tool and tool.group(1).lower() in ("list_directory", "read_file"):
+    named = _TOOL.search(text)
+    tool = tools.BY_NAME.get(named.group(1).lower()) if named else None
+    if tool is not None and tool is not FINISH:
         path = _PATH.search(text)
-        if tool.group(1).lower() == "list_directory":
-            return ToolCall("list_directory", {"path": _unescape(path.group(1)) if path else "."})
-        if path:
-            return ToolCall("read_file", {"path": _unescape(path.group(1))})
+        call = _call(tool, {"path": _unescape(path.group(1))} if path else {})
+        if call is not None:
+            return call
     answer = _ANSWER.search(text)
     if answer:
         return Finish(_unescape(answer.group(1)))

@@ -15,18 +15,21 @@ questions or their order change, so that the warning says which versions met.
 from __future__ import annotations
 
 import hashlib
-from typing import Final, Literal, Protocol
+import json
+from typing import Final, Protocol
 
 import msgspec
 
 from victoria.actors.agent import capabilities, classifier
 from victoria.actors.agent.replies import Finish, ToolCall, Understanding, parse_action, parse_understanding
 from victoria.errors import TaskAborted
+from victoria.events import tools
 from victoria.events.contracts import (
     ChatMessage,
     FilesRequest,
     Knowledge,
     LLMResult,
+    Purpose,
     TaskSubmitted,
     ToolResult,
     VerboseStep,
@@ -57,13 +60,27 @@ class TaskContext(Protocol):
         ...
 
     async def llm(
-        self, request_id: str, purpose: str, messages: list[ChatMessage], *, json_mode: bool = False
+        self, request_id: str, purpose: Purpose, messages: list[ChatMessage], *, json_mode: bool = False
     ) -> LLMResult: ...
 
     async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult: ...
 
+    def understood(self, text: str) -> None:
+        """What the goal was understood to ask: the next model request stored carries it, for the
+        old clients' ``/stream`` (their "Understood" step)."""
+        ...
 
-SYSTEM: dict[str, str] = {
+
+def _step_calls() -> str:
+    """The step prompt's examples, one reply per tool of the table and the final answer."""
+    calls = [
+        json.dumps({"tool": tool.name, "args": tool.example}, ensure_ascii=False)
+        for tool in (*tools.TOOLS, tools.FINISH)
+    ]
+    return ", ".join(calls[:-1]) + ", or " + calls[-1]
+
+
+SYSTEM: Final[dict[str, str]] = {
     "understand": (
         "You are Victoria, an agent that carries out a user's goal. Read the goal (and the conversation "
         'before it, if any) and reply with one JSON object: {"clear": true, "understanding": "<in one or '
@@ -74,13 +91,12 @@ SYSTEM: dict[str, str] = {
     ),
     "plan": (
         "You are Victoria. Write a short numbered plan (at most {max_steps} steps) to reach the goal. "
-        "Tools: list_directory(path), read_file(path), finish(answer). Answer in the user's language."
+        f"Tools: {', '.join(tool.signature() for tool in (*tools.TOOLS, tools.FINISH))}. "
+        "Answer in the user's language."
     ),
     "step": (
         "You are Victoria, carrying out a plan. Reply with exactly one JSON object and nothing else: "
-        '{{"tool": "list_directory", "args": {{"path": "."}}}}, '
-        '{{"tool": "read_file", "args": {{"path": "README.md"}}}}, or '
-        '{{"tool": "finish", "args": {{"answer": "<the final answer for the user>"}}}}. '
+        f"{_step_calls()}. "
         "Paths are relative to the workspace. Finish as soon as you can answer. "
         "Write the answer in the user's language."
     ),
@@ -169,9 +185,15 @@ class _Models:
         self.used: str | None = None
 
     async def ask(
-        self, ctx: TaskContext, request_id: str, messages: list[ChatMessage], *, json_mode: bool = False
+        self,
+        ctx: TaskContext,
+        purpose: Purpose,
+        request_id: str,
+        messages: list[ChatMessage],
+        *,
+        json_mode: bool = False,
     ) -> str:
-        result = await _ask(ctx, request_id, messages, json_mode=json_mode)
+        result = await _ask(ctx, purpose, request_id, messages, json_mode=json_mode)
         self.used = result.model or self.used
         return result.content
 
@@ -186,6 +208,7 @@ async def _understand_and_plan(ctx: TaskContext, models: _Models) -> tuple[str, 
         await models.ask(
             ctx,
             "understand",
+            "understand",
             [
                 ChatMessage("system", _system(task, SYSTEM["understand"])),
                 *earlier,
@@ -196,9 +219,11 @@ async def _understand_and_plan(ctx: TaskContext, models: _Models) -> tuple[str, 
     )
     if understanding.unclear:
         return goal, understanding, None
+    ctx.understood(understanding.text)
     await ctx.stage("planning")
     plan = await models.ask(
         ctx,
+        "plan",
         "plan",
         [
             ChatMessage("system", _system(task, SYSTEM["plan"].format(max_steps=task.max_steps))),
@@ -245,7 +270,7 @@ async def agent_run(ctx: TaskContext) -> Outcome:
     if plan is None:
         return _asking_back(task, understanding, models, "agent_run")
     transcript: list[ChatMessage] = [
-        ChatMessage("system", _system(task, SYSTEM["step"].format())),
+        ChatMessage("system", _system(task, SYSTEM["step"])),
         ChatMessage("user", f"Goal: {goal}\n\nPlan:\n{plan}", task.images),
     ]
     observations: list[str] = []
@@ -262,16 +287,18 @@ async def agent_run(ctx: TaskContext) -> Outcome:
 
     for step in range(1, task.max_steps + 1):
         await ctx.stage("step", step=step)
-        reply = await models.ask(ctx, f"step-{step}", transcript, json_mode=True)
+        reply = await models.ask(ctx, "step", f"step-{step}", transcript, json_mode=True)
         action = parse_action(reply)
         if isinstance(action, Finish):
             steps.append(
-                VerboseStep(step=step, thought=action.thought, tool="finish", input={"answer": action.answer})
+                VerboseStep(
+                    step=step, thought=action.thought, tool=tools.FINISH.name, input={"answer": action.answer}
+                )
             )
             return done(action.answer.strip() or best_effort(understanding.text, plan, observations))
         assert isinstance(action, ToolCall)
         steps.append(VerboseStep(step=step, thought=action.thought, tool=action.tool, input=action.args))
-        op: Literal["list", "read"] = "list" if action.tool == "list_directory" else "read"
+        op = tools.BY_NAME[action.tool].op or "read"
         path = str(action.args.get("path") or ".")
         result = await ctx.files(
             f"step-{step}",
@@ -307,11 +334,15 @@ WAIT_MAX: Final = 30.0  # seconds between tries, at most
 
 
 async def _ask(
-    ctx: TaskContext, request_id: str, messages: list[ChatMessage], *, json_mode: bool = False
+    ctx: TaskContext,
+    purpose: Purpose,
+    request_id: str,
+    messages: list[ChatMessage],
+    *,
+    json_mode: bool = False,
 ) -> LLMResult:
     """One model answer. While the model server is unreachable the task waits in the stage
     ``waiting_for_model`` and asks again with backoff; the task's deadline ends the wait."""
-    purpose = request_id.split("-")[0]
     rid, tries, delay = request_id, 0, WAIT_FIRST
     while True:
         result = await ctx.llm(rid, purpose, messages, json_mode=json_mode)

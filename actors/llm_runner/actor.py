@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from typing import ClassVar, Final
+from typing import ClassVar, Final, assert_never
 
 import aiohttp
 import msgspec
@@ -31,19 +31,8 @@ from victoria.actors.llm_runner.scheduler import Lease, Scheduler, Slot, Waiter
 from victoria.actors.llm_runner.servers import Registry
 from victoria.actors.llm_runner.share import Share
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
-from victoria.events import subjects
+from victoria.events import contracts, subjects
 from victoria.events.codec import encode
-from victoria.events.contracts import (
-    LLMRequested,
-    LLMResult,
-    ModelWait,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskFailed,
-    TaskStarted,
-    TokenChunk,
-)
 from victoria.runtime import bus, tracing
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
@@ -75,7 +64,7 @@ class LLMRunner(Actor):
         self.consumers: list[WorkConsumer] = []
         self._subs: list[Subscription] = []
         self.images = ImageStore(self.js)
-        self._calls: dict[str, set[asyncio.Task[LLMResult | str]]] = defaultdict(set)
+        self._calls: dict[str, set[asyncio.Task[contracts.LLMResult | str]]] = defaultdict(set)
         self._ended: OrderedDict[str, str] = OrderedDict()
         """Tasks lately cancelled or failed, as the live subscriptions saw them: id -> what."""
         self._holding: set[str] = set()
@@ -164,7 +153,7 @@ class LLMRunner(Actor):
             with contextlib.suppress(nats.errors.Error):
                 await msg.respond(self.instance.encode())
 
-    async def _held_elsewhere(self, event: LLMRequested) -> str | None:
+    async def _held_elsewhere(self, event: contracts.LLMRequested) -> str | None:
         """The runner instance that is calling the model for this request now, if any answers."""
         try:
             reply = await self.nc.request(
@@ -174,7 +163,7 @@ class LLMRunner(Actor):
             return None  # nobody: the holder died (or never was), so this one calls
         return reply.data.decode(errors="replace") or "another runner"
 
-    async def _await_holder(self, event: LLMRequested, holder: str) -> bool:
+    async def _await_holder(self, event: contracts.LLMRequested, holder: str) -> bool:
         """Wait while ``holder`` calls the model for this request: True once its answer is stored,
         False when nobody holds the request any more (then this instance calls). The message is
         kept alive meanwhile by the consumer's in-progress acks."""
@@ -196,7 +185,7 @@ class LLMRunner(Actor):
 
     async def _handle(self, msg: Msg) -> None:
         event = bus.decode_task_event(msg.data, msg.subject)
-        if not isinstance(event, LLMRequested):
+        if not isinstance(event, contracts.LLMRequested):
             await bus.dead_letter(self.js, "llm-runner", msg, "not an llm_requested event")
             await msg.term()
             return
@@ -208,7 +197,7 @@ class LLMRunner(Actor):
             current_task_id.reset(task_token)
             current_trace_id.reset(trace_token)
 
-    async def _answer(self, msg: Msg, event: LLMRequested) -> None:
+    async def _answer(self, msg: Msg, event: contracts.LLMRequested) -> None:
         ack = parse_ack_subject(msg.reply)
         deliveries = ack.delivered if ack is not None else bus.delivery_count(msg)
         unwanted = await self._unwanted(event, msg, ack)
@@ -240,10 +229,10 @@ class LLMRunner(Actor):
             self._holding.discard(holding)
 
     async def _call_and_store(
-        self, msg: Msg, event: LLMRequested, ack: AckSubject | None, deliveries: int
+        self, msg: Msg, event: contracts.LLMRequested, ack: AckSubject | None, deliveries: int
     ) -> None:
         if deliveries > MAX_DELIVER:
-            result = LLMResult(
+            result = contracts.LLMResult(
                 task_id=event.task_id,
                 request_id=event.request_id,
                 ok=False,
@@ -278,6 +267,7 @@ class LLMRunner(Actor):
                 await msg.ack()
                 return
             result = scheduled
+        result = msgspec.structs.replace(result, purpose=event.purpose)  # what it answers, for readers
         if not await bus.append_result(self.nc, result, headers=_trace_headers(msg)):
             log.info(
                 "task %s request %s: an answer is stored already; this one is dropped",
@@ -286,7 +276,9 @@ class LLMRunner(Actor):
             )
         await msg.ack()
 
-    async def _scheduled(self, event: LLMRequested, msg: Msg, seq: int) -> LLMResult | str:
+    async def _scheduled(
+        self, event: contracts.LLMRequested, msg: Msg, seq: int
+    ) -> contracts.LLMResult | str:
         """The call, once the scheduler gives it a server; or why nobody wants it after its wait."""
         model = event.model or self.config.model
         started = time.monotonic()
@@ -303,7 +295,7 @@ class LLMRunner(Actor):
 
     def _on_wait(self, waiter: Waiter, place: int) -> None:
         self._progress(
-            ModelWait(
+            contracts.ModelWait(
                 task_id=waiter.task_id,
                 request_id=waiter.request_id,
                 model=waiter.model,
@@ -317,7 +309,7 @@ class LLMRunner(Actor):
         if not waiter.noticed:
             return  # placed before anybody was told it waits
         self._progress(
-            ModelWait(
+            contracts.ModelWait(
                 task_id=waiter.task_id,
                 request_id=waiter.request_id,
                 model=waiter.model,
@@ -330,13 +322,13 @@ class LLMRunner(Actor):
             if other.model == waiter.model and other is not waiter:
                 self.scheduler.notice(other)
 
-    def _progress(self, wait: ModelWait) -> None:
+    def _progress(self, wait: contracts.ModelWait) -> None:
         if not wait.task_id or not self.nc.is_connected:
             return
         task = asyncio.ensure_future(self.nc.publish(subjects.progress(wait.task_id), encode(wait)))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _unwanted(self, event: LLMRequested, msg: Msg, ack: AckSubject | None) -> str | None:
+    async def _unwanted(self, event: contracts.LLMRequested, msg: Msg, ack: AckSubject | None) -> str | None:
         """Why nobody waits for this request's answer any more, or None when somebody does.
 
         The attempt that stored a request writes nothing more until its answer comes, so the
@@ -365,7 +357,7 @@ class LLMRunner(Actor):
             return "it is answered already"
         return await self._read_unwanted(event, seq)
 
-    async def _read_unwanted(self, event: LLMRequested, seq: int) -> str | None:
+    async def _read_unwanted(self, event: contracts.LLMRequested, seq: int) -> str | None:
         """What came after the request (stored at ``seq``) in the task's history, if it makes the
         request unwanted (one direct get)."""
         last = await bus.last_history_event(self.js, event.task_id)
@@ -373,21 +365,29 @@ class LLMRunner(Actor):
             return None
         later_seq, later = last
         match later:
-            case TaskStarted():
+            case contracts.TaskStarted():
                 return None
-            case TaskCompleted() | TaskFailed() | TaskCancelled():
+            case contracts.TaskCompleted() | contracts.TaskFailed() | contracts.TaskCancelled():
                 return "the task has ended"
-            case TaskCancelRequested():
+            case contracts.TaskCancelRequested():
                 return "the task was cancelled"
             case None:
                 return f"an unreadable event at sequence {later_seq} came after it"
-            case _:
+            case (
+                contracts.TaskSubmitted()
+                | contracts.TaskStage()
+                | contracts.LLMRequested()
+                | contracts.LLMResult()
+                | contracts.ToolResult()
+            ):
                 tag = type(later).__struct_config__.tag
                 return f"it is superseded: {tag} at sequence {later_seq} came after it"
+            case _:
+                assert_never(later)
 
     async def call(
-        self, event: LLMRequested, parent: Context | None = None, *, lease: Lease | None = None
-    ) -> LLMResult:
+        self, event: contracts.LLMRequested, parent: Context | None = None, *, lease: Lease | None = None
+    ) -> contracts.LLMResult:
         """One model call with a deadline, streamed; its tokens go out as they arrive. Without a
         ``lease``, the scheduler is asked for a server first (and the wait is not timed)."""
         model = event.model or self.config.model
@@ -399,7 +399,7 @@ class LLMRunner(Actor):
                 self.scheduler.release(lease)
         timeout = min(event.timeout_s, self.config.llm_timeout)
         started = time.monotonic()
-        base = LLMResult(task_id=event.task_id, request_id=event.request_id, ok=False, model=model)
+        base = contracts.LLMResult(task_id=event.task_id, request_id=event.request_id, ok=False, model=model)
         unreachable: list[str] = []
         span = tracing.tracer().start_span(
             f"chat {model}",
@@ -414,7 +414,7 @@ class LLMRunner(Actor):
                 "victoria.request_id": event.request_id,
             },
         )
-        tokens = _TokenPublisher(self.nc, event.task_id, event.request_id)
+        tokens = _TokenPublisher(self.nc, event)
         try:
             try:
                 async with asyncio.timeout(timeout):
@@ -457,7 +457,7 @@ class LLMRunner(Actor):
                 completion.model,
                 duration,
             )
-            return LLMResult(
+            return contracts.LLMResult(
                 task_id=event.task_id,
                 request_id=event.request_id,
                 ok=True,
@@ -474,7 +474,12 @@ class LLMRunner(Actor):
             span.end()
 
     async def _call_until_reachable(
-        self, event: LLMRequested, model: str, lease: Lease, unreachable: list[str], tokens: _TokenPublisher
+        self,
+        event: contracts.LLMRequested,
+        model: str,
+        lease: Lease,
+        unreachable: list[str],
+        tokens: _TokenPublisher,
     ) -> protocols.Completion:
         """The call on ``lease``'s server. A server that refuses connections before answering is
         left for another that has the model, when there is one (the lease moves); else it is
@@ -530,12 +535,12 @@ class LLMRunner(Actor):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX)
 
-    def _failed(self, base: LLMResult, error: LLMError, started: float) -> LLMResult:
+    def _failed(self, base: contracts.LLMResult, error: LLMError, started: float) -> contracts.LLMResult:
         log.warning("task %s request %s failed: %s", base.task_id, base.request_id, error)
         kind = (
             error.kind if error.kind in ("unavailable", "timeout", "http_status", "protocol") else "protocol"
         )
-        return LLMResult(
+        return contracts.LLMResult(
             task_id=base.task_id,
             request_id=base.request_id,
             ok=False,
@@ -560,11 +565,12 @@ class _TokenPublisher:
     FLUSH_EVERY: Final = 0.05  # seconds
     FLUSH_SIZE: Final = 256  # characters
 
-    def __init__(self, nc: NATS, task_id: str, request_id: str) -> None:
+    def __init__(self, nc: NATS, request: contracts.LLMRequested) -> None:
         self.nc = nc
-        self.subject = subjects.tokens(task_id)
-        self.task_id = task_id
-        self.request_id = request_id
+        self.subject = subjects.tokens(request.task_id)
+        self.task_id = request.task_id
+        self.request_id = request.request_id
+        self.purpose = request.purpose
         self.seq = 0
         self.buffer: list[str] = []
         self.size = 0
@@ -585,12 +591,13 @@ class _TokenPublisher:
     async def _flush(self, *, done: bool) -> None:
         if not self.buffer and not done:
             return
-        chunk = TokenChunk(
+        chunk = contracts.TokenChunk(
             task_id=self.task_id,
             request_id=self.request_id,
             seq=self.seq,
             text="".join(self.buffer),
             done=done,
+            purpose=self.purpose,
         )
         self.seq += 1
         self.buffer, self.size, self.last_flush = [], 0, time.monotonic()
@@ -599,5 +606,5 @@ class _TokenPublisher:
                 await self.nc.publish(self.subject, encode(chunk))
 
 
-def _holding_key(event: LLMRequested) -> str:
+def _holding_key(event: contracts.LLMRequested) -> str:
     return f"{event.task_id} {event.request_id}"

@@ -69,6 +69,8 @@ class Registry:
         self.models: dict[str, dict[str, _Model]] = {key: {} for key in scheduler.slots}
         self._task: asyncio.Task[None] | None = None
         self._written: dict[str, tuple[bytes, float]] = {}
+        self.errors: dict[str, str | None] = {}
+        """Server -> why its last look failed (None: it answered)."""
         for slot in scheduler.slots.values():
             if slot.spec.models is not None:
                 slot.models = set(slot.spec.models)
@@ -100,9 +102,10 @@ class Registry:
 
     async def refresh(self, slot: Slot) -> None:
         known = self.models[slot.key]
+        url = slot.spec.url + ("/api/tags" if slot.spec.api == "ollama" else "/v1/models")
         try:
             if slot.spec.api == "ollama":
-                tags = await self._get(slot.spec.url + "/api/tags")
+                tags = await self._get(url)
                 names = []
                 for item in tags.get("models") or []:
                     name = str(item.get("name") or item.get("model") or "")
@@ -119,15 +122,17 @@ class Registry:
                     slot.loaded = [str(m.get("name") or m.get("model")) for m in ps.get("models") or []]
                     slot.loaded_source = "server"
             else:
-                listing = await self._get(slot.spec.url + "/v1/models")
+                listing = await self._get(url)
                 names = [str(item.get("id")) for item in listing.get("data") or [] if item.get("id")]
                 for name in names:
                     known.setdefault(name, _Model())
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+            self.errors[slot.key] = f"{url}: {_failure(exc)}"
             if slot.up:
                 log.warning("model server %s does not answer: %s", slot.spec.url, exc or type(exc).__name__)
             self.scheduler.server_down(slot)
         else:
+            self.errors[slot.key] = None
             if slot.spec.models is None and names:
                 slot.models = {*names, *_aliases(names)}
             if not slot.up:
@@ -198,6 +203,7 @@ class Registry:
             swaps=slot.swaps,
             instance=self.instance,
             at=round(time.time(), 3),
+            error=self.errors.get(slot.key),
         )
 
     async def write_info(self, slot: Slot) -> None:
@@ -213,6 +219,17 @@ class Registry:
             self._written[slot.key] = (body, time.monotonic())
         except (nats.errors.Error, OSError) as exc:
             log.debug("info of %s not written: %s", slot.spec.url, exc)
+
+
+def _failure(exc: BaseException) -> str:
+    """A failed look at a server, named by what failed rather than by the HTTP client's class."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTPStatusError: {exc.status} {exc.message}"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return f"ConnectError: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: no answer within {REQUEST_TIMEOUT:g}s"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _aliases(names: list[str]) -> list[str]:

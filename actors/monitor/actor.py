@@ -16,7 +16,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, assert_never
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -229,17 +229,18 @@ class Monitor(Actor):
                 entry.pid = event.pid
                 entry.restarts = max(entry.restarts, event.restarts)
                 entry.version = event.version
-            case ServiceDown(source="supervisor"):
+            case ServiceDown():  # the supervisor's (the others returned above)
                 entry.restarts = max(entry.restarts, event.restarts)
                 entry.status = "down"
                 entry.reason = event.reason
-            case ServiceUp(source="supervisor") if entry.last_seen is None:
-                # A process that does not beat (an embedded nats-server): the supervisor's word.
-                entry.status = "up"
-                entry.reason = event.reason
-                entry.pid = event.pid or entry.pid
+            case ServiceUp():
+                if entry.last_seen is None:
+                    # A process that does not beat (an embedded nats-server): the supervisor's word.
+                    entry.status = "up"
+                    entry.reason = event.reason
+                    entry.pid = event.pid or entry.pid
             case _:
-                pass
+                assert_never(event)
 
     async def _publish_started(self, beat: Heartbeat) -> None:
         """``service_started`` for the process that sent ``beat``, unless it is stored already (a

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, Final
+from typing import ClassVar, Final, assert_never
 
 import asyncpg
 import msgspec
@@ -26,19 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from victoria.errors import ConfigError
-from victoria.events import subjects
-from victoria.events.contracts import (
-    AnyTaskEvent,
-    LLMRequested,
-    LLMResult,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskFailed,
-    TaskStage,
-    TaskStarted,
-    TaskSubmitted,
-)
+from victoria.events import contracts, subjects
 from victoria.runtime import bus, db
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
@@ -157,7 +145,7 @@ class Projector(Actor):
             self.projected += 1
         await msg.ack()
 
-    async def _project(self, stream: str, seq: int, event: AnyTaskEvent) -> None:
+    async def _project(self, stream: str, seq: int, event: contracts.AnyTaskEvent) -> None:
         assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
             reached = await conn.fetchval(
@@ -174,12 +162,12 @@ class Projector(Actor):
             )
 
 
-async def _apply(conn: asyncpg.Connection, seq: int, event: AnyTaskEvent) -> None:
+async def _apply(conn: asyncpg.Connection, seq: int, event: contracts.AnyTaskEvent) -> None:
     """One event into the tables, as the fold reads it (``victoria.events.fold``): a cancel request
     decides the status; the terminal event closes the task."""
     task_id, at = event.task_id, event.ts
     match event:
-        case TaskSubmitted():
+        case contracts.TaskSubmitted():
             await conn.execute(
                 "INSERT INTO victoria.tasks (task_id, status, goal, task_type, project, expert, session_id, "
                 "correlation_id, created_at, updated_at) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $8) "
@@ -193,16 +181,16 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: AnyTaskEvent) -> Non
                 event.correlation_id,
                 at,
             )
-        case TaskStarted(attempt=attempt, instance=instance):
+        case contracts.TaskStarted(attempt=attempt, instance=instance):
             await _started(conn, task_id, attempt, instance, at)
-        case TaskStage(stage=stage, step=step, detail=detail):
+        case contracts.TaskStage(stage=stage, step=step, detail=detail):
             await _stage(conn, task_id, seq, stage, step, detail, at)
-        case LLMRequested(attempt=attempt, instance=instance, stage=stage, step=step):
+        case contracts.LLMRequested(attempt=attempt, instance=instance, stage=stage, step=step):
             if attempt is not None:
                 await _started(conn, task_id, attempt, instance, at)
             if stage is not None:
                 await _stage(conn, task_id, seq, stage, step, "", at)
-        case LLMResult():
+        case contracts.LLMResult():
             await conn.execute(
                 "INSERT INTO victoria.model_calls (task_id, request_id, model, ok, error_kind, duration_s, "
                 "time_to_first_token_s, prompt_tokens, completion_tokens, answered_at) "
@@ -218,7 +206,7 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: AnyTaskEvent) -> Non
                 event.completion_tokens,
                 at,
             )
-        case TaskCancelRequested(reason=reason):
+        case contracts.TaskCancelRequested(reason=reason):
             await conn.execute(
                 "UPDATE victoria.tasks SET status = 'cancelled', stage = 'cancelled', error = $2, updated_at = $3 "
                 "WHERE task_id = $1 AND status IN ('queued', 'running')",
@@ -226,15 +214,15 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: AnyTaskEvent) -> Non
                 reason,
                 at,
             )
-        case TaskCompleted() | TaskFailed() | TaskCancelled():
+        case contracts.TaskCompleted() | contracts.TaskFailed() | contracts.TaskCancelled():
             status, stage = {
-                TaskCompleted: ("completed", "done"),
-                TaskFailed: ("failed", "failed"),
-                TaskCancelled: ("cancelled", "cancelled"),
+                contracts.TaskCompleted: ("completed", "done"),
+                contracts.TaskFailed: ("failed", "failed"),
+                contracts.TaskCancelled: ("cancelled", "cancelled"),
             }[type(event)]
-            output = event.output if isinstance(event, TaskCompleted) else None
-            error = event.error if isinstance(event, TaskFailed) else getattr(event, "reason", None)
-            kind = event.error_kind if isinstance(event, TaskFailed) else None
+            output = event.output if isinstance(event, contracts.TaskCompleted) else None
+            error = event.error if isinstance(event, contracts.TaskFailed) else getattr(event, "reason", None)
+            kind = event.error_kind if isinstance(event, contracts.TaskFailed) else None
             ended = await conn.fetchval(
                 "UPDATE victoria.tasks SET "
                 "status = CASE WHEN status = 'cancelled' THEN status ELSE $2 END, "
@@ -260,8 +248,10 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: AnyTaskEvent) -> Non
                     output,
                     at,
                 )
+        case contracts.ToolResult():
+            pass  # a tool's result has no table of its own
         case _:
-            pass
+            assert_never(event)
 
 
 async def _started(conn: asyncpg.Connection, task_id: str, attempt: int, instance: str, at: object) -> None:

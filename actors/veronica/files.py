@@ -1,7 +1,7 @@
 """Veronica's tools: list a directory, read a file, never outside the task's workspace.
 
-These are the only file tools of the system. Victoria's agent has none of her own: her
-``list_directory`` and ``read_file`` (and a ``files`` task) are requests to Veronica on
+These are the only file tools of the system (``victoria.events.tools`` declares them). Victoria's
+agent has none of her own: her file tools (and a ``files`` task) are requests to Veronica on
 ``victoria.rpc.veronica.files``, answered with these functions, so the same rules hold whichever
 actor the model's tool call comes through. A refusal is a ``ToolError`` (``OutsideWorkspace`` when
 the path leads out) whose text is the note the model gets as the tool's result.
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Final
 
 from victoria.errors import OutsideWorkspace, ToolError
+from victoria.events.tools import LIST_DIRECTORY
 
 MAX_LIST: Final = 200  # entries in a listing
 MAX_SCAN: Final = 100_000  # entries of a directory looked at, at most
@@ -276,27 +277,24 @@ def _refuse_kind(relative: str, mode: int, *, directory: bool) -> None:
             raise ToolError(f"{relative!r} is not a directory (it is {_kind(mode)}); read it instead")
         return
     if stat.S_ISDIR(mode):
-        raise ToolError(f"{relative!r} is a directory, not a file: list it with list_directory")
+        raise ToolError(f"{relative!r} is a directory, not a file: list it with {LIST_DIRECTORY.name}")
     if not stat.S_ISREG(mode):
         raise ToolError(f"refused: {relative!r} is {_kind(mode)}, not a regular file")
 
 
+_KINDS: Final = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device file"),
+    (stat.S_ISBLK, "a block device file"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISCHR(mode):
-        return "a character device file"
-    if stat.S_ISBLK(mode):
-        return "a block device file"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    return "a special file"
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
 def _inside(root: Path, path: Path) -> bool:
