@@ -481,6 +481,9 @@ class ModelInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """Median time to first token of recent calls, seconds."""
     tokens_per_s: float | None = None
     """Median output tokens per second of recent calls."""
+    listed: bool = False
+    """The server lists it (``/api/tags``, ``/v1/models``) or the models file names it; False for a
+    name known only from the calls served (what ``/api/available-models`` leaves out)."""
 
 
 class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):

@@ -13,7 +13,8 @@ httpx and curl send HTTP Basic auth, whose password is taken as the token (or it
 the password is empty: ``http://TOKEN@host:8010``).
 
 With no token configured, a gateway bound to loopback answers everyone, and one bound to another
-address does not start unless told ``--insecure`` (``refuse_open_listen``).
+address does not start unless told ``--insecure`` (``victoria.runtime.listen``, which ``victoria up``
+checks too: ``Tokens.required`` is ``listen.tokens_configured`` of the same configuration).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -34,7 +34,7 @@ from typing import Final
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from victoria.errors import ConfigError, VictoriaError
+from victoria.errors import ConfigError
 from victoria.gateway.dashboard import PATHS as DASHBOARD_PATHS
 from victoria.runtime.config import MIN_TOKEN_LENGTH, Config
 
@@ -45,41 +45,6 @@ OPEN_PATHS: Final = frozenset({"/health", "/ready", *DASHBOARD_PATHS})
 dashboard's page and static files (they hold no data; the routes they read ask for the token)."""
 RELOAD_EVERY: Final = 1.0  # seconds between looks at the tokens file
 REALM: Final = "victoria"
-
-
-class InsecureListen(VictoriaError):
-    """The gateway would listen beyond this machine with nobody asked for a token."""
-
-    def __init__(self, host: str) -> None:
-        super().__init__(
-            f"refusing to listen on {host} without an API token: anyone who can reach this address "
-            "could run tasks and read the workspace's files. Set VICTORIA_API_TOKEN (or "
-            "VICTORIA_API_TOKENS_FILE), listen on 127.0.0.1, or pass --insecure to run open anyway"
-        )
-        self.host = host
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve anywhere
-
-
-def refuse_open_listen(host: str, *, tokens_required: bool, insecure: bool) -> None:
-    """Raise ``InsecureListen`` for a non-loopback ``host`` without tokens, unless ``insecure``."""
-    if tokens_required or is_loopback(host):
-        return
-    if not insecure:
-        raise InsecureListen(host)
-    log.warning(
-        "the gateway listens on %s with no API token (--insecure): anyone who can reach it can "
-        "run tasks and read the workspace's files",
-        host,
-    )
 
 
 def _digest(token: str) -> bytes:

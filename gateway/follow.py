@@ -18,7 +18,7 @@ from nats.js import api as jsapi
 
 from victoria.events import subjects
 from victoria.events.contracts import TERMINAL_EVENTS, AnyTaskEvent
-from victoria.runtime import bus
+from victoria.runtime import reads
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,11 @@ class Follower:
             if msg.subject.startswith(f"{subjects.PREFIX}.progress."):
                 yield Progress(bytes(msg.data))
                 continue
-            event = bus.decode_task_event(msg.data, msg.subject)
+            event = reads.decode_task_event(msg.data, msg.subject)
             if event is None:
                 continue
             stored = Stored(
-                bus.stream_sequence(msg), str(type(event).__struct_config__.tag), bytes(msg.data), event
+                reads.stream_sequence(msg), str(type(event).__struct_config__.tag), bytes(msg.data), event
             )
             yield stored
             if stored.terminal:

@@ -2,7 +2,7 @@
 
 The key (hashed) maps to the task id and, once the first request has answered, its status code
 and body, in a JetStream key-value bucket on disk. It outlives the stream's duplicate window and
-restarts of the whole system (seven days by default, ``victoria.bus.IDEMPOTENCY_TTL``).
+restarts of the whole system (seven days by default, ``victoria.runtime.streams.IDEMPOTENCY_TTL``).
 """
 
 from __future__ import annotations

@@ -386,7 +386,7 @@ async def available_models(request: Request, state: GatewayState) -> Response:
     servers = await model_servers(backend.js, wait=MODELS_TIMEOUT)
     errors = [str(server["error"]) for server in servers if server.get("error")]
     for server in servers:
-        names = [str(model["name"]) for model in server["models"]]
+        names = [str(model["name"]) for model in server["models"] if model.get("listed")]
         listed = [name for name in names if f"{name}:latest" not in names]  # not Ollama's aliases
         (body.ollama if server["api"] == "ollama" else body.mlx).extend(listed)
     if not servers:

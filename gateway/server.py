@@ -13,12 +13,13 @@ import uvicorn
 
 from victoria.errors import VictoriaError
 from victoria.gateway.app import create_app
-from victoria.gateway.auth import Tokens, refuse_open_listen
+from victoria.gateway.auth import Tokens
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.views import TaskViews
-from victoria.runtime import bus, credentials
+from victoria.runtime import connection, credentials, streams
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
+from victoria.runtime.listen import refuse_open_listen
 from victoria.runtime.logbus import BusLogHandler
 from victoria.runtime.process import settle_gc, wait_for_stop
 from victoria.runtime.tracing import Tracing
@@ -115,7 +116,7 @@ async def _connect(
 
     while True:
         try:
-            nc = await bus.connect(
+            nc = await connection.connect(
                 nats_url,
                 name=f"gateway:{config.instance}",
                 on_reconnect=on_reconnect,
@@ -128,7 +129,7 @@ async def _connect(
             log.warning("%s; retrying", exc)
     if log_handler is not None:
         log_handler.attach(nc)
-    await bus.wait_for_streams(nc.jetstream(), dedup_window=config.dedup_window, replicas=config.replicas)
+    await streams.wait_for_streams(nc.jetstream(), dedup_window=config.dedup_window, replicas=config.replicas)
     metrics = state.metrics
     views = TaskViews(nc.jetstream(), observer=metrics.observe, nc=nc)
     await views.start()

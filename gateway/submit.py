@@ -27,7 +27,7 @@ from victoria.gateway.requests import (
     parse_idempotency_key,
 )
 from victoria.gateway.views import TaskViews
-from victoria.runtime import bus, memory, tracing
+from victoria.runtime import memory, publish, tracing
 from victoria.runtime.config import DEFAULT_MAX_STEPS
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def submit(
             expert=expert.name,
             expert_prompt=expert.system_prompt,
         )
-        ack = await bus.append(backend.nc, event, key="submitted", headers=trace_headers)
+        ack = await publish.append(backend.nc, event, key="submitted", headers=trace_headers)
         backend.views.record(event, ack.seq)
         log.debug("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
     response = await answer(task_id)

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Final
 
 import msgspec
-from nats.js import api as jsapi
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -28,7 +27,7 @@ from victoria.gateway.backend import Backend
 from victoria.gateway.http import json_response
 from victoria.gateway.requests import BadRequest
 from victoria.gateway.schemas import TasksPage, TaskSummary
-from victoria.runtime import bus
+from victoria.runtime import reads
 
 log = logging.getLogger(__name__)
 
@@ -169,27 +168,24 @@ async def _submissions(backend: Backend, shard: int) -> list[tuple[datetime, str
     last = info.state.last_seq
     if info.state.messages == 0:
         return []
-    sub = await backend.js.subscribe(
-        subjects.shard_events_of_kind(shard, "submitted"),
-        stream=subjects.task_stream(shard),
-        ordered_consumer=True,
-        deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-        config=jsapi.ConsumerConfig(opt_start_seq=max(1, last - BACKFILL_SCAN)),
-    )
     found: list[tuple[datetime, str]] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except TimeoutError:
-                break
-            event = bus.decode_task_event(msg.data, msg.subject)
-            if event is not None:
-                found.append((event.ts, event.task_id))
-            if msg.metadata.num_pending == 0 or bus.stream_sequence(msg) >= last:
-                break
-    finally:
-        await sub.unsubscribe()
+    scan = reads.Scan(
+        backend.js,
+        subjects.task_stream(shard),
+        subjects.shard_events_of_kind(shard, "submitted"),
+        start_seq=max(1, last - BACKFILL_SCAN),
+        wait=1.0,
+    )
+    async with scan as messages:
+        try:
+            async for msg in messages:
+                event = reads.decode_task_event(msg.data, msg.subject)
+                if event is not None:
+                    found.append((event.ts, event.task_id))
+                if reads.stream_sequence(msg) >= last:
+                    break
+        except TimeoutError:
+            pass  # the rest expired meanwhile: what was read stands
     return found[-BACKFILL_TASKS:]
 
 

@@ -2,7 +2,7 @@
 
 Log subjects name the actor and the level, not the task (``victoria.log.<actor>.<level>``), so
 there is no index to ask: one read scans the stream from the task's submission (or from the
-sequence after ``after``) to its end as it is now, through an ordered consumer, and keeps the
+sequence after ``after``) to its end as it is now (``reads.Scan``), and keeps the
 records whose ``task_id`` is this task's. Bytes that do not hold the id are skipped before any
 decoding. A read is bounded three ways (records kept, messages scanned, seconds); ``next`` says
 where the next read starts, so a page following a running task asks only for what is new.
@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Annotated, Final
 
 import msgspec
-from nats.js import api as jsapi
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,7 +25,7 @@ from victoria.gateway.http import json_response, not_found
 from victoria.gateway.requests import BadRequest
 from victoria.gateway.schemas import TaskLogRecord, TaskLogs
 from victoria.gateway.tasks import lookup
-from victoria.runtime import bus
+from victoria.runtime import reads
 
 MAX_RECORDS: Final = 500  # records one read returns
 MAX_SCANNED: Final = 100_000  # messages one read looks at
@@ -34,6 +33,8 @@ MAX_SECONDS: Final = 2.0  # seconds one read may take
 MESSAGE_WAIT: Final = 1.0  # seconds to wait for the next message of a stream that has more
 EARLY: Final = timedelta(seconds=1)  # records a moment older than the submission (clock skew)
 _record: Final = msgspec.json.Decoder(LogRecord)
+_SHOWN: Final = tuple(name for name in TaskLogRecord.__struct_fields__ if name != "seq")
+"""The fields of a log record that a page shows, under the same names."""
 
 
 class LogsQuery(msgspec.Struct, kw_only=True):
@@ -78,20 +79,13 @@ async def logs(request: Request, backend: Backend) -> Response:
     last = info.state.last_seq
     if last <= after or info.state.messages == 0:
         return json_response(TaskLogs(records=[], next=max(after, last), truncated=False))
-    if after:
-        config = jsapi.ConsumerConfig(opt_start_seq=after + 1)
-        policy = jsapi.DeliverPolicy.BY_START_SEQUENCE
-    elif history.created_at is not None:
-        config = jsapi.ConsumerConfig(opt_start_time=history.created_at - EARLY)
-        policy = jsapi.DeliverPolicy.BY_START_TIME
-    else:
-        config, policy = jsapi.ConsumerConfig(), jsapi.DeliverPolicy.ALL
-    sub = await backend.js.subscribe(
+    scan = reads.Scan(
+        backend.js,
+        subjects.LOG_STREAM,
         subjects.ALL_LOGS,
-        stream=subjects.LOG_STREAM,
-        ordered_consumer=True,
-        deliver_policy=policy,
-        config=config,
+        start_seq=after + 1 if after else None,
+        start_time=history.created_at - EARLY if not after and history.created_at is not None else None,
+        wait=MESSAGE_WAIT,
     )
     needle = task_id.encode()
     records: list[TaskLogRecord] = []
@@ -99,32 +93,21 @@ async def logs(request: Request, backend: Backend) -> Response:
     truncated = False
     scanned = 0
     deadline = time.monotonic() + MAX_SECONDS
-    try:
-        while seen < last:
-            if len(records) >= MAX_RECORDS or scanned >= MAX_SCANNED or time.monotonic() > deadline:
-                truncated = True
-                break
-            try:
-                msg = await sub.next_msg(timeout=MESSAGE_WAIT)
-            except TimeoutError:
-                break  # the rest of the stream expired or was not delivered: what was read stands
-            scanned += 1
-            seen = bus.stream_sequence(msg)
-            record = _of_task(msg.data, needle, task_id)
-            if record is not None:
-                records.append(
-                    TaskLogRecord(
-                        seq=seen,
-                        ts=record.ts,
-                        actor=record.actor,
-                        instance=record.instance,
-                        level=record.level,
-                        logger=record.logger,
-                        message=record.message,
+    async with scan as messages:
+        try:
+            async for msg in messages:
+                scanned += 1
+                seen = reads.stream_sequence(msg)
+                record = _of_task(msg.data, needle, task_id)
+                if record is not None:
+                    records.append(
+                        TaskLogRecord(seq=seen, **{name: getattr(record, name) for name in _SHOWN})
                     )
-                )
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
+                if seen >= last:
+                    break
+                if len(records) >= MAX_RECORDS or scanned >= MAX_SCANNED or time.monotonic() > deadline:
+                    truncated = True
+                    break
+        except TimeoutError:
+            pass  # the rest of the stream expired or was not delivered: what was read stands
     return json_response(TaskLogs(records=records, next=max(seen, after), truncated=truncated))

@@ -15,7 +15,7 @@ from victoria.gateway.backend import Backend
 from victoria.gateway.follow import Progress, Quiet, Stored, Tokens, follow
 from victoria.gateway.http import json_response, not_found
 from victoria.gateway.schemas import CancelRequested
-from victoria.runtime import bus
+from victoria.runtime import publish
 
 CANCEL_VIEW_WAIT: Final = 2.0  # seconds a cancel waits for this gateway's view to show its effect
 
@@ -50,7 +50,7 @@ async def cancel(request: Request, backend: Backend) -> Response:
     # if none does yet) writes task_cancelled. The request alone decides the status, unless
     # the terminal event came first; the answer waits until this gateway's view has either.
     cancel = TaskCancelRequested(task_id=task_id, reason="cancelled by request")
-    await bus.append(backend.nc, cancel, key="cancel")
+    await publish.append(backend.nc, cancel, key="cancel")
     await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
     if history.terminal and history.status != "cancelled":
         return json_response(history.view(), 200)  # it had ended before the request

@@ -26,7 +26,7 @@ from nats.js.client import JetStreamContext as _JS
 from victoria.events import subjects
 from victoria.events.contracts import AnyTaskEvent, ModelWait, TaskSubmitted
 from victoria.events.fold import TaskHistory
-from victoria.runtime import bus
+from victoria.runtime import reads
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,10 @@ class TaskViews:
                 del self.cache[task_id]
 
     async def _on_event(self, msg: Msg) -> None:
-        event = bus.decode_task_event(msg.data, msg.subject)
+        event = reads.decode_task_event(msg.data, msg.subject)
         if event is None:
             return
-        seq = bus.stream_sequence(msg)
+        seq = reads.stream_sequence(msg)
         if self.observer is not None:
             try:
                 self.observer(event)
@@ -229,7 +229,7 @@ class TaskViews:
         """Apply the task's events from the stream (and those the live feed brought meanwhile)."""
         entry.loading = asyncio.get_running_loop().create_future()
         try:
-            events = await bus.read_task_events(self.js, entry.history.task_id)
+            events = await reads.task_events(self.js, entry.history.task_id)
             buffered = sorted(entry.buffer or (), key=lambda item: item[0])
             applied = [entry.history.apply(event, seq) for seq, event in (*events, *buffered)]
             entry.checked = time.monotonic()

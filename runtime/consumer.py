@@ -4,7 +4,8 @@ While a handler runs, its message is kept alive with in-progress acks, so a long
 redelivered to a second worker while the first is alive; when the worker dies the acks stop and
 JetStream redelivers after ``ack_wait``. One task per consumer sends them, for every message held
 longer than a quarter of ``ack_wait`` (most are done sooner and cost nothing). The handler acks,
-naks or terms the message itself.
+naks or terms the message itself; ``delivered_event`` gives it the event its message holds, and
+sets aside a message that holds none of the kind it takes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -23,8 +24,11 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError
 
-from victoria.runtime.bus import BROKER_AWAY
+from victoria.events.contracts import TaskEvent
+from victoria.runtime.connection import BROKER_AWAY
 from victoria.runtime.protocol import pull_status
+from victoria.runtime.publish import dead_letter
+from victoria.runtime.reads import decode_task_event
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,20 @@ MAX_BATCH: Final = 256  # messages one pull request asks for
 STOP_GRACE: Final = 3.0  # seconds handlers get to finish on a clean stop
 
 Handler = Callable[[Msg], Awaitable[None]]
+E = TypeVar("E", bound=TaskEvent)
+
+
+async def delivered_event(
+    js: JetStreamContext, msg: Msg, kind: type[E], *, consumer: str, reason: str
+) -> E | None:
+    """The event of type ``kind`` that a message of the durable ``consumer`` holds; else None, and
+    the message is kept in the dead-letter stream with ``reason`` and never delivered again."""
+    event = decode_task_event(msg.data, msg.subject)
+    if isinstance(event, kind):
+        return event
+    await dead_letter(js, consumer, msg, reason)
+    await msg.term()
+    return None
 
 
 class WorkConsumer:

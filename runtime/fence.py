@@ -17,6 +17,9 @@ appended there meanwhile, JetStream refuses the append, and what was appended de
   attempt has taken the task. This one has lost it: :class:`TaskLost`, and it writes nothing more.
 
 An attempt that never writes again (it was frozen, then killed) needs no fencing at all.
+
+The runner's answers are fenced too, on their own subject: each takes one message, ever
+(``append_result``). ``fenced_appends`` says whether the server can fence at all.
 """
 
 from __future__ import annotations
@@ -32,16 +35,94 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from victoria.errors import CancelRequested, TaskLost
+from victoria.errors import CancelRequested, FencingUnsupported, TaskLost
 from victoria.events import subjects
-from victoria.events.codec import task_decoder
-from victoria.events.contracts import HistoryEvent, TaskCancelled, TaskCancelRequested
-from victoria.runtime import bus
-from victoria.runtime.protocol import REFUSED_EXPECTATION, found_sequence
+from victoria.events.codec import encode, task_decoder
+from victoria.events.contracts import HistoryEvent, LLMResult, TaskCancelled, TaskCancelRequested
+from victoria.runtime import credentials
+from victoria.runtime.protocol import (
+    REFUSED_EXPECTATION,
+    PubAck,
+    fencing_supported,
+    format_version,
+    found_sequence,
+)
+from victoria.runtime.publish import event_headers, publish, raise_for
 
 log = logging.getLogger(__name__)
 
 CANCEL_RETRIES: Final = 5  # cancel requests one terminal append may find on its way
+RESULT_STORE_WAIT: Final = 120.0  # seconds a model's answer is published again until it is stored
+
+
+def fenced_appends(nc: NATS, url: str, *, allow_unfenced: bool) -> bool:
+    """Whether this server fences appends on a wildcard (nats-server 2.11 or later). An older one
+    is refused, naming its version, unless ``allow_unfenced`` (``VICTORIA_ALLOW_UNFENCED``) says
+    to run without fencing; then appends carry no expectation and False is returned."""
+    server = nc.connected_server_version
+    version = (server.major, server.minor, server.patch)
+    if fencing_supported(version):
+        return True
+    if not allow_unfenced:
+        raise FencingUnsupported(credentials.redact(url), format_version(version))
+    log.warning(
+        "nats-server %s at %s cannot fence appends; running unfenced as VICTORIA_ALLOW_UNFENCED says: "
+        "an attempt that lost its task may still write to its history",
+        format_version(version),
+        credentials.redact(url),
+    )
+    return False
+
+
+async def append_fenced(
+    nc: NATS,
+    event: HistoryEvent,
+    *,
+    key: str,
+    expect: int | None,
+    headers: dict[str, str] | None = None,
+) -> PubAck:
+    """Append one event of an attempt: refused (``WRONG_LAST_SEQUENCE``) unless the last event of
+    the task's own history is at stream sequence ``expect``. The answer is returned as it is;
+    ``TaskWriter`` decides what a refusal means.
+
+    A fenced append carries no ``Nats-Msg-Id``: the fence already refuses a repeat, at any distance
+    in time, and every header is stored with the event and read by every consumer of it. With
+    ``expect`` None (a server that cannot fence) the message id is what is left against repeats."""
+    if expect is None:
+        all_headers = event_headers(event.task_id, key, headers)
+    else:
+        all_headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(expect),
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.task_history(event.task_id),
+        }
+        if headers:
+            all_headers.update(headers)
+    return await publish(nc, subjects.task_event(event.task_id, event.kind), encode(event), all_headers)
+
+
+async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:
+    """Store the model's answer to one request: True, or False when an answer to that request is
+    stored already (each request's result subject takes one message, ever: expected sequence 0).
+
+    An answer is paid for: while the stream does not answer (a server of the cluster went away and
+    the stream elects a leader), it is published again, for up to ``RESULT_STORE_WAIT`` seconds.
+    Publishing again is safe: the expected sequence refuses a second copy, whoever stored the first.
+    """
+    all_headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+    if headers:
+        all_headers.update(headers)
+    payload = encode(result)
+    subject = subjects.llm_result(result.task_id, result.request_id)
+    answer = await publish(
+        nc, subject, payload, all_headers, wait=RESULT_STORE_WAIT, again_after_timeout=True
+    )
+    if answer.error_code in REFUSED_EXPECTATION or answer.duplicate:
+        return False
+    raise_for(answer)
+    # Stored: now tell the attempt that waits (an answer it acts on is always in the log).
+    await nc.publish(subjects.result_stored(result.task_id, result.request_id), payload)
+    return True
 
 
 class TaskWriter:
@@ -92,13 +173,13 @@ class TaskWriter:
     async def _append(self, event: HistoryEvent, key: str, headers: dict[str, str] | None) -> int:
         for _ in range(CANCEL_RETRIES):
             fence = self.expected if self.fenced else None
-            answer = await bus.append_fenced(self.nc, event, key=key, expect=fence, headers=headers)
+            answer = await append_fenced(self.nc, event, key=key, expect=fence, headers=headers)
             if answer.error is None:
                 # (A fenced append carries no message id, so it is never taken for a duplicate.)
                 self.expected = answer.seq
                 return answer.seq
             if answer.error_code not in REFUSED_EXPECTATION:
-                bus.raise_for(answer)
+                raise_for(answer)
             # Refused: what stands last in the history decides.
             found = await self._found(found_sequence(answer.error))
             if found is not None and isinstance(found[1], TaskCancelRequested):

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, Final
 
-from victoria.runtime import bus, credentials
+from victoria.runtime import connection, credentials, fence, streams
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.logbus import BusLogHandler
@@ -90,7 +90,7 @@ async def serve_actor(
     tracing = Tracing(name, config.instance)
     tracing.start()
     auth = credentials.for_role(config, name, nats_url)
-    nc = await bus.connect(
+    nc = await connection.connect(
         nats_url,
         name=f"{name}:{config.instance}",
         connect_timeout=15.0,
@@ -101,8 +101,10 @@ async def serve_actor(
     if log_handler is not None:
         log_handler.attach(nc)
     try:
-        fenced = bus.fenced_appends(nc, nats_url, allow_unfenced=config.allow_unfenced)
-        await bus.wait_for_streams(nc.jetstream(), dedup_window=config.dedup_window, replicas=config.replicas)
+        fenced = fence.fenced_appends(nc, nats_url, allow_unfenced=config.allow_unfenced)
+        await streams.wait_for_streams(
+            nc.jetstream(), dedup_window=config.dedup_window, replicas=config.replicas
+        )
         actor = factory(nc, config, restarts=restarts, fenced=fenced)
         await actor.start()
         settle_gc()

@@ -11,7 +11,7 @@ import logging
 from typing import Final
 
 from victoria.events import subjects
-from victoria.runtime import bus, credentials
+from victoria.runtime import connection, credentials, fence, streams
 from victoria.runtime.config import Config
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ SETUP_WAIT: Final = 60.0  # seconds for a new cluster's JetStream to answer
 
 async def run(config: Config, url: str) -> int:
     auth = credentials.for_role(config, "supervisor", url)
-    nc = await bus.connect(
+    nc = await connection.connect(
         url,
         name="setup",
         connect_timeout=15.0,
@@ -30,14 +30,14 @@ async def run(config: Config, url: str) -> int:
         creds_file=auth.creds_file,
     )
     try:
-        bus.fenced_appends(nc, url, allow_unfenced=config.allow_unfenced)
+        fence.fenced_appends(nc, url, allow_unfenced=config.allow_unfenced)
         js = nc.jetstream()
-        await bus.wait_for_streams(
+        await streams.wait_for_streams(
             js, dedup_window=config.dedup_window, replicas=config.replicas, timeout=SETUP_WAIT
         )
         # Streams made earlier keep their replicas at every start; setup is where they change
         # (JetStream moves a stream to more or fewer servers online).
-        names = [c.name or "" for c in bus.stream_configs()] + [
+        names = [c.name or "" for c in streams.stream_configs()] + [
             f"OBJ_{subjects.IMAGES_BUCKET}",
             *(f"KV_{bucket}" for bucket in subjects.BUCKETS),
         ]
@@ -46,7 +46,7 @@ async def run(config: Config, url: str) -> int:
             if (info.config.num_replicas or 1) != config.replicas:
                 was = info.config.num_replicas or 1
                 info.config.num_replicas = config.replicas
-                await bus.creating(
+                await streams.creating(
                     name, "is missing", js.update_stream(config=info.config), replicas=config.replicas
                 )
                 log.info("stream %s: %d replicas, was %d", name, config.replicas, was)

@@ -18,10 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Final, Literal, TextIO
 
 import httpx
 import nats.errors
@@ -31,8 +30,9 @@ from victoria.errors import VictoriaError
 from victoria.events import subjects
 from victoria.events.codec import encode
 from victoria.events.contracts import ServiceDown, ServiceUp
-from victoria.runtime import bus, credentials
+from victoria.runtime import connection, credentials, fence, publish, streams
 from victoria.runtime.config import Config
+from victoria.runtime.listen import Listen
 from victoria.runtime.logbus import BusLogHandler
 from victoria.runtime.natsserver import EmbeddedNats, embedded_servers
 
@@ -92,7 +92,8 @@ class Supervisor:
         log_handler: BusLogHandler | None = None,
     ) -> None:
         self.config = config
-        self.insecure = insecure
+        self.listen = Listen(host, port, insecure)
+        """Where the gateway listens."""
         self.nodes = nodes
         """Embedded NATS servers: 1, or a cluster of this many on loopback (``--nodes``)."""
         self.instances = instances
@@ -100,11 +101,9 @@ class Supervisor:
         self.log_handler = log_handler
         """Publishes this process's log records as ``victoria.log.up.<level>`` once NATS is up."""
         self.external_url = nats_url
-        self.host = host
-        self.port = port
+        self.url = ""
         self.servers: list[EmbeddedNats] = []
         self.nc: NATS | None = None
-        self.url = ""
         self.users: dict[str, str] = {}
         """Every NATS user's password (``<data dir>/nats-credentials.json``)."""
         self.auth = credentials.Auth()
@@ -130,7 +129,7 @@ class Supervisor:
             self._start_children()
             if await self._wait_ready(stop):
                 print(
-                    f"victoria ready in {time.monotonic() - started:.2f}s: http://{self.host}:{self.port} "
+                    f"victoria ready in {time.monotonic() - started:.2f}s: http://{self.listen.host}:{self.listen.port} "
                     f"(NATS {credentials.redact(self.url)})",
                     flush=True,
                 )
@@ -145,20 +144,18 @@ class Supervisor:
 
     def _check_exposure(self) -> None:
         """Refuse, before anything starts, a gateway open to the network with no token asked for."""
-        from victoria.gateway.auth import Tokens, refuse_open_listen
-
-        tokens = Tokens.from_config(self.config)
-        refuse_open_listen(self.host, tokens_required=tokens.required, insecure=self.insecure)
+        self.listen.refuse_open(self.config)
 
     def _check_port(self) -> None:
         """Fail at once, and say why, when the gateway's port is taken (rather than crash-looping)."""
-        with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+        host, port = self.listen.host, self.listen.port
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((self.host, self.port))
+                probe.bind((host, port))
             except OSError as exc:
                 raise VictoriaError(
-                    f"cannot listen on {self.host}:{self.port} ({exc.strerror}); is another victoria "
+                    f"cannot listen on {host}:{port} ({exc.strerror}); is another victoria "
                     "running? pass --port"
                 ) from None
 
@@ -213,7 +210,7 @@ class Supervisor:
         self.config.nats_url_file.write_text(
             credentials.without_credentials(self.url) + "\n", encoding="utf-8"
         )
-        self.nc = await bus.connect(
+        self.nc = await connection.connect(
             self.url,
             name="supervisor",
             connect_timeout=10.0,
@@ -224,10 +221,10 @@ class Supervisor:
         if self.log_handler is not None:
             self.log_handler.attach(self.nc)  # lines logged before this go out now
         # Refuses a server that cannot fence appends (older than 2.11) unless told otherwise.
-        bus.fenced_appends(self.nc, self.url, allow_unfenced=self.config.allow_unfenced)
+        fence.fenced_appends(self.nc, self.url, allow_unfenced=self.config.allow_unfenced)
         if len(self.servers) > 1:
             await self._wait_for_jetstream()
-        await bus.ensure_streams(
+        await streams.ensure_streams(
             self.nc.jetstream(), dedup_window=self.config.dedup_window, replicas=self.config.replicas
         )
         for server in self.servers:
@@ -260,23 +257,8 @@ class Supervisor:
             code = await server.process.wait()
             if self._stopping:
                 return
-            reason, exit_code, sig, oom = describe_exit(code)
-            log.warning("nats-server %s (pid %s) exited: %s", instance, server.process.pid, reason)
-            self._report(
-                self._publish(
-                    subjects.service_event(NATS_SERVICE, instance, "down"),
-                    ServiceDown(
-                        name=NATS_SERVICE,
-                        instance=instance,
-                        reason=reason,
-                        source="supervisor",
-                        pid=server.process.pid,
-                        exit_code=exit_code,
-                        signal=sig,
-                        likely_oom=oom,
-                        restarts=restarts,
-                    ),
-                )
+            self._report_exit(
+                f"nats-server {instance}", NATS_SERVICE, instance, server.process.pid, code, restarts=restarts
             )
             while not self._stopping:
                 await asyncio.sleep(backoff)
@@ -292,57 +274,75 @@ class Supervisor:
             backoff = self.config.restart_backoff
             log.info("nats-server %s started again (pid %s)", instance, server.process.pid)
             self._report(
-                self._publish(
-                    subjects.service_event(NATS_SERVICE, instance, "up"),
-                    ServiceUp(
-                        name=NATS_SERVICE,
-                        instance=instance,
-                        reason=f"started again by the supervisor ({restarts} restarts)",
-                        source="supervisor",
-                        pid=server.process.pid,
-                    ),
+                ServiceUp(
+                    name=NATS_SERVICE,
+                    instance=instance,
+                    reason=f"started again by the supervisor ({restarts} restarts)",
+                    source="supervisor",
+                    pid=server.process.pid,
                 )
             )
 
-    def _report(self, publishing: Coroutine[Any, Any, None]) -> None:
+    def _report_exit(
+        self, who: str, name: str, instance: str, pid: int | None, code: int, *, restarts: int, more: str = ""
+    ) -> None:
+        """Log the exit of a process (``code``: its return code) and report it as ``service_down``;
+        ``more`` is said after the reason."""
+        reason, exit_code, sig, oom = describe_exit(code)
+        reason += more
+        log.warning("%s (pid %s) exited: %s", who, pid, reason)
+        self._report(
+            ServiceDown(
+                name=name,
+                instance=instance,
+                reason=reason,
+                source="supervisor",
+                pid=pid,
+                exit_code=exit_code,
+                signal=sig,
+                likely_oom=oom,
+                restarts=restarts,
+            )
+        )
+
+    def _report(self, event: ServiceDown | ServiceUp) -> None:
         """Publish in the background: a restart never waits for NATS to take the report. Reports
         are stored in the order they were made (a ``service_down`` that NATS took late is not
         stored after the ``service_up`` that followed it): each waits for the one before."""
         previous = self._last_report
 
         async def in_order() -> None:
-            try:
-                if previous is not None:
-                    await asyncio.wait([previous])
-            except asyncio.CancelledError:
-                publishing.close()
-                raise
-            await publishing
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._publish(event)
 
         task = self._last_report = asyncio.create_task(in_order())
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _publish(self, subject: str, event: ServiceDown | ServiceUp) -> None:
-        """Store a service event, asking again while NATS does not answer (a server of the cluster
-        just died, maybe the very one that was to tell), up to ``REPORT_WAIT`` seconds. The message
-        id makes a repeat of a publish that was stored after all a duplicate, not a second event."""
+    async def _publish(self, event: ServiceDown | ServiceUp) -> None:
+        """Store a service event, publishing again while NATS does not answer (a server of the
+        cluster just died, maybe the very one that was to tell), up to ``REPORT_WAIT`` seconds or
+        until this supervisor stops. The message id makes a repeat of a publish that was stored
+        after all a duplicate, not a second event."""
         if self.nc is None:
             return
+        kind: Literal["down", "up"] = "down" if isinstance(event, ServiceDown) else "up"
+        subject = subjects.service_event(event.name, event.instance, kind)
         headers = {"Nats-Msg-Id": f"{subject}:{event.pid}:{event.ts.isoformat()}"}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REPORT_WAIT
-        while True:
-            try:
-                bus.raise_for(await bus.publish(self.nc, subject, encode(event), headers))
-                return
-            except bus.BROKER_AWAY as exc:
-                if loop.time() > deadline or self._stopping:
-                    log.error("could not publish %s: %s", subject, exc)
-                    return
-            except Exception as exc:  # NATS may be the thing that is down; the log line stays
-                log.error("could not publish %s: %s", subject, exc)
-                return
+        try:
+            answer = await publish.publish(
+                self.nc,
+                subject,
+                encode(event),
+                headers,
+                wait=REPORT_WAIT,
+                again_after_timeout=True,
+                stopping=lambda: self._stopping,
+            )
+            publish.raise_for(answer)
+        except Exception as exc:  # NATS may be the thing that is down; the log line stays
+            log.error("could not publish %s: %s", subject, exc)
 
     def _start_children(self) -> None:
         gateway = Child(
@@ -350,10 +350,10 @@ class Supervisor:
             [
                 "gateway",
                 "--host",
-                self.host,
+                self.listen.host,
                 "--port",
-                str(self.port),
-                *(["--insecure"] if self.insecure else []),
+                str(self.listen.port),
+                *(["--insecure"] if self.listen.insecure else []),
             ],
         )
         # The projector keeps the task history in PostgreSQL: without a database it has nothing to do.
@@ -398,12 +398,22 @@ class Supervisor:
             if now - child.started_at > STABLE_AFTER:
                 backoff = cfg.restart_backoff
             child.crash_times = [t for t in child.crash_times if now - t < cfg.crash_loop_window] + [now]
-            reason, exit_code, sig, oom = describe_exit(code)
             give_up = len(child.crash_times) > cfg.crash_loop_limit
-            if give_up:
-                reason += f"; crash loop: {len(child.crash_times)} exits in {cfg.crash_loop_window:g}s, not restarting"
-            log.warning("%s (pid %s) exited: %s", child.name, child.process.pid, reason)
-            self._report(self._report_down(child, reason, exit_code, sig, oom))
+            crash_loop = (
+                f"; crash loop: {len(child.crash_times)} exits in {cfg.crash_loop_window:g}s, not restarting"
+                if give_up
+                else ""
+            )
+            instance = child.instance or self.config.instance
+            self._report_exit(
+                child.name,
+                child.name,
+                instance,
+                child.process.pid,
+                code,
+                restarts=child.restarts,
+                more=crash_loop,
+            )
             if give_up:
                 child.gave_up = True
                 return
@@ -411,25 +421,8 @@ class Supervisor:
             backoff = min(backoff * 2, BACKOFF_MAX)
             child.restarts += 1
 
-    async def _report_down(
-        self, child: Child, reason: str, exit_code: int | None, sig: str | None, oom: bool
-    ) -> None:
-        instance = child.instance or self.config.instance
-        event = ServiceDown(
-            name=child.name,
-            instance=instance,
-            reason=reason,
-            source="supervisor",
-            pid=child.process.pid if child.process else None,
-            exit_code=exit_code,
-            signal=sig,
-            likely_oom=oom,
-            restarts=child.restarts,
-        )
-        await self._publish(subjects.service_event(child.name, instance, "down"), event)
-
     async def _wait_ready(self, stop: asyncio.Event) -> bool:
-        url = f"http://{self.host}:{self.port}/ready"
+        url = f"http://{self.listen.host}:{self.listen.port}/ready"
         deadline = time.monotonic() + READY_TIMEOUT
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline and not stop.is_set():

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from nats.aio.client import Client as NATS
 
 from tests.fakellm import FakeLLM
 from tests.pg import fresh_database
-from tests.system import NatsServer, System
+from tests.system import NatsServer, System, victoria_up
+from victoria.runtime import connection, streams
 
 # Property tests check what is generated, not how fast: this machine is shared and its speed moves
 # by a factor of three from one hour to the next, so no deadline and no "too slow" health check.
@@ -17,11 +20,37 @@ settings.register_profile("victoria", deadline=None, suppress_health_check=[Heal
 settings.load_profile("victoria")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "fake_llm(**options): FakeLLM's arguments (delay=..., chunk_delay=...) for the fixtures"
+        " fake_llm and fake of the tests it marks",
+    )
+    config.addinivalue_line(
+        "markers",
+        "nats_streams(*configs): the streams (nats.js.api.StreamConfig) the fixture nc makes, instead"
+        " of the system's; none when it names none",
+    )
+
+
+def fake_model_server(request: pytest.FixtureRequest) -> FakeLLM:
+    """A fake model server (not started yet) with the options of the closest ``fake_llm`` marker."""
+    marker = request.node.get_closest_marker("fake_llm")
+    return FakeLLM(**(marker.kwargs if marker else {}))
+
+
 @pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    fake = FakeLLM().start()
-    yield fake
-    fake.stop()
+def fake_llm(request: pytest.FixtureRequest) -> Iterator[FakeLLM]:
+    """The fake model server (Ollama and OpenAI protocols) that a module's tests share."""
+    with fake_model_server(request) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeLLM]:
+    """A fake model server of the test's own: what it counts and how it is set are this test's alone."""
+    with fake_model_server(request) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +75,28 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path) -> Iterator[System]:
+def start_system(
+    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path
+) -> Iterator[Callable[..., System]]:
+    """Starts the whole system (`victoria up`) in a data dir of its own named after ``name``, against
+    the module's fake model server and workspace, with ``victoria_up``'s other arguments (settings
+    as keywords: ``VICTORIA_ACK_WAIT="5"``); closes what it started at the end of the module."""
+    started: list[System] = []
+
+    def start(name: str = "data", **options: Any) -> System:
+        system = victoria_up(tmp_path_factory.mktemp(name), fake_llm, workspace, **options).start()
+        started.append(system)
+        return system
+
+    yield start
+    for system in started:
+        system.close()
+
+
+@pytest.fixture(scope="module")
+def system(start_system: Callable[..., System]) -> System:
     """The whole system, started by `victoria up`, against the fake model server (Ollama protocol)."""
-    sys_ = System(
-        tmp_path_factory.mktemp("data"),
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_ACK_WAIT": "5",
-        },
-    ).start()
-    yield sys_
-    sys_.close()
+    return start_system(VICTORIA_ACK_WAIT="5")
 
 
 @pytest.fixture
@@ -65,6 +104,26 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer, request: pytest.FixtureRequest) -> AsyncIterator[NATS]:
+    """A connection to the test's own nats-server, named after its module ("fence-test" in
+    test_fence.py), with the system's streams made (``streams.ensure_streams``), or the streams of the
+    closest ``nats_streams`` marker instead."""
+    module = request.module.__name__.rpartition(".")[2]
+    client = await connection.connect(
+        nats_server.url, name=module.removeprefix("test_").replace("_", "-") + "-test"
+    )
+    js = client.jetstream()
+    marker = request.node.get_closest_marker("nats_streams")
+    if marker is None:
+        await streams.ensure_streams(js)
+    else:
+        for config in marker.args:
+            await js.add_stream(config)
+    yield client
+    await client.close()
 
 
 @pytest.fixture

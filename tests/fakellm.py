@@ -20,11 +20,18 @@ class FakeLLM:
     """Modes: ``normal``, ``tool`` (first step lists files), ``nonjson``, ``partial``, ``empty``, ``error``."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0, mode: str = "normal"
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        delay: float = 0.0,
+        mode: str = "normal",
+        chunk_delay: float = 0.0,
     ) -> None:
         self.delay = delay
         self.mode = mode
-        self.chunk_delay = 0.0
+        self.chunk_delay = chunk_delay
+        """Seconds between the pieces of a streamed answer."""
         self.calls: Counter[str] = Counter()
         self.prompts: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -258,6 +265,13 @@ class FakeLLM:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> FakeLLM:
+        """Started for the ``with`` block, stopped after it."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 def text_of(message: dict[str, Any]) -> str:
     """A message's text: its content, or the text parts of an OpenAI content list."""
@@ -287,8 +301,7 @@ def main() -> None:
     parser.add_argument("--mode", default="normal")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed pieces")
     args = parser.parse_args()
-    fake = FakeLLM(port=args.port, delay=args.delay, mode=args.mode)
-    fake.chunk_delay = args.chunk_delay
+    fake = FakeLLM(port=args.port, delay=args.delay, mode=args.mode, chunk_delay=args.chunk_delay)
     print(f"fake model server on {fake.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         fake.server.serve_forever()

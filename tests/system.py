@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from tests.fakellm import FakeLLM
+
 READY_TIMEOUT = 30.0  # seconds
 
 
@@ -142,16 +144,7 @@ class System:
 
     def start(self) -> System:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "victoria",
-            "up",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-        ]
+        argv = victoria_command("up", "--port", str(self.port), "--data-dir", str(self.data_dir))
         if self.nats_url:
             argv += ["--nats-url", self.nats_url]
         argv += self.extra_args
@@ -208,6 +201,13 @@ class System:
         if not violations_expected:
             assert_no_permission_violations(self.log_path)
             assert_no_permission_violations(self.data_dir / "nats-server.log")
+
+    def __enter__(self) -> System:
+        """``with victoria_up(...).start() as system:`` closes it after the block, as ``close()``."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def bus_url(self, role: str = "supervisor") -> str:
         """The system's NATS URL with ``role``'s user and password in it (the supervisor may do
@@ -282,6 +282,45 @@ class System:
         raise AssertionError(f"{what} not reached within {timeout}s (last: {last})\n{self.log()}")
 
 
+def victoria_up(
+    data_dir: Path,
+    llm: FakeLLM | str,
+    workspace: Path | None = None,
+    *,
+    token: str | None = None,
+    nats_url: str | None = None,
+    extra_args: list[str] | None = None,
+    **env: str,
+) -> System:
+    """``victoria up`` (not started yet) against the fake model server ``llm`` (or a model server's
+    URL), serving the files of ``workspace``, with the settings ``env`` besides. With ``token`` the
+    gateway asks for that API token, and the system's client sends it."""
+    settings = {"VICTORIA_LLM_URL": llm if isinstance(llm, str) else llm.url}
+    if workspace is not None:
+        settings["VICTORIA_WORKSPACE"] = str(workspace)
+    if token is not None:
+        settings["VICTORIA_API_TOKEN"] = token
+    system = System(data_dir, env={**settings, **env}, nats_url=nats_url, extra_args=extra_args)
+    if token is not None:
+        system.http.headers["Authorization"] = f"Bearer {token}"
+    return system
+
+
+def victoria_command(*args: str) -> list[str]:
+    """The argv of ``victoria ARGS``, run by this Python."""
+    return [sys.executable, "-m", "victoria", *args]
+
+
+def run_victoria(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``victoria ARGS`` run to its end with ``env`` (this process's when None), its output kept as
+    text; its exit status is the caller's to check."""
+    return subprocess.run(
+        victoria_command(*args), env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) -> list[dict[str, Any]]:
     """Every stored message matching ``subject_filter``, decoded from JSON, oldest first in each stream.
 
@@ -292,6 +331,7 @@ def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) ->
     import nats
 
     from victoria.events import subjects
+    from victoria.runtime.reads import Scan
 
     filters: list[tuple[str | None, str]] = [(None, subject_filter)]
     parts = subject_filter.split(".")
@@ -309,18 +349,15 @@ def stream_messages(nats_url: str, subject_filter: str, timeout: float = 5.0) ->
         try:
             js = nc.jetstream()
             for stream, one_filter in filters:
-                sub = await js.subscribe(one_filter, stream=stream, ordered_consumer=True)
-                while True:
+                name = stream or await js.find_stream_name_by_subject(one_filter)
+                async with Scan(js, name, one_filter, wait=timeout) as messages:
                     try:
-                        msg = await sub.next_msg(timeout=timeout)
+                        async for msg in messages:
+                            data = json.loads(msg.data)
+                            data["_subject"] = msg.subject
+                            out.append(data)
                     except TimeoutError:
-                        break
-                    data = json.loads(msg.data)
-                    data["_subject"] = msg.subject
-                    out.append(data)
-                    if msg.metadata.num_pending == 0:
-                        break
-                await sub.unsubscribe()
+                        pass  # the rest expired meanwhile
             return out
         finally:
             await nc.close()

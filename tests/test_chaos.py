@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, stream_messages
+from tests.system import stream_messages, victoria_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
@@ -26,14 +26,8 @@ def test_random_kills_during_a_hundred_tasks_lose_none_and_finish_none_twice(
     tmp_path: Path, workspace: Path
 ) -> None:
     fake = FakeLLM(delay=1.0).start()
-    system = System(
-        tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": fake.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_ACK_WAIT": "2",
-            "VICTORIA_RESTART_BACKOFF": "0.2",
-        },
+    system = victoria_up(
+        tmp_path / "data", fake, workspace, VICTORIA_ACK_WAIT="2", VICTORIA_RESTART_BACKOFF="0.2"
     ).start()
     rng = random.Random(20261128)
     killed: Counter[str] = Counter()

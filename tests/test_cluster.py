@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +18,21 @@ import nats
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import NatsServer, System, free_port, stream_messages
+from tests.system import NatsServer, System, free_port, stream_messages, victoria_up
 from victoria.events import subjects
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fake_llm(delay=0.3)]
 
 TASKS = 24
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeLLM]:
-    llm = FakeLLM(delay=0.3).start()
-    yield llm
-    llm.stop()
-
-
 def start_cluster(tmp_path: Path, fake: FakeLLM, workspace: Path) -> System:
-    return System(
+    return victoria_up(
         tmp_path / "data",
-        env={"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_ACK_WAIT": "5"},
+        fake,
+        workspace,
         extra_args=["--nodes", "3", "--instances", "2"],
+        VICTORIA_ACK_WAIT="5",
     ).start()
 
 
@@ -90,8 +84,7 @@ def submit_as_a_client_would(system: System, goal: str) -> str:
 def test_every_stream_and_bucket_has_three_replicas_on_a_three_node_cluster(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = start_cluster(tmp_path, fake, workspace)
-    try:
+    with start_cluster(tmp_path, fake, workspace) as system:
         found = replicas(system)
         expected = {
             *subjects.TASK_STREAMS,
@@ -111,15 +104,12 @@ def test_every_stream_and_bucket_has_three_replicas_on_a_three_node_cluster(
             return all(up[name] == 2 for name in ("victoria", "llm-runner", "veronica"))
 
         system.wait_for(two_of_each, what="two instances of each actor up")
-    finally:
-        system.close()
 
 
 def test_a_node_and_a_victoria_killed_under_load_lose_no_task_and_repeat_no_model_call(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = start_cluster(tmp_path, fake, workspace)
-    try:
+    with start_cluster(tmp_path, fake, workspace) as system:
         tasks = [system.submit(f"Cluster task {n}", task_type="agent") for n in range(TASKS)]
         time.sleep(0.8)  # under way: understanding and planning on both instances
         victim = next(e for e in system.services() if e["name"] == "victoria" and e["status"] == "up")
@@ -146,15 +136,12 @@ def test_a_node_and_a_victoria_killed_under_load_lose_no_task_and_repeat_no_mode
             if m.get("type") == "service_down" and m["name"] in ("victoria", "nats-server")
         ]
         assert {m["name"] for m in down} == {"victoria", "nats-server"}
-    finally:
-        system.close()
 
 
 def test_a_killed_node_comes_back_and_every_stream_has_three_current_replicas_again(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = start_cluster(tmp_path, fake, workspace)
-    try:
+    with start_cluster(tmp_path, fake, workspace) as system:
         system.wait_for(lambda: all_current(system), timeout=30.0, what="three current replicas")
         old = node_pid(system, "n3")
         os.kill(old, signal.SIGKILL)
@@ -175,8 +162,6 @@ def test_a_killed_node_comes_back_and_every_stream_has_three_current_replicas_ag
         # The supervisor reports in the background, retrying while the cluster settles.
         system.wait_for(lambda: len(told()) >= 2, timeout=30.0, what="n3's down and up recorded")
         assert told() == ["service_down", "service_up"], told()
-    finally:
-        system.close()
 
 
 def test_more_replicas_than_servers_is_refused_at_start_with_a_clear_error(tmp_path: Path) -> None:
@@ -192,8 +177,7 @@ def test_more_replicas_than_servers_is_refused_at_start_with_a_clear_error(tmp_p
 def test_a_comma_separated_nats_url_reaches_the_cluster(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = start_cluster(tmp_path, fake, workspace)
-    try:
+    with start_cluster(tmp_path, fake, workspace) as system:
         url = (system.data_dir / "nats.url").read_text().strip()
         assert url.count(",") == 2
         env: dict[str, Any] = {
@@ -216,16 +200,12 @@ def test_a_comma_separated_nats_url_reaches_the_cluster(
             watch.send_signal(signal.SIGINT)
             printed, _ = watch.communicate(timeout=20)
         assert task_id in printed and "task_completed" in printed, printed
-    finally:
-        system.close()
 
 
 def test_two_gateways_on_one_nats_give_the_same_status_events_and_idempotent_answers(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = System(
-        tmp_path / "data", env={"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace)}
-    ).start()
+    system = victoria_up(tmp_path / "data", fake, workspace).start()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIA_", "NATS_"))}
     env.update(VICTORIA_DATA_DIR=str(system.data_dir), VICTORIA_INSTANCE="second")

@@ -8,7 +8,7 @@ import base64
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, free_port, stream_messages
+from tests.system import System, free_port, stream_messages, victoria_up
 
 pytestmark = pytest.mark.e2e
 
@@ -25,20 +25,14 @@ PNG_B64 = base64.b64encode(PNG).decode()
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeLLM]:
-    llm = FakeLLM().start()
-    yield llm
-    llm.stop()
+def fake(fake_llm: FakeLLM) -> FakeLLM:
+    """The module's shared model server (conftest's ``fake`` is a test's own)."""
+    return fake_llm
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, fake: FakeLLM, workspace: Path) -> Iterator[System]:
-    sys_ = System(
-        tmp_path_factory.mktemp("compat"),
-        env={"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace)},
-    ).start()
-    yield sys_
-    sys_.close()
+def system(start_system: Callable[..., System]) -> System:
+    return start_system("compat")
 
 
 def nats_url(system: System) -> str:
@@ -321,15 +315,7 @@ def test_a_telegram_bot_registers_beats_shows_in_services_and_is_reported_down_w
 def test_images_reach_an_openai_compatible_server_as_image_parts(
     tmp_path: Path, workspace: Path, fake: FakeLLM
 ) -> None:
-    mlx = System(
-        tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": fake.url,
-            "VICTORIA_LLM_API": "openai",
-            "VICTORIA_WORKSPACE": str(workspace),
-        },
-    ).start()
-    try:
+    with victoria_up(tmp_path / "data", fake, workspace, VICTORIA_LLM_API="openai").start() as mlx:
         before = len(fake.images)
         body = mlx.http.post(
             "/run", json={"goal": "Describe the image", "images_base64": [PNG_B64], "task_type": "agent"}
@@ -337,20 +323,12 @@ def test_images_reach_an_openai_compatible_server_as_image_parts(
         assert body["status"] == "success"
         assert set(fake.images[before:]) == {f"data:image/png;base64,{PNG_B64}"}
         assert mlx.http.get("/api/available-models").json() == {"ollama": [], "mlx": ["fake"]}
-    finally:
-        mlx.close()
 
 
 def test_available_models_says_when_the_model_server_is_down(tmp_path: Path, workspace: Path) -> None:
-    down = System(
-        tmp_path / "data",
-        env={"VICTORIA_LLM_URL": f"http://127.0.0.1:{free_port()}", "VICTORIA_WORKSPACE": str(workspace)},
-    ).start()
-    try:
+    with victoria_up(tmp_path / "data", f"http://127.0.0.1:{free_port()}", workspace).start() as down:
         response = down.http.get("/api/available-models")
         assert response.status_code == 200
         body = response.json()
         assert (body["ollama"], body["mlx"]) == ([], [])
         assert "ConnectError" in body["error"]
-    finally:
-        down.close()

@@ -49,52 +49,34 @@ def test_the_data_dir_defaults_under_xdg_data_home(tmp_path: Path) -> None:
 
 
 def test_values_from_the_environment_are_used() -> None:
-    config = Config.from_env(
-        {
-            "NATS_URL": "nats://10.0.0.1:4222",
-            "VICTORIA_DATA_DIR": "/srv/victoria",
-            "VICTORIA_LLM_URL": "https://llm.example.com/",
-            "VICTORIA_LLM_API": "openai",
-            "VICTORIA_MODEL": "qwen",
-            "VICTORIA_LLM_TIMEOUT": "12.5",
-            "VICTORIA_TASK_DEADLINE": "60",
-            "VICTORIA_WORKSPACE": "/tmp/ws",
-            "DELEGATE_VERONICA_TIMEOUT": "7",
-            "VICTORIA_MAX_ATTEMPTS": "2",
-            "VICTORIA_ACK_WAIT": "3",
-            "VICTORIA_DEDUP_WINDOW": "2.5",
-            "VICTORIA_ALLOW_UNFENCED": "yes",
-            "VICTORIA_INSTANCE": "node_1-a",
-            "VICTORIA_HEARTBEAT_INTERVAL": "0.5",
-            "VICTORIA_CONCURRENCY": "4",
-            "VICTORIA_LLM_CONCURRENCY": "2",
-            "VICTORIA_HOST": "0.0.0.0",
-            "VICTORIA_PORT": "9000",
-            "VICTORIA_URL": "http://gw:9000/",
-            "VICTORIA_LOG_LEVEL": "debug",
-        }
-    )
-    assert config.nats_url == "nats://10.0.0.1:4222"
-    assert config.data_dir == Path("/srv/victoria")
-    assert config.llm_url == "https://llm.example.com"
-    assert config.llm_api == "openai"
-    assert config.model == "qwen"
-    assert config.llm_timeout == 12.5
-    assert config.task_deadline == 60.0
-    assert config.workspace == Path("/tmp/ws")
-    assert config.delegate_timeout == 7.0
-    assert config.max_attempts == 2
-    assert config.ack_wait == 3.0
-    assert config.dedup_window == 2.5
+    read: dict[str, tuple[str, str, object]] = {  # variable: (its value, the field, what the field holds)
+        "NATS_URL": ("nats://10.0.0.1:4222", "nats_url", "nats://10.0.0.1:4222"),
+        "VICTORIA_DATA_DIR": ("/srv/victoria", "data_dir", Path("/srv/victoria")),
+        "VICTORIA_LLM_URL": ("https://llm.example.com/", "llm_url", "https://llm.example.com"),
+        "VICTORIA_LLM_API": ("openai", "llm_api", "openai"),
+        "VICTORIA_MODEL": ("qwen", "model", "qwen"),
+        "VICTORIA_LLM_TIMEOUT": ("12.5", "llm_timeout", 12.5),
+        "VICTORIA_TASK_DEADLINE": ("60", "task_deadline", 60.0),
+        "VICTORIA_WORKSPACE": ("/tmp/ws", "workspace", Path("/tmp/ws")),
+        "DELEGATE_VERONICA_TIMEOUT": ("7", "delegate_timeout", 7.0),
+        "VICTORIA_MAX_ATTEMPTS": ("2", "max_attempts", 2),
+        "VICTORIA_ACK_WAIT": ("3", "ack_wait", 3.0),
+        "VICTORIA_DEDUP_WINDOW": ("2.5", "dedup_window", 2.5),
+        "VICTORIA_ALLOW_UNFENCED": ("yes", "allow_unfenced", True),
+        "VICTORIA_INSTANCE": ("node_1-a", "instance", "node_1-a"),
+        "VICTORIA_HEARTBEAT_INTERVAL": ("0.5", "heartbeat_interval", 0.5),
+        "VICTORIA_CONCURRENCY": ("4", "concurrency", 4),
+        "VICTORIA_LLM_CONCURRENCY": ("2", "llm_concurrency", 2),
+        "VICTORIA_HOST": ("0.0.0.0", "host", "0.0.0.0"),
+        "VICTORIA_PORT": ("9000", "port", 9000),
+        "VICTORIA_URL": ("http://gw:9000/", "gateway_url", "http://gw:9000"),
+        "VICTORIA_LOG_LEVEL": ("debug", "log_level", "DEBUG"),
+    }
+    config = Config.from_env({variable: value for variable, (value, _, _) in read.items()})
+    assert {field: getattr(config, field) for _, field, _ in read.values()} == {
+        field: held for _, field, held in read.values()
+    }
     assert config.allow_unfenced is True
-    assert config.instance == "node_1-a"
-    assert config.heartbeat_interval == 0.5
-    assert config.concurrency == 4
-    assert config.llm_concurrency == 2
-    assert config.host == "0.0.0.0"
-    assert config.port == 9000
-    assert config.gateway_url == "http://gw:9000"
-    assert config.log_level == "DEBUG"
 
 
 def test_blank_values_fall_back_to_the_defaults() -> None:

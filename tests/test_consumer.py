@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
-from tests.system import NatsServer
-from victoria.runtime import bus
+from victoria.runtime import reads
 from victoria.runtime.consumer import WorkConsumer
-
-pytestmark = pytest.mark.usefixtures("strict_loop")
 
 STREAM = "WORK"
 
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await bus.connect(nats_server.url, name="consumer-test")
-    await client.jetstream().add_stream(jsapi.StreamConfig(name=STREAM, subjects=["work.>"]))
-    yield client
-    await client.close()
+pytestmark = [
+    pytest.mark.usefixtures("strict_loop"),
+    pytest.mark.nats_streams(jsapi.StreamConfig(name=STREAM, subjects=["work.>"])),
+]
 
 
 async def test_a_message_held_past_ack_wait_is_kept_alive_and_never_redelivered(nc: NATS) -> None:
@@ -87,6 +80,6 @@ async def test_the_stream_sequence_read_from_the_reply_subject_is_the_one_in_the
         await js.publish(f"work.{n}", b"x")
     sub = await js.pull_subscribe("work.>", durable="reader", stream=STREAM)
     msgs = await sub.fetch(3, timeout=5)
-    assert [bus.stream_sequence(m) for m in msgs] == [m.metadata.sequence.stream for m in msgs] == [1, 2, 3]
+    assert [reads.stream_sequence(m) for m in msgs] == [m.metadata.sequence.stream for m in msgs] == [1, 2, 3]
     newer = Msg(nc, subject="work.0", reply="$JS.ACK._.ACCHASH.WORK.reader.1.42.7.1700000000000000000.0.x1y2")
-    assert bus.stream_sequence(newer) == newer.metadata.sequence.stream == 42
+    assert reads.stream_sequence(newer) == newer.metadata.sequence.stream == 42

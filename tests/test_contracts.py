@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import victoria.events as events
 from victoria.events import contracts
 from victoria.events.codec import encode, service_decoder, task_decoder
-from victoria.runtime.bus import decode_task_event
+from victoria.runtime.reads import decode_task_event
 
 TS = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
 

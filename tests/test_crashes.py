@@ -11,21 +11,18 @@ from pathlib import Path
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, stream_messages
+from tests.system import System, stream_messages, victoria_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 
 @pytest.fixture
 def slow_system(tmp_path: Path, workspace: Path) -> Iterator[tuple[System, FakeLLM]]:
-    fake = FakeLLM(delay=1.5).start()
-    system = System(
-        tmp_path / "data",
-        env={"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_ACK_WAIT": "3"},
-    ).start()
-    yield system, fake
-    system.close()
-    fake.stop()
+    with (
+        FakeLLM(delay=1.5) as fake,
+        victoria_up(tmp_path / "data", fake, workspace, VICTORIA_ACK_WAIT="3").start() as system,
+    ):
+        yield system, fake
 
 
 def test_killing_victoria_mid_task_loses_nothing_and_repeats_no_model_call(
@@ -61,18 +58,11 @@ def test_killing_the_llm_runner_mid_call_still_finishes_every_task(
     assert [f["status"] for f in finals] == ["completed"] * len(ids)
 
 
-def test_killing_veronica_falls_back_to_victorias_own_run(tmp_path: Path, workspace: Path) -> None:
-    fake = FakeLLM().start()
+def test_killing_veronica_falls_back_to_victorias_own_run(
+    tmp_path: Path, fake: FakeLLM, workspace: Path
+) -> None:
     # Veronica stays down for a minute after her death, so the request surely finds her gone.
-    system = System(
-        tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": fake.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_RESTART_BACKOFF": "60",
-        },
-    ).start()
-    try:
+    with victoria_up(tmp_path / "data", fake, workspace, VICTORIA_RESTART_BACKOFF="60").start() as system:
         pid = system.pid_of("veronica")
         os.kill(pid, signal.SIGKILL)
         system.wait_for(
@@ -86,6 +76,3 @@ def test_killing_veronica_falls_back_to_victorias_own_run(tmp_path: Path, worksp
         stages = [e.get("stage") for e in stream_messages(nats_url, f"victoria.task.*.{body['task_id']}.*")]
         assert "fallback" in stages  # Victoria's own run, not Veronica's answer
         assert "llm_requested" in kinds
-    finally:
-        system.close()
-        fake.stop()

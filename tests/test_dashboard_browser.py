@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakellm import FakeLLM
 from tests.system import System, free_port
 
-pytestmark = pytest.mark.e2e
+# A slow model server: the words of an answer arrive one by one, visibly.
+pytestmark = [pytest.mark.e2e, pytest.mark.fake_llm(delay=0.3, chunk_delay=0.12)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "dashboard-test-token-0123456789"
@@ -40,26 +40,12 @@ except ImportError:  # pragma: no cover - the test extra installs it
 
 
 @pytest.fixture(scope="module")
-def slow_llm() -> Iterator[FakeLLM]:
-    fake = FakeLLM(delay=0.3).start()
-    fake.chunk_delay = 0.12  # the words arrive one by one, visibly
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, slow_llm: FakeLLM, workspace: Path) -> Iterator[System]:
-    sys_ = System(
-        tmp_path_factory.mktemp("dashboard"),
-        env={
-            "VICTORIA_LLM_URL": slow_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_TRACE_URL": TRACE_URL,
-            "VICTORIA_RESTART_BACKOFF": "3",  # a killed actor stays down long enough to be seen
-        },
-    ).start()
-    yield sys_
-    sys_.close()
+def system(start_system: Callable[..., System]) -> System:
+    return start_system(
+        "dashboard",
+        VICTORIA_TRACE_URL=TRACE_URL,
+        VICTORIA_RESTART_BACKOFF="3",  # a killed actor stays down long enough to be seen
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +84,12 @@ class Watched:
         strangers = [url for url in self.requests if not url.startswith(origin + "/")]
         assert strangers == [], strangers
 
+    def open_task_list(self, url: str) -> Page:
+        """The page, at the dashboard ``url``, once its list of tasks is there."""
+        self.page.goto(url)
+        self.page.wait_for_selector("#task-rows", state="attached")
+        return self.page
+
 
 @pytest.fixture
 def watched(browser: Browser) -> Iterator[Watched]:
@@ -126,9 +118,7 @@ def _screenshot(page: Page, name: str, tmp_path: Path) -> None:
 def test_a_task_submitted_after_the_page_opened_appears_at_once_and_completes_without_reload(
     system: System, watched: Watched, tmp_path: Path
 ) -> None:
-    page = watched.page
-    page.goto(f"{system.url}/")
-    page.wait_for_selector("#task-rows", state="attached")
+    page = watched.open_task_list(f"{system.url}/")
     expect(page.locator("#connection")).to_have_text("")
     time.sleep(0.3)  # the list's stream is open
     goal = "Напиши хайку про JetStream"
@@ -155,9 +145,7 @@ def test_a_task_submitted_after_the_page_opened_appears_at_once_and_completes_wi
 def test_a_click_opens_the_tasks_own_page_with_its_stages_and_streamed_model_calls(
     system: System, watched: Watched, tmp_path: Path
 ) -> None:
-    page = watched.page
-    page.goto(f"{system.url}/")
-    page.wait_for_selector("#task-rows", state="attached")
+    page = watched.open_task_list(f"{system.url}/")
     time.sleep(0.3)
     task_id = system.submit("Write a haiku about NATS")
     page.click(f"tr[data-task='{task_id}'] td.goal")
@@ -188,9 +176,7 @@ def test_a_click_opens_the_tasks_own_page_with_its_stages_and_streamed_model_cal
 
 
 def test_a_running_task_can_be_cancelled_from_the_list(system: System, watched: Watched) -> None:
-    page = watched.page
-    page.goto(f"{system.url}/")
-    page.wait_for_selector("#task-rows", state="attached")
+    page = watched.open_task_list(f"{system.url}/")
     page.fill("#goal", "Write a long story about NATS")
     page.click("#submit-form button[type=submit]")
     expect(page.locator("#submit-form .muted")).to_contain_text("submitted")
@@ -222,19 +208,8 @@ def test_a_killed_actor_shows_as_down_at_once_with_its_reason(system: System, wa
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory, slow_llm: FakeLLM, workspace: Path) -> Iterator[System]:
-    sys_ = System(
-        tmp_path_factory.mktemp("dashboard-token"),
-        env={
-            "VICTORIA_LLM_URL": slow_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_API_TOKEN": TOKEN,
-        },
-    )
-    sys_.http.headers["Authorization"] = f"Bearer {TOKEN}"
-    sys_.start()
-    yield sys_
-    sys_.close()
+def secured(start_system: Callable[..., System]) -> System:
+    return start_system("dashboard-token", token=TOKEN)
 
 
 def test_the_page_asks_for_the_token_once_and_sends_it_only_in_a_header(

@@ -5,29 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import NatsServer, System, stream_messages
+from tests.system import NatsServer, System, stream_messages, victoria_up
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLLM]:
-    llm = FakeLLM(delay=1.0).start()
-    yield llm
-    llm.stop()
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.fake_llm(delay=1.0)]
 
 
 def make_system(tmp_path: Path, fake: FakeLLM, workspace: Path, **env: str) -> System:
-    base = {"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_ACK_WAIT": "2"}
-    base.update(env)
-    return System(tmp_path / "data", env=base)
+    env.setdefault("VICTORIA_ACK_WAIT", "2")
+    return victoria_up(tmp_path / "data", fake, workspace, **env)
 
 
 def nats_url(system: System) -> str:
@@ -37,8 +28,7 @@ def nats_url(system: System) -> str:
 def test_a_task_past_its_attempts_fails_with_the_reason_and_goes_to_the_dead_letters(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = make_system(tmp_path, fake, workspace, VICTORIA_MAX_ATTEMPTS="1").start()
-    try:
+    with make_system(tmp_path, fake, workspace, VICTORIA_MAX_ATTEMPTS="1").start() as system:
         task_id = system.submit("Doomed to crash", task_type="agent")
         system.wait_for(lambda: system.status(task_id)["status"] == "running", what="running")
         os.kill(system.pid_of("victoria"), signal.SIGKILL)
@@ -49,13 +39,10 @@ def test_a_task_past_its_attempts_fails_with_the_reason_and_goes_to_the_dead_let
         assert final["attempts"] == 1
         letters = stream_messages(nats_url(system), f"victoria.dlq.task.{task_id}")
         assert letters and letters[0]["type"] == "dead_letter" and letters[0]["task_id"] == task_id
-    finally:
-        system.close()
 
 
 def test_cancelling_a_queued_task_ends_it_at_once(tmp_path: Path, fake: FakeLLM, workspace: Path) -> None:
-    system = make_system(tmp_path, fake, workspace, VICTORIA_CONCURRENCY="1").start()
-    try:
+    with make_system(tmp_path, fake, workspace, VICTORIA_CONCURRENCY="1").start() as system:
         busy = system.submit("Keeps Victoria busy", task_type="agent")
         waiting = system.submit("Waits its turn", task_type="agent")
         system.wait_for(lambda: system.status(busy)["status"] == "running", what="first running")
@@ -64,15 +51,12 @@ def test_cancelling_a_queued_task_ends_it_at_once(tmp_path: Path, fake: FakeLLM,
         assert system.wait_terminal(waiting, timeout=3)["status"] == "cancelled"
         assert system.wait_terminal(busy)["status"] == "completed"
         assert system.status(waiting)["status"] == "cancelled"
-    finally:
-        system.close()
 
 
 def test_a_killed_actor_is_restarted_and_its_death_is_an_event_with_the_reason(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = make_system(tmp_path, fake, workspace).start()
-    try:
+    with make_system(tmp_path, fake, workspace).start() as system:
         pid = system.pid_of("veronica")
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -103,22 +87,19 @@ def test_a_killed_actor_is_restarted_and_its_death_is_an_event_with_the_reason(
         # The supervisor's own log is on the bus too, like every actor's.
         said = stream_messages(nats_url(system), "victoria.log.up.warning")
         assert any(f"veronica (pid {pid}) exited" in r["message"] for r in said), said
-    finally:
-        system.close()
 
 
 def test_an_actor_in_a_crash_loop_is_left_down_and_reported(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = make_system(
+    with make_system(
         tmp_path,
         fake,
         workspace,
         VICTORIA_RESTART_BACKOFF="0.1",
         VICTORIA_CRASH_LOOP_LIMIT="2",
         VICTORIA_CRASH_LOOP_WINDOW="60",
-    ).start()
-    try:
+    ).start() as system:
         for _ in range(3):
             pid = system.wait_for(lambda: system.pid_of("veronica"), what="veronica up")
             os.kill(pid, signal.SIGKILL)
@@ -139,18 +120,14 @@ def test_an_actor_in_a_crash_loop_is_left_down_and_reported(
         # The rest of the system keeps working; file requests fall back to Victoria's own run.
         body = system.run({"goal": "List the files in the project root."})
         assert body["status"] == "completed"
-    finally:
-        system.close()
 
 
 def test_a_nats_restart_under_load_loses_no_accepted_task(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
     broker = NatsServer(tmp_path / "nats").start()
-    system = System(
-        tmp_path / "data",
-        env={"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace), "VICTORIA_ACK_WAIT": "3"},
-        nats_url=broker.url,
+    system = victoria_up(
+        tmp_path / "data", fake, workspace, nats_url=broker.url, VICTORIA_ACK_WAIT="3"
     ).start()
     try:
         ids = [system.submit(f"Before the restart {n}", task_type="agent") for n in range(10)]
@@ -175,7 +152,7 @@ def test_the_gateway_answers_health_while_nats_is_down(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
     broker = NatsServer(tmp_path / "nats").start()
-    system = System(tmp_path / "data", env={"VICTORIA_LLM_URL": fake.url}, nats_url=broker.url).start()
+    system = victoria_up(tmp_path / "data", fake, nats_url=broker.url).start()
     try:
         broker.stop()
         started = time.monotonic()
@@ -216,14 +193,12 @@ def test_the_model_server_probe_reports_down_and_up_with_the_url_and_the_error(
     from tests.system import free_port
 
     port = free_port()
-    system = System(
+    system = victoria_up(
         tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": f"http://127.0.0.1:{port}",
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_PROBE_INTERVAL": "0.2",
-            "VICTORIA_PROBE_FAILURES": "2",
-        },
+        f"http://127.0.0.1:{port}",
+        workspace,
+        VICTORIA_PROBE_INTERVAL="0.2",
+        VICTORIA_PROBE_FAILURES="2",
     ).start()
     late: FakeLLM | None = None
     try:
@@ -254,14 +229,10 @@ def test_the_model_server_probe_reports_down_and_up_with_the_url_and_the_error(
 def test_the_postgres_probe_reports_a_reachable_database(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
-    system = make_system(
-        tmp_path,
-        fake,
-        workspace,
-        VICTORIA_POSTGRES_DSN="postgresql://postgres@127.0.0.1:5432/test",  # this machine: trust auth
-        VICTORIA_PROBE_INTERVAL="0.2",
-    ).start()
-    try:
+    dsn = "postgresql://postgres@127.0.0.1:5432/test"  # this machine: trust auth
+    with make_system(
+        tmp_path, fake, workspace, VICTORIA_POSTGRES_DSN=dsn, VICTORIA_PROBE_INTERVAL="0.2"
+    ).start() as system:
         entry = system.wait_for(
             lambda: next(
                 d
@@ -272,16 +243,13 @@ def test_the_postgres_probe_reports_a_reachable_database(
         )
         assert entry["status"] == "up", entry
         assert entry["target"] == "postgresql://postgres@127.0.0.1:5432/test"
-    finally:
-        system.close()
 
 
 def test_a_veronica_that_dies_holding_a_request_costs_no_delegation_timeout(
     tmp_path: Path, fake: FakeLLM, workspace: Path
 ) -> None:
     fake.delay = 0.0
-    system = make_system(tmp_path, fake, workspace, DELEGATE_VERONICA_TIMEOUT="60").start()
-    try:
+    with make_system(tmp_path, fake, workspace, DELEGATE_VERONICA_TIMEOUT="60").start() as system:
         pid = system.pid_of("veronica")
         os.kill(pid, signal.SIGSTOP)  # she takes the request and never answers
         task_id = system.submit("List the files in the project root.")
@@ -292,6 +260,4 @@ def test_a_veronica_that_dies_holding_a_request_costs_no_delegation_timeout(
         final = system.wait_terminal(task_id, timeout=20)
         assert final["status"] == "completed"
         assert time.monotonic() - killed_at < 10  # not the 60 s delegation deadline
-    finally:
-        system.close()
     fake.delay = 1.0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -172,13 +173,16 @@ def test_the_event_stream_replays_a_task_and_ends_with_its_terminal_event(system
     assert types[-1] == "task_completed"
 
 
+def stored_events(system: System, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The id of the task ``body`` runs (synchronously), and the events its history stores."""
+    task_id = system.http.post("/run", json=body).json()["task_id"]
+    return task_id, stream_messages(system.bus_url(), f"victoria.task.*.{task_id}.>")
+
+
 def test_an_agent_task_stores_eight_events_its_start_and_stages_carried_by_its_model_requests(
     system: System,
 ) -> None:
-    response = system.http.post("/run", json={"goal": "Write a haiku about NATS", "task_type": "agent"})
-    task_id = response.json()["task_id"]
-    nats_url = system.bus_url()
-    events = stream_messages(nats_url, f"victoria.task.*.{task_id}.>")
+    task_id, events = stored_events(system, {"goal": "Write a haiku about NATS", "task_type": "agent"})
     assert [e["type"] for e in events] == [
         "task_submitted",
         *["llm_requested", "llm_result"] * 3,
@@ -198,10 +202,7 @@ def test_an_agent_task_stores_eight_events_its_start_and_stages_carried_by_its_m
 
 
 def test_a_delegated_task_stores_its_start_and_stage_as_events_of_their_own(system: System) -> None:
-    response = system.http.post("/run", json={"goal": "List the files in the project root"})
-    task_id = response.json()["task_id"]
-    nats_url = system.bus_url()
-    events = stream_messages(nats_url, f"victoria.task.*.{task_id}.>")
+    _, events = stored_events(system, {"goal": "List the files in the project root"})
     assert [e["type"] for e in events] == [
         "task_submitted",
         "task_started",

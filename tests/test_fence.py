@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from tests.system import NatsServer
 from victoria.errors import CancelRequested, TaskLost
 from victoria.events.contracts import (
     LLMRequested,
@@ -20,22 +18,14 @@ from victoria.events.contracts import (
     TaskStarted,
     TaskSubmitted,
 )
-from victoria.runtime import bus
+from victoria.runtime import fence, publish, reads
 from victoria.runtime.fence import TaskWriter
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 
 
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await bus.connect(nats_server.url, name="fence-test")
-    await bus.ensure_streams(client.jetstream())
-    yield client
-    await client.close()
-
-
 async def submit(nc: NATS, task_id: str) -> int:
-    ack = await bus.append(nc, TaskSubmitted(task_id=task_id, goal="g"), key="submitted")
+    ack = await publish.append(nc, TaskSubmitted(task_id=task_id, goal="g"), key="submitted")
     return ack.seq
 
 
@@ -44,7 +34,7 @@ def request(task_id: str, request_id: str) -> LLMRequested:
 
 
 async def kinds(nc: NATS, task_id: str) -> list[str]:
-    events = await bus.read_task_events(nc.jetstream(), task_id)
+    events = await reads.task_events(nc.jetstream(), task_id)
     return [str(type(event).__struct_config__.tag) for _, event in events]
 
 
@@ -52,7 +42,7 @@ async def test_an_attempt_writes_on_while_the_runner_stores_results_and_nobody_e
     seq = await submit(nc, "f-1")
     writer = TaskWriter(nc, "f-1", attempt=1, expected=seq)
     first = await writer.append(request("f-1", "plan"), key="llm_req:plan")
-    assert await bus.append_result(nc, LLMResult(task_id="f-1", request_id="plan", ok=True))
+    assert await fence.append_result(nc, LLMResult(task_id="f-1", request_id="plan", ok=True))
     second = await writer.append(TaskStage(task_id="f-1", stage="step", step=1), key="stage:step:1")
     assert seq < first < second
     assert writer.expected == second
@@ -92,7 +82,7 @@ async def test_a_cancel_request_stops_the_holder_and_its_task_cancelled_goes_on_
     seq = await submit(nc, "f-4")
     writer = TaskWriter(nc, "f-4", attempt=1, expected=seq)
     await writer.append(request("f-4", "plan"), key="llm_req:plan")
-    cancel = await bus.append(nc, TaskCancelRequested(task_id="f-4", reason="stop"), key="cancel")
+    cancel = await publish.append(nc, TaskCancelRequested(task_id="f-4", reason="stop"), key="cancel")
     with pytest.raises(CancelRequested) as caught:
         await writer.append(TaskCompleted(task_id="f-4", output="done"), key="terminal")
     assert (caught.value.reason, caught.value.seq) == ("stop", cancel.seq)
@@ -108,7 +98,7 @@ async def test_a_cancel_request_stops_the_holder_and_its_task_cancelled_goes_on_
 async def test_task_cancelled_is_stored_on_top_of_a_cancel_request_it_has_not_seen(nc: NATS) -> None:
     seq = await submit(nc, "f-5")
     writer = TaskWriter(nc, "f-5", attempt=1, expected=seq)
-    await bus.append(nc, TaskCancelRequested(task_id="f-5", reason="stop"), key="cancel")
+    await publish.append(nc, TaskCancelRequested(task_id="f-5", reason="stop"), key="cancel")
     seq = await writer.append(TaskCancelled(task_id="f-5", reason="stop"), key="terminal")
     assert await kinds(nc, "f-5") == ["task_submitted", "task_cancel_requested", "task_cancelled"]
     assert writer.expected == seq
@@ -139,20 +129,20 @@ async def test_an_unfenced_writer_sends_no_expectation(nc: NATS) -> None:
 async def test_a_requests_result_is_stored_once_ever(nc: NATS) -> None:
     await submit(nc, "f-8")
     result = LLMResult(task_id="f-8", request_id="step-1", ok=True, content="first")
-    assert await bus.append_result(nc, result)
+    assert await fence.append_result(nc, result)
     again = LLMResult(task_id="f-8", request_id="step-1", ok=True, content="second")
-    assert not await bus.append_result(nc, again, headers={"Nats-Msg-Id": "another-id"})
-    stored = await bus.last_llm_result(nc.jetstream(), "f-8", "step-1")
+    assert not await fence.append_result(nc, again, headers={"Nats-Msg-Id": "another-id"})
+    stored = await reads.last_llm_result(nc.jetstream(), "f-8", "step-1")
     assert stored is not None and stored.content == "first"
-    assert await bus.last_llm_result(nc.jetstream(), "f-8", "step-2") is None
+    assert await reads.last_llm_result(nc.jetstream(), "f-8", "step-2") is None
 
 
 async def test_the_last_history_event_leaves_the_model_results_out(nc: NATS) -> None:
     await submit(nc, "f-9")
     writer = TaskWriter(
-        nc, "f-9", attempt=1, expected=(await bus.last_history_event(nc.jetstream(), "f-9") or (0,))[0]
+        nc, "f-9", attempt=1, expected=(await reads.last_history_event(nc.jetstream(), "f-9") or (0,))[0]
     )
     seq = await writer.append(request("f-9", "plan"), key="llm_req:plan")
-    await bus.append_result(nc, LLMResult(task_id="f-9", request_id="plan", ok=True))
-    last = await bus.last_history_event(nc.jetstream(), "f-9")
+    await fence.append_result(nc, LLMResult(task_id="f-9", request_id="plan", ok=True))
+    last = await reads.last_history_event(nc.jetstream(), "f-9")
     assert last is not None and last[0] == seq and isinstance(last[1], LLMRequested)

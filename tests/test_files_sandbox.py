@@ -35,7 +35,7 @@ from victoria.errors import OutsideWorkspace, ToolError
 from victoria.events import subjects
 from victoria.events.codec import encode, files_reply_decoder
 from victoria.events.contracts import FilesReply, FilesRequest
-from victoria.runtime import bus
+from victoria.runtime import connection, streams
 from victoria.runtime.config import Config
 
 
@@ -511,8 +511,8 @@ def test_the_agent_shows_the_model_a_long_result_cut_with_a_note() -> None:
 @pytest.fixture
 async def veronica(nats_server: NatsServer, ws: Path) -> AsyncIterator[NATS]:
     """Veronica serving ``ws``, and a client connected to the same server."""
-    nc = await bus.connect(nats_server.url, name="files-sandbox-test")
-    await bus.ensure_streams(nc.jetstream())
+    nc = await connection.connect(nats_server.url, name="files-sandbox-test")
+    await streams.ensure_streams(nc.jetstream())
     actor = Veronica(nc, Config.from_env({"VICTORIA_WORKSPACE": str(ws), "VICTORIA_INSTANCE": "v-files"}))
     await actor.start()
     yield nc

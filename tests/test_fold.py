@@ -18,6 +18,11 @@ def submitted(goal: str = "do it", **kw: object) -> contracts.TaskSubmitted:
     return contracts.TaskSubmitted(task_id="t1", goal=goal, ts=at(0), **kw)  # type: ignore[arg-type]
 
 
+def history(*events: contracts.AnyTaskEvent) -> TaskHistory:
+    """The fold of task t1's events: its submission (``submitted()``), then these."""
+    return fold("t1", [submitted(), *events])
+
+
 def test_a_task_with_no_events_is_queued_and_empty() -> None:
     h = TaskHistory("t1")
     view = h.view()
@@ -48,15 +53,9 @@ def test_a_model_request_that_opens_attempt_one_and_a_stage_makes_the_task_runni
 
 
 def test_a_model_request_that_carries_no_marker_leaves_the_stage_as_it_was() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskStage(task_id="t1", stage="waiting_for_model", ts=at(1)),
-            contracts.LLMRequested(
-                task_id="t1", request_id="plan-retry1", purpose="plan", messages=[], ts=at(2)
-            ),
-        ],
+    h = history(
+        contracts.TaskStage(task_id="t1", stage="waiting_for_model", ts=at(1)),
+        contracts.LLMRequested(task_id="t1", request_id="plan-retry1", purpose="plan", messages=[], ts=at(2)),
     )
     assert (h.status, h.stage, h.attempts) == ("running", "waiting_for_model", 0)
 
@@ -92,15 +91,9 @@ def test_a_stage_alone_moves_a_queued_task_to_running() -> None:
 
 
 def test_a_failed_task_keeps_its_error_and_error_kind() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            contracts.TaskFailed(
-                task_id="t1", error="model unavailable", error_kind="llm", attempts=1, ts=at(2)
-            ),
-        ],
+    h = history(
+        contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+        contracts.TaskFailed(task_id="t1", error="model unavailable", error_kind="llm", attempts=1, ts=at(2)),
     )
     assert h.status == "failed"
     assert h.stage == "failed"
@@ -111,13 +104,9 @@ def test_a_failed_task_keeps_its_error_and_error_kind() -> None:
 
 
 def test_a_cancelled_task_keeps_its_reason_as_the_error() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskCancelRequested(task_id="t1", reason="user said stop", ts=at(1)),
-            contracts.TaskCancelled(task_id="t1", reason="user said stop", ts=at(2)),
-        ],
+    h = history(
+        contracts.TaskCancelRequested(task_id="t1", reason="user said stop", ts=at(1)),
+        contracts.TaskCancelled(task_id="t1", reason="user said stop", ts=at(2)),
     )
     assert h.status == "cancelled"
     assert h.stage == "cancelled"
@@ -127,13 +116,9 @@ def test_a_cancelled_task_keeps_its_reason_as_the_error() -> None:
 
 
 def test_a_cancel_request_decides_the_status_at_once_and_leaves_the_history_open() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
-        ],
+    h = history(
+        contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+        contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
     )
     assert (h.status, h.stage, h.error) == ("cancelled", "cancelled", "stop")
     assert h.cancel_reason == "stop"
@@ -142,28 +127,20 @@ def test_a_cancel_request_decides_the_status_at_once_and_leaves_the_history_open
 
 
 def test_task_cancelled_after_the_request_closes_the_history_with_its_attempts() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
-            contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
-            contracts.TaskCancelled(task_id="t1", reason="stop", attempts=2, ts=at(4)),
-        ],
+    h = history(
+        contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+        contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(2)),
+        contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
+        contracts.TaskCancelled(task_id="t1", reason="stop", attempts=2, ts=at(4)),
     )
     assert (h.status, h.attempts, h.closed) == ("cancelled", 2, True)
 
 
 def test_a_completion_after_a_cancel_request_never_changes_the_status_once_read() -> None:
     # Only a server that cannot fence (run with VICTORIA_ALLOW_UNFENCED) lets this be stored.
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(1)),
-            contracts.TaskCompleted(task_id="t1", output="done anyway", ts=at(2)),
-        ],
+    h = history(
+        contracts.TaskCancelRequested(task_id="t1", reason="stop", ts=at(1)),
+        contracts.TaskCompleted(task_id="t1", output="done anyway", ts=at(2)),
     )
     assert (h.status, h.output, h.closed) == ("cancelled", None, True)
 
@@ -186,13 +163,9 @@ def test_own_seq_is_the_last_event_of_the_tasks_own_history_not_a_model_result()
 
 
 def test_attempts_is_the_largest_attempt_seen() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskStarted(task_id="t1", attempt=3, instance="i", ts=at(1)),
-            contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(2)),
-        ],
+    h = history(
+        contracts.TaskStarted(task_id="t1", attempt=3, instance="i", ts=at(1)),
+        contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(2)),
     )
     assert h.attempts == 3
     h.apply(contracts.TaskCompleted(task_id="t1", output="x", attempts=1, ts=at(3)))
@@ -222,13 +195,9 @@ def test_a_cancel_with_default_attempts_keeps_the_attempts_already_counted() -> 
 
 
 def test_a_late_event_after_completion_does_not_reopen_the_task() -> None:
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
-            contracts.TaskCompleted(task_id="t1", output="final", ts=at(2)),
-        ],
+    h = history(
+        contracts.TaskStarted(task_id="t1", attempt=1, instance="i", ts=at(1)),
+        contracts.TaskCompleted(task_id="t1", output="final", ts=at(2)),
     )
     for late in (
         contracts.TaskStarted(task_id="t1", attempt=2, instance="i", ts=at(3)),
@@ -467,12 +436,8 @@ def test_a_task_that_asks_back_shows_its_questions() -> None:
     knowledge = Knowledge(
         routed_to="agent_run", clarification_questions=["Which one?"], suggested_restatement="r"
     )
-    h = fold(
-        "t1",
-        [
-            submitted(),
-            contracts.TaskCompleted(task_id="t1", output="Which one?", knowledge=knowledge, ts=at(1)),
-        ],
+    h = history(
+        contracts.TaskCompleted(task_id="t1", output="Which one?", knowledge=knowledge, ts=at(1)),
     )
     assert h.view().clarification_questions == ["Which one?"]
     assert h.view().knowledge["suggested_restatement"] == "r"

@@ -16,20 +16,14 @@ import pytest
 from starlette.routing import Route
 
 from tests.fakellm import FakeLLM
-from tests.system import System, free_port
+from tests.system import System, free_port, run_victoria, victoria_up
 from victoria.errors import ConfigError
 from victoria.gateway import dashboard
 from victoria.gateway.app import create_app
-from victoria.gateway.auth import (
-    InsecureListen,
-    Tokens,
-    is_loopback,
-    parse_tokens_file,
-    presented_token,
-    refuse_open_listen,
-)
+from victoria.gateway.auth import Tokens, parse_tokens_file, presented_token
 from victoria.gateway.backend import GatewayState
 from victoria.runtime.config import Config
+from victoria.runtime.listen import InsecureListen, is_loopback, refuse_open_listen
 
 TOKEN = "main-token-0123456789abcdef"
 ALICE = "alice-token-0123456789abcdef"
@@ -135,20 +129,15 @@ def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def secured(
     tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path, tokens_file: Path
 ) -> Iterator[System]:
-    system = System(
+    with victoria_up(
         tmp_path_factory.mktemp("data"),
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_API_TOKEN": TOKEN,
-            "VICTORIA_API_TOKENS_FILE": str(tokens_file),
-            "VICTORIA_MAX_TASKS_IN_FLIGHT": str(LIMIT),
-        },
-    )
-    system.http.headers["Authorization"] = f"Bearer {TOKEN}"
-    system.start()
-    yield system
-    system.close()
+        fake_llm,
+        workspace,
+        token=TOKEN,
+        VICTORIA_API_TOKENS_FILE=str(tokens_file),
+        VICTORIA_MAX_TASKS_IN_FLIGHT=str(LIMIT),
+    ).start() as system:
+        yield system
     for path in system.data_dir.rglob("*"):
         if path.is_file():
             text = path.read_text(errors="replace")
@@ -302,24 +291,14 @@ def test_past_the_limit_of_tasks_in_flight_a_new_task_gets_503_with_retry_after(
 # --- listening beyond loopback ---------------------------------------------------------------------
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIA_", "NATS_"))}
+def _on_all_addresses(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``victoria COMMAND --host 0.0.0.0 --port <free> ARGS``, with no VICTORIA_ or NATS_ setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIA_", "NATS_"))}
+    return run_victoria(command, "--host", "0.0.0.0", "--port", str(free_port()), *args, env=env)
 
 
 def test_victoria_up_on_all_addresses_without_a_token_refuses_to_start_and_says_why(tmp_path: Path) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "victoria",
-        "up",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(free_port()),
-        "--data-dir",
-        str(tmp_path / "data"),
-    ]
-    out = subprocess.run(argv, env=_clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    out = _on_all_addresses("up", "--data-dir", str(tmp_path / "data"))
     assert out.returncode != 0
     said = out.stdout + out.stderr
     assert "VICTORIA_API_TOKEN" in said and "--insecure" in said, said
@@ -327,19 +306,7 @@ def test_victoria_up_on_all_addresses_without_a_token_refuses_to_start_and_says_
 
 
 def test_the_gateway_alone_on_all_addresses_without_a_token_refuses_to_start(tmp_path: Path) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "victoria",
-        "gateway",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(free_port()),
-        "--nats-url",
-        "nats://127.0.0.1:1",
-    ]
-    out = subprocess.run(argv, env=_clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    out = _on_all_addresses("gateway", "--nats-url", "nats://127.0.0.1:1")
     assert out.returncode == 2
     assert "--insecure" in out.stderr
 
@@ -347,14 +314,8 @@ def test_the_gateway_alone_on_all_addresses_without_a_token_refuses_to_start(tmp
 def test_victoria_up_on_all_addresses_with_insecure_starts_and_warns(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
-    system = System(
-        tmp_path / "data",
-        env={"VICTORIA_LLM_URL": fake_llm.url},
-        extra_args=["--host", "0.0.0.0", "--insecure"],
-    )
-    system.start()
-    try:
+    with victoria_up(
+        tmp_path / "data", fake_llm, extra_args=["--host", "0.0.0.0", "--insecure"]
+    ).start() as system:
         assert system.http.get("/status").status_code == 200
-    finally:
-        system.close()
     assert "no API token (--insecure)" in system.log_path.read_text()

@@ -19,13 +19,14 @@ from nats.aio.subscription import Subscription
 from tests.system import NatsServer
 from victoria.events import subjects
 from victoria.events.contracts import LogRecord
-from victoria.runtime import bus
+from victoria.runtime import connection, streams
 from victoria.runtime.context import current_task_id, current_trace_id
 from victoria.runtime.logbus import BusLogHandler
 
 ACTOR = "logbus-test"
 decoder = msgspec.json.Decoder(LogRecord)
 strict = pytest.mark.usefixtures("strict_loop")
+pytestmark = pytest.mark.nats_streams()
 
 
 @pytest.fixture
@@ -37,13 +38,6 @@ def logger() -> Iterator[logging.Logger]:
     yield log
     for handler in list(log.handlers):
         log.removeHandler(handler)
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await bus.connect(nats_server.url, name="logbus-test")
-    yield client
-    await client.close()
 
 
 @pytest.fixture
@@ -61,6 +55,20 @@ async def make_handler(nc: NATS, logger: logging.Logger) -> AsyncIterator[Callab
     for handler in made:
         logger.removeHandler(handler)
         await handler.aclose(timeout=0.5)
+
+
+@pytest.fixture
+async def sub(nc: NATS) -> Subscription:
+    """A subscription to every log record on the bus (ask for it before ``handler``)."""
+    return await nc.subscribe(subjects.ALL_LOGS)
+
+
+@pytest.fixture
+async def handler(nc: NATS, make_handler: Callable[..., BusLogHandler]) -> BusLogHandler:
+    """A handler with the default options, installed on ``logger`` and attached to ``nc``."""
+    made = make_handler()
+    made.attach(nc)
+    return made
 
 
 async def receive(sub: Subscription, count: int, timeout: float = 5.0) -> list[tuple[str, LogRecord]]:
@@ -94,7 +102,7 @@ def test_records_emitted_before_any_event_loop_are_published_after_attach(
         loop = asyncio.get_running_loop()
         errors: list[dict[str, object]] = []
         loop.set_exception_handler(lambda _loop, context: errors.append(context))
-        nc = await bus.connect(nats_server.url, name="logbus-test")
+        nc = await connection.connect(nats_server.url, name="logbus-test")
         try:
             sub = await nc.subscribe(subjects.ALL_LOGS)
             handler.attach(nc)
@@ -122,11 +130,8 @@ def test_records_emitted_before_any_event_loop_are_published_after_attach(
 
 @strict
 async def test_records_from_other_threads_reach_the_bus(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
-    handler.attach(nc)
 
     def work(n: int) -> None:
         for i in range(25):
@@ -149,7 +154,7 @@ async def test_published_records_are_captured_by_the_logs_stream(
     nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
 ) -> None:
     js = nc.jetstream()
-    await bus.ensure_streams(js)
+    await streams.ensure_streams(js)
     handler = make_handler()
     handler.attach(nc)
     logger.error("kept in memory")
@@ -160,11 +165,8 @@ async def test_published_records_are_captured_by_the_logs_stream(
 
 @strict
 async def test_records_carry_task_and_trace_ids_from_context_and_extra(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
-    handler.attach(nc)
 
     logger.info("no ids")
     task_token = current_task_id.set("task-ctx")
@@ -192,11 +194,8 @@ async def test_records_carry_task_and_trace_ids_from_context_and_extra(
 
 @strict
 async def test_records_emitted_while_nats_is_down_are_kept_and_published_after_reconnect(
-    nats_server: NatsServer, nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    nats_server: NatsServer, nc: NATS, sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
-    handler.attach(nc)
     await asyncio.to_thread(nats_server.stop)
     await wait_until(lambda: not nc.is_connected)
 
@@ -218,10 +217,8 @@ async def test_records_emitted_while_nats_is_down_are_kept_and_published_after_r
 
 @strict
 async def test_aclose_while_nats_is_down_gives_up_at_the_timeout_and_counts_the_drops(
-    nats_server: NatsServer, nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    nats_server: NatsServer, nc: NATS, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    handler = make_handler()
-    handler.attach(nc)
     await asyncio.to_thread(nats_server.stop)
     await wait_until(lambda: not nc.is_connected)
     for i in range(5):
@@ -234,9 +231,8 @@ async def test_aclose_while_nats_is_down_gives_up_at_the_timeout_and_counts_the_
 
 @strict
 async def test_a_full_buffer_drops_new_records_and_counts_them(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    nc: NATS, sub: Subscription, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
     handler = make_handler(capacity=100)
     for i in range(1_000):
         logger.info("record %d", i)
@@ -263,11 +259,8 @@ async def test_a_full_buffer_drops_new_records_and_counts_them(
 
 @strict
 async def test_aclose_publishes_pending_records_and_can_be_called_twice(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    nc: NATS, sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
-    handler.attach(nc)
     for i in range(50):
         logger.info("pending %d", i)
     assert handler.pending == 50  # the flusher has not run yet: nothing awaited since attach()
@@ -295,10 +288,8 @@ async def test_aclose_of_a_handler_never_attached_counts_its_records_as_dropped(
 
 @strict
 async def test_emit_after_aclose_does_not_raise_and_counts_the_record_as_dropped(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    handler = make_handler()
-    handler.attach(nc)
     await handler.aclose()
     logger.info("after aclose")
     try:
@@ -311,14 +302,11 @@ async def test_emit_after_aclose_does_not_raise_and_counts_the_record_as_dropped
 
 @strict
 async def test_records_of_the_nats_loggers_are_not_published(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
     nats_logger = logging.getLogger("nats")
     nats_logger.addHandler(handler)
     try:
-        handler.attach(nc)
         logging.getLogger("nats").error("from nats")
         logging.getLogger("nats.aio.client").error("from nats.aio.client")
         await asyncio.to_thread(logging.getLogger("nats.js").error, "from nats.js in a thread")
@@ -332,11 +320,8 @@ async def test_records_of_the_nats_loggers_are_not_published(
 
 @strict
 async def test_a_record_with_an_exception_carries_the_traceback(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
-    handler.attach(nc)
 
     def fail() -> float:
         return 1 / 0
@@ -354,11 +339,8 @@ async def test_a_record_with_an_exception_carries_the_traceback(
 
 @strict
 async def test_a_record_that_cannot_be_formatted_is_counted_not_raised(
-    nc: NATS, logger: logging.Logger, make_handler: Callable[..., BusLogHandler]
+    sub: Subscription, logger: logging.Logger, handler: BusLogHandler
 ) -> None:
-    sub = await nc.subscribe(subjects.ALL_LOGS)
-    handler = make_handler()
-    handler.attach(nc)
     # Straight to the handler: pytest's own capture handler raises on a bad record.
     handler.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 1, "%d items", ("x",), None))
     logger.info("fine")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, free_port
+from tests.system import System, free_port, victoria_up
 
 pytestmark = pytest.mark.e2e
 
@@ -17,19 +17,8 @@ LLM_TIMEOUT = 1.5  # seconds
 
 
 @pytest.fixture(scope="module")
-def strict_system(
-    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path
-) -> Iterator[System]:
-    sys_ = System(
-        tmp_path_factory.mktemp("data"),
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_LLM_TIMEOUT": str(LLM_TIMEOUT),
-        },
-    ).start()
-    yield sys_
-    sys_.close()
+def strict_system(start_system: Callable[..., System]) -> System:
+    return start_system(VICTORIA_LLM_TIMEOUT=str(LLM_TIMEOUT))
 
 
 @pytest.fixture
@@ -99,16 +88,9 @@ def test_while_the_model_server_is_down_a_task_waits_visibly_then_fails_at_its_d
     tmp_path: Path, workspace: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    system = System(
-        tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": dead,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_LLM_TIMEOUT": "1",
-            "VICTORIA_TASK_DEADLINE": "4",
-        },
-    ).start()
-    try:
+    with victoria_up(
+        tmp_path / "data", dead, workspace, VICTORIA_LLM_TIMEOUT="1", VICTORIA_TASK_DEADLINE="4"
+    ).start() as system:
         started = time.monotonic()
         task_id = system.submit("Is anyone there?", task_type="agent")
         waiting = system.wait_for(
@@ -121,20 +103,10 @@ def test_while_the_model_server_is_down_a_task_waits_visibly_then_fails_at_its_d
         assert "deadline of 4s" in str(body["error"])
         assert dead in str(body["error"]) and "unreachable" in str(body["error"])
         assert time.monotonic() - started >= 4
-    finally:
-        system.close()
 
 
 def test_the_openai_protocol_works_end_to_end(tmp_path: Path, fake_llm: FakeLLM, workspace: Path) -> None:
-    system = System(
-        tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_LLM_API": "openai",
-            "VICTORIA_WORKSPACE": str(workspace),
-        },
-    ).start()
-    try:
+    with victoria_up(tmp_path / "data", fake_llm, workspace, VICTORIA_LLM_API="openai").start() as system:
         before = fake_llm.calls["/v1/chat/completions"]
         body = run_agent(system, "Use the other protocol")
         assert body["status"] == "completed"
@@ -142,5 +114,3 @@ def test_the_openai_protocol_works_end_to_end(tmp_path: Path, fake_llm: FakeLLM,
         assert fake_llm.calls["/v1/chat/completions"] - before == 3
         task_id = system.submit("And asynchronously", task_type="agent")
         assert system.wait_terminal(task_id)["status"] == "completed"
-    finally:
-        system.close()

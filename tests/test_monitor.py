@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from tests.system import NatsServer
 from victoria.actors.monitor.actor import Monitor, _Entry
 from victoria.events import subjects
 from victoria.events.codec import service_decoder
 from victoria.events.contracts import ServiceDown, utcnow
-from victoria.runtime import bus
 from victoria.runtime.config import Config
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await bus.connect(nats_server.url, name="monitor-test")
-    await bus.ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 def silent(name: str, instance: str, seconds: float) -> _Entry:

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api as jsapi
 
 from tests.fakellm import FakeLLM
-from tests.system import System, stream_messages
+from tests.system import System, stream_messages, victoria_up
 from victoria.errors import BrokerRefused, StreamMissing
 from victoria.events import subjects
 from victoria.events.codec import encode
@@ -35,7 +35,7 @@ from victoria.events.contracts import (
     TaskStage,
     TaskSubmitted,
 )
-from victoria.runtime import bus, credentials
+from victoria.runtime import connection, credentials, fence, publish, streams
 from victoria.runtime.natsserver import EmbeddedNats, config_path, find_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("strict_loop")]
@@ -46,10 +46,7 @@ NOT_SUPERVISOR = ("gateway", "victoria", "veronica", "monitor", "llm-runner", "p
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path) -> Iterator[System]:
     """Its own system: these tests provoke permission violations, which fail any other's close."""
-    sys_ = System(
-        tmp_path_factory.mktemp("data"),
-        env={"VICTORIA_LLM_URL": fake_llm.url, "VICTORIA_WORKSPACE": str(workspace)},
-    ).start()
+    sys_ = victoria_up(tmp_path_factory.mktemp("data"), fake_llm, workspace).start()
     yield sys_
     sys_.close(violations_expected=True)
 
@@ -78,7 +75,7 @@ class Session:
 
     async def stored(self, subject: str, payload: bytes) -> int:
         """Publish to a stream and return the stream sequence it was stored at."""
-        answer = await bus.publish(self.nc, subject, payload, {})
+        answer = await publish.publish(self.nc, subject, payload, {})
         assert answer.error is None, answer.error
         return answer.seq
 
@@ -95,7 +92,7 @@ async def connected(system: System, role: str) -> AsyncIterator[Session]:
         name=f"permissions-test:{role}",
         error_cb=on_error,
         allow_reconnect=False,
-        inbox_prefix=credentials.inbox_prefix(role),  # as bus.connect does: its own inboxes only
+        inbox_prefix=credentials.inbox_prefix(role),  # as connection.connect does: its own inboxes only
     )
     try:
         yield Session(nc, errors)
@@ -115,7 +112,7 @@ async def test_the_gateway_cannot_append_a_terminal_event_or_a_model_result(syst
         await gateway.refused(subjects.llm_result(task_id, "plan"))
         # What it is there for: submissions and cancel requests.
         submitted = TaskSubmitted(task_id=task_id, goal="What can you do?", task_type="capabilities")
-        await bus.append(gateway.nc, submitted, key="submitted")
+        await publish.append(gateway.nc, submitted, key="submitted")
     assert (await asyncio.to_thread(system.wait_terminal, task_id))["status"] == "completed"
     events = await asyncio.to_thread(stream_messages, system.bus_url(), f"victoria.task.*.{task_id}.>")
     kinds = [e["type"] for e in events]
@@ -128,7 +125,7 @@ async def test_the_llm_runner_appends_model_results_and_nothing_else_of_a_task(s
         for kind in ("submitted", "completed", "failed", "cancel", "stage"):
             await runner.refused(subjects.task_event(task_id, kind))
         result = LLMResult(task_id=task_id, request_id="plan", ok=True, content="a plan")
-        assert await bus.append_result(runner.nc, result)
+        assert await fence.append_result(runner.nc, result)
         await runner.refused(subjects.service_event("llm-runner", "x", "up"))
 
 
@@ -271,7 +268,7 @@ async def test_an_anonymous_connection_or_a_wrong_password_is_refused(system: Sy
             await nc.connect(attempt, allow_reconnect=False, connect_timeout=5)
         await nc.close()  # nats-py leaves the refused socket open
     with pytest.raises(BrokerRefused, match="refused no user: authorization violation"):
-        await bus.connect(url, name="anonymous", connect_timeout=5)
+        await connection.connect(url, name="anonymous", connect_timeout=5)
 
 
 def test_the_monitor_stores_one_started_event_per_process(system: System) -> None:
@@ -306,7 +303,7 @@ def test_the_credentials_file_is_private_made_once_and_each_child_gets_only_its_
 
 
 def test_the_credentials_are_kept_across_restarts(tmp_path: Path, fake_llm: FakeLLM) -> None:
-    system = System(tmp_path / "data", env={"VICTORIA_LLM_URL": fake_llm.url}).start()
+    system = victoria_up(tmp_path / "data", fake_llm).start()
     try:
         path = system.data_dir / credentials.FILE_NAME
         first = path.read_text()
@@ -325,20 +322,20 @@ async def test_a_process_that_may_not_create_streams_names_the_missing_one(tmp_p
     server = EmbeddedNats(tmp_path / "nats", environment=credentials.server_environment(users))
     url = await server.start()
     try:
-        nc = await bus.connect(url, name="no-streams", user="veronica", password=users["veronica"])
+        nc = await connection.connect(url, name="no-streams", user="veronica", password=users["veronica"])
         try:
             with pytest.raises(StreamMissing, match=r"VICTORIA_TASKS_0 is missing.*victoria up"):
-                await bus.ensure_streams(nc.jetstream(timeout=1.0))
+                await streams.ensure_streams(nc.jetstream(timeout=1.0))
         finally:
             await nc.close()
-        nc = await bus.connect(url, name="supervisor", user="supervisor", password=users["supervisor"])
+        nc = await connection.connect(url, name="supervisor", user="supervisor", password=users["supervisor"])
         try:
-            await bus.ensure_streams(nc.jetstream())
+            await streams.ensure_streams(nc.jetstream())
         finally:
             await nc.close()
-        nc = await bus.connect(url, name="again", user="veronica", password=users["veronica"])
+        nc = await connection.connect(url, name="again", user="veronica", password=users["veronica"])
         try:
-            await bus.ensure_streams(nc.jetstream(timeout=1.0))  # only reads, now that they exist
+            await streams.ensure_streams(nc.jetstream(timeout=1.0))  # only reads, now that they exist
         finally:
             await nc.close()
     finally:
@@ -389,7 +386,7 @@ def test_an_external_nats_server_run_with_victorias_config_and_nats_env_runs_the
         while not ports.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         url = json.loads(ports.read_text())["nats"][0]
-        system = System(data_dir, env={"VICTORIA_LLM_URL": fake_llm.url}, nats_url=url).start()
+        system = victoria_up(data_dir, fake_llm, nats_url=url).start()
         try:
             body = system.run({"goal": "Write a haiku", "task_type": "agent"})
             assert body["status"] == "completed", body

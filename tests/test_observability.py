@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakellm import FakeLLM
 from tests.otlp import OTLPReceiver
-from tests.system import System, stream_messages
+from tests.system import System, stream_messages, victoria_up
 
 pytestmark = pytest.mark.e2e
 
@@ -24,20 +24,8 @@ def receiver() -> Iterator[OTLPReceiver]:
 
 
 @pytest.fixture(scope="module")
-def traced(
-    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path, receiver: OTLPReceiver
-) -> Iterator[System]:
-    system = System(
-        tmp_path_factory.mktemp("data"),
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "VICTORIA_LOG_LEVEL": "DEBUG",
-        },
-    ).start()
-    yield system
-    system.close()
+def traced(start_system: Callable[..., System], receiver: OTLPReceiver) -> System:
+    return start_system(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, VICTORIA_LOG_LEVEL="DEBUG")
 
 
 def test_one_task_is_one_trace_across_every_process(
@@ -155,14 +143,12 @@ def test_a_task_resumed_after_a_crash_stays_in_its_trace(
     import os
     import signal
 
-    system = System(
+    system = victoria_up(
         tmp_path / "data",
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "VICTORIA_ACK_WAIT": "2",
-        },
+        fake_llm,
+        workspace,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        VICTORIA_ACK_WAIT="2",
     ).start()
     fake_llm.delay = 1.5
     try:

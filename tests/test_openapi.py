@@ -8,8 +8,7 @@ import base64
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +27,6 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 from starlette.routing import Route
 
-from tests.fakellm import FakeLLM
 from tests.pg import fresh_database
 from tests.system import System
 from victoria.gateway import dashboard, openapi
@@ -154,26 +152,13 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def system(
-    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, workspace: Path, database: str
-) -> Iterator[System]:
-    sys_ = System(
-        tmp_path_factory.mktemp("openapi"),
-        env={
-            "VICTORIA_LLM_URL": fake_llm.url,
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_POSTGRES_DSN": database,
-            "VICTORIA_TASK_DEADLINE": TASK_DEADLINE,
-        },
-    ).start()
-    try:
-        deadline = time.monotonic() + DATABASE_WAIT
-        while sys_.http.get("/runs").status_code != 200:  # the projector creates the tables first
-            assert time.monotonic() < deadline, sys_.log()
-            time.sleep(0.2)
-        yield sys_
-    finally:
-        sys_.close()
+def system(start_system: Callable[..., System], database: str) -> System:
+    sys_ = start_system("openapi", VICTORIA_POSTGRES_DSN=database, VICTORIA_TASK_DEADLINE=TASK_DEADLINE)
+    deadline = time.monotonic() + DATABASE_WAIT
+    while sys_.http.get("/runs").status_code != 200:  # the projector creates the tables first
+        assert time.monotonic() < deadline, sys_.log()
+        time.sleep(0.2)
+    return sys_
 
 
 def _within_hypothesis(node: Any) -> Any:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 CHECK = """
 import importlib.util, json, sys
-import victoria.events, victoria.actors.agent.actor, victoria.gateway.app, victoria.runtime.bus
+import victoria.events, victoria.actors.agent.actor, victoria.gateway.app, victoria.runtime.publish
 from victoria.runtime.natsserver import config_path
 print(json.dumps({
     "events_file": victoria.events.__file__,

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +20,16 @@ import pytest
 
 from tests.fakellm import FakeLLM
 from tests.pg import execute, fetch
-from tests.system import System
+from tests.system import System, victoria_up
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeLLM]:
-    llm = FakeLLM().start()
-    yield llm
-    llm.stop()
-
-
 def start(tmp_path: Path, fake: FakeLLM, workspace: Path, dsn: str | None, **env: str) -> System:
-    settings = {
-        "VICTORIA_LLM_URL": fake.url,
-        "VICTORIA_WORKSPACE": str(workspace),
-        "VICTORIA_REGISTRY_REFRESH": "0.3",
-        "VICTORIA_PROBE_INTERVAL": "0.5",
-        **env,
-    }
+    settings = {"VICTORIA_REGISTRY_REFRESH": "0.3", "VICTORIA_PROBE_INTERVAL": "0.5", **env}
     if dsn is not None:
         settings["VICTORIA_POSTGRES_DSN"] = dsn
-    return System(tmp_path / "data", env=settings).start()
+    return victoria_up(tmp_path / "data", fake, workspace, **settings).start()
 
 
 def migrated(dsn: str) -> None:
@@ -80,8 +66,7 @@ def test_a_projects_workspace_is_the_workspace_of_its_tasks(
         "INSERT INTO projects (slug, name, workspace_path) VALUES ('alpha', 'Alpha', $1)",
         str(project_root),
     )
-    system = start(tmp_path, fake, workspace, pg_dsn)
-    try:
+    with start(tmp_path, fake, workspace, pg_dsn) as system:
         system.wait_for(
             lambda: (
                 system.http.post("/run", json={"goal": "x", "project_context": "nope"}).status_code == 422
@@ -110,8 +95,6 @@ def test_a_projects_workspace_is_the_workspace_of_its_tasks(
             what="beta used",
         )
         assert beta["output"] == "only.txt"
-    finally:
-        system.close()
 
 
 def test_an_unknown_or_inactive_project_is_refused_naming_the_field_and_the_known_ones(
@@ -123,8 +106,7 @@ def test_an_unknown_or_inactive_project_is_refused_naming_the_field_and_the_know
         "INSERT INTO projects (slug, workspace_path) VALUES ('alpha', '/tmp'), ('zeta', '/tmp');"
         "INSERT INTO projects (slug, workspace_path, is_active) VALUES ('old', '/tmp', false)",
     )
-    system = start(tmp_path, fake, workspace, pg_dsn)
-    try:
+    with start(tmp_path, fake, workspace, pg_dsn) as system:
         refused = system.wait_for(
             lambda: (
                 (r := system.http.post("/run", json={"goal": "g", "project_context": "omega"})).status_code
@@ -139,8 +121,6 @@ def test_an_unknown_or_inactive_project_is_refused_naming_the_field_and_the_know
         )
         inactive = system.http.post("/run", json={"goal": "g", "project_context": "old"})
         assert inactive.status_code == 422 and "not active" in inactive.json()["detail"]
-    finally:
-        system.close()
 
 
 def test_an_experts_system_prompt_leads_the_model_calls_and_the_answer_names_the_expert(
@@ -153,8 +133,7 @@ def test_an_experts_system_prompt_leads_the_model_calls_and_the_answer_names_the
         "('Ada', 'database administrator', 'infrastructure', 'You are Ada, who tunes databases.'),"
         "('Basil', 'poet', 'culture', 'You are Basil, who writes verse.')",
     )
-    system = start(tmp_path, fake, workspace, pg_dsn)
-    try:
+    with start(tmp_path, fake, workspace, pg_dsn) as system:
         loaded = system.wait_for(
             lambda: (
                 system.http.post("/run", json={"goal": "x", "project_context": "none"}).status_code == 422
@@ -172,16 +151,13 @@ def test_an_experts_system_prompt_leads_the_model_calls_and_the_answer_names_the
             r["messages"][0]["content"].startswith("You are Ada, who tunes databases.") for r in asked
         )
         assert system.status(body["task_id"])["expert"] == "Ada"
-    finally:
-        system.close()
 
 
 @pytest.mark.parametrize("with_database", [True, False], ids=["postgres", "key-value"])
 def test_a_sessions_earlier_answer_reaches_the_next_tasks_prompt(
     tmp_path: Path, fake: FakeLLM, workspace: Path, pg_dsn: str, with_database: bool
 ) -> None:
-    system = start(tmp_path, fake, workspace, pg_dsn if with_database else None)
-    try:
+    with start(tmp_path, fake, workspace, pg_dsn if with_database else None) as system:
         first = system.http.post(
             "/run",
             json={"goal": "Remember the codeword Pelican-17", "session_id": "s-1", "task_type": "agent"},
@@ -217,8 +193,6 @@ def test_a_sessions_earlier_answer_reaches_the_next_tasks_prompt(
                 "goal": "Remember the codeword Pelican-17",
                 "answer": "Done: Remember the codeword Pelican-17",
             } in kept
-    finally:
-        system.close()
 
 
 def remembered(system: System, dsn: str | None, session_id: str) -> bool:
@@ -312,8 +286,7 @@ def test_a_database_that_accepts_and_never_answers_delays_neither_start_nor_task
 def test_the_projector_killed_while_tasks_run_catches_up_with_every_task_once(
     tmp_path: Path, fake: FakeLLM, workspace: Path, pg_dsn: str
 ) -> None:
-    system = start(tmp_path, fake, workspace, pg_dsn, VICTORIA_RESTART_BACKOFF="3")
-    try:
+    with start(tmp_path, fake, workspace, pg_dsn, VICTORIA_RESTART_BACKOFF="3") as system:
         first = [system.submit(f"Before {n}", task_type="agent") for n in range(3)]
         for task_id in first:
             system.wait_terminal(task_id)
@@ -359,15 +332,12 @@ def test_the_projector_killed_while_tasks_run_catches_up_with_every_task_once(
             check=True,
         ).stdout.splitlines()
         assert len(printed) == 3 and everything[-1] in printed[0] and "completed" in printed[0]
-    finally:
-        system.close()
 
 
 def test_a_goal_with_a_nul_character_is_projected_and_the_projection_goes_on(
     tmp_path: Path, fake: FakeLLM, workspace: Path, pg_dsn: str
 ) -> None:
-    system = start(tmp_path, fake, workspace, pg_dsn)
-    try:
+    with start(tmp_path, fake, workspace, pg_dsn) as system:
         odd = system.submit("Say\u0000 hello", task_type="agent", session_id="s\u00001")
         after = system.submit("Say hello after", task_type="agent")
         for task_id in (odd, after):
@@ -379,8 +349,6 @@ def test_a_goal_with_a_nul_character_is_projected_and_the_projection_goes_on(
         goals = {r["task_id"]: r["goal"] for r in rows(pg_dsn, "SELECT task_id, goal FROM victoria.tasks")}
         assert goals[odd] == "Say\ufffd hello"
         assert not any(s["status"] == "degraded" for s in system.services() if s["name"] == "projector")
-    finally:
-        system.close()
 
 
 def test_the_command_line_adds_and_lists_experts_and_projects(pg_dsn: str) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from nats.aio.client import Client as NATS
 
 from tests.fakellm import FakeLLM
-from tests.system import NatsServer
 from victoria.actors.agent import workflow
 from victoria.actors.agent.actor import Victoria
 from victoria.actors.llm_runner.actor import LLMRunner
@@ -26,27 +24,12 @@ from victoria.events.contracts import (
     TaskStarted,
     TaskSubmitted,
 )
-from victoria.runtime import bus
+from victoria.runtime import fence, publish, reads
 from victoria.runtime.config import Config
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 
 GOAL = "Write a haiku about fencing"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLLM]:
-    llm = FakeLLM().start()
-    yield llm
-    llm.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await bus.connect(nats_server.url, name="replay-test")
-    await bus.ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 def config(fake: FakeLLM) -> Config:
@@ -56,7 +39,7 @@ def config(fake: FakeLLM) -> Config:
 
 
 async def events_of(nc: NATS, task_id: str) -> list[object]:
-    return [event for _, event in await bus.read_task_events(nc.jetstream(), task_id)]
+    return [event for _, event in await reads.task_events(nc.jetstream(), task_id)]
 
 
 async def wait_closed(nc: NATS, task_id: str, timeout: float = 20.0) -> list[object]:
@@ -75,7 +58,7 @@ def understand_messages() -> list[ChatMessage]:
 
 async def history_of_an_earlier_attempt(nc: NATS, task_id: str, *, fingerprint: str) -> None:
     """What attempt 1 stored before it died: the submission, its first request and the answer."""
-    await bus.append(nc, TaskSubmitted(task_id=task_id, goal=GOAL, task_type="agent"), key="submitted")
+    await publish.append(nc, TaskSubmitted(task_id=task_id, goal=GOAL, task_type="agent"), key="submitted")
     request = LLMRequested(
         task_id=task_id,
         request_id="understand",
@@ -87,11 +70,11 @@ async def history_of_an_earlier_attempt(nc: NATS, task_id: str, *, fingerprint: 
         fingerprint=fingerprint,
         workflow=1,
     )
-    await bus.append(nc, request, key="llm_req:understand")
+    await publish.append(nc, request, key="llm_req:understand")
     answer = LLMResult(
         task_id=task_id, request_id="understand", ok=True, content="OLD UNDERSTANDING", model="m"
     )
-    assert await bus.append_result(nc, answer)
+    assert await fence.append_result(nc, answer)
     # The runner that answered took the request from its consumer and acknowledged it.
     shard = subjects.shard_of(task_id)
     taken = await nc.jetstream().pull_subscribe(
@@ -150,7 +133,7 @@ async def test_a_resumed_task_asks_again_when_the_stored_request_asked_something
 
 async def store(nc: NATS, event: object, key: str) -> int:
     assert isinstance(event, (TaskSubmitted, LLMRequested, TaskStarted, TaskCancelRequested, TaskCompleted))
-    return (await bus.append(nc, event, key=key)).seq
+    return (await publish.append(nc, event, key=key)).seq
 
 
 async def test_the_runner_calls_the_model_only_for_requests_somebody_waits_for(
@@ -185,7 +168,7 @@ async def test_the_runner_calls_the_model_only_for_requests_somebody_waits_for(
                 (task_id, rid)
                 for task_id in ("ended", "cancelled", "superseded", "adopted", "waiting")
                 for rid in ("plan", "plan-v2")
-                if await bus.last_llm_result(nc.jetstream(), task_id, rid) is not None
+                if await reads.last_llm_result(nc.jetstream(), task_id, rid) is not None
             }
             if len(answered) >= 3:
                 break
@@ -223,11 +206,11 @@ async def test_a_fresh_request_of_a_task_cancelled_meanwhile_is_not_sent_to_the_
             await store(nc, request, "llm_req:plan")
         await store(nc, TaskCancelRequested(task_id="doomed"), "cancel")
         for _ in range(100):
-            if await bus.last_llm_result(nc.jetstream(), "slow", "plan") is not None:
+            if await reads.last_llm_result(nc.jetstream(), "slow", "plan") is not None:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # the doomed request is delivered now, and must not be called
     finally:
         await runner.stop()
     assert fake.total_calls == 1
-    assert await bus.last_llm_result(nc.jetstream(), "doomed", "plan") is None
+    assert await reads.last_llm_result(nc.jetstream(), "doomed", "plan") is None

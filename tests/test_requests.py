@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -46,24 +47,16 @@ def test_a_minimal_body_with_a_goal_is_accepted() -> None:
 
 
 def test_a_full_body_is_accepted() -> None:
-    request = parse_run_request(
-        body(
-            goal="Выведи список файлов",
-            task_type="files",
-            project_context={"repo": "victoria", "files": ["a", "b"]},
-            session_id="s-1",
-            max_steps=50,
-            model="llama3.2",
-        )
-    )
-    assert request == RunRequest(
-        goal="Выведи список файлов",
-        task_type="files",
-        project_context={"repo": "victoria", "files": ["a", "b"]},
-        session_id="s-1",
-        max_steps=50,
-        model="llama3.2",
-    )
+    full: dict[str, Any] = {
+        "goal": "Выведи список файлов",
+        "task_type": "files",
+        "project_context": {"repo": "victoria", "files": ["a", "b"]},
+        "session_id": "s-1",
+        "max_steps": 50,
+        "model": "llama3.2",
+    }
+    request = parse_run_request(body(**full))
+    assert request == RunRequest(**full)
 
 
 @pytest.mark.parametrize("task_type", ["capabilities", "files", "agent", "plan"])

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, free_port
+from tests.system import System, free_port, run_victoria
 
 pytestmark = pytest.mark.e2e
 
@@ -96,22 +96,8 @@ def test_two_gateways_on_one_log_agree(system: System) -> None:
 
 
 def test_a_second_victoria_up_on_the_same_data_dir_is_refused(system: System) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "victoria",
-            "up",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(system.data_dir),
-        ],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    out = run_victoria(
+        "up", "--port", str(free_port()), "--data-dir", str(system.data_dir), env=system.env, timeout=30
     )
     assert out.returncode == 1
     assert "another `victoria up`" in out.stderr
@@ -125,21 +111,6 @@ def test_victoria_up_on_a_taken_port_stops_at_once_and_says_why(tmp_path: Path) 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "victoria",
-                "up",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / "data"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        out = run_victoria("up", "--port", str(port), "--data-dir", str(tmp_path / "data"), timeout=30)
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr

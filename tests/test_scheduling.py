@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fakellm import FakeLLM
-from tests.system import System, stream_messages
+from tests.system import System, stream_messages, victoria_up
 from victoria.actors.llm_runner.scheduler import Lease, Scheduler
 from victoria.actors.llm_runner.servers import Registry, _Model
 from victoria.events.contracts import ModelInfo, ModelServerInfo
@@ -151,16 +151,10 @@ def routed(
 ) -> Iterator[System]:
     first, second = two_servers
     first.loaded, second.loaded = "m-a", "m-b"
-    sys_ = System(
-        tmp_path_factory.mktemp("data"),
-        env={
-            "VICTORIA_LLM_URL": f"{first.url},{second.url}",
-            "VICTORIA_WORKSPACE": str(workspace),
-            "VICTORIA_MODEL_MAX_WAIT": "5",
-        },
-    ).start()
-    yield sys_
-    sys_.close()
+    with victoria_up(
+        tmp_path_factory.mktemp("data"), f"{first.url},{second.url}", workspace, VICTORIA_MODEL_MAX_WAIT="5"
+    ).start() as sys_:
+        yield sys_
 
 
 def model_servers(system: System) -> list[dict[str, Any]]:
@@ -236,8 +230,7 @@ def test_two_runner_instances_do_not_swap_a_server_against_each_other(
     tmp_path_factory: pytest.TempPathFactory, workspace: Path
 ) -> None:
     fake = swapping_fake(load_time=0.3, delay=0.15)
-    env = {"VICTORIA_LLM_URL": fake.url, "VICTORIA_WORKSPACE": str(workspace)}
-    sys_ = System(tmp_path_factory.mktemp("data"), env=env).start()
+    sys_ = victoria_up(tmp_path_factory.mktemp("data"), fake, workspace).start()
     second: subprocess.Popen[bytes] | None = None
     try:
         # The first instance is busy with m-a when the second one starts ...

@@ -40,8 +40,8 @@ def test_a_clean_log_passes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "line",
     [
-        # nats-py's error callback, as bus.connect logs it
-        "2026-12-01 WARNING gateway[7] victoria.runtime.bus: nats Error: nats: permissions violation for "
+        # nats-py's error callback, as connection.connect logs it
+        "2026-12-01 WARNING gateway[7] victoria.runtime.connection: nats Error: nats: permissions violation for "
         'publish to "victoria.task.0.t1.completed"\n',
         # the server's own log
         '[9] 2026/12/01 17:18:54.002043 [ERR] 127.0.0.1:46286 - cid:65 - "$G/user:gateway" - Publish '

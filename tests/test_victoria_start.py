@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from tests.system import NatsServer
 from victoria.actors.agent.actor import Victoria
 from victoria.events.contracts import TaskCancelled, TaskCancelRequested, TaskSubmitted, utcnow
-from victoria.runtime import bus
+from victoria.runtime import publish, reads
 from victoria.runtime.config import Config
 
 pytestmark = pytest.mark.usefixtures("strict_loop")
 
 
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await bus.connect(nats_server.url, name="victoria-start-test")
-    await bus.ensure_streams(client.jetstream())
-    yield client
-    await client.close()
-
-
 async def kinds(nc: NATS, task_id: str) -> list[str]:
-    events = await bus.read_task_events(nc.jetstream(), task_id)
+    events = await reads.task_events(nc.jetstream(), task_id)
     return [str(type(event).__struct_config__.tag) for _, event in events]
 
 
@@ -36,13 +26,13 @@ async def test_a_task_cancelled_while_no_victoria_ran_is_not_run_when_one_starts
     reason = "cancelled by request"
     for task_id in ("queued-cancelled", "cancel-only", "untouched"):
         submitted = TaskSubmitted(task_id=task_id, goal="Write a haiku", task_type="agent", ts=before)
-        await bus.append(nc, submitted, key="submitted")
+        await publish.append(nc, submitted, key="submitted")
     # What gateways before fencing wrote for a queued task: the request, and the end. Now they
     # write the request only ("cancel-only"); the first Victoria to take the task ends it.
-    await bus.append(nc, TaskCancelRequested(task_id="queued-cancelled", reason=reason), key="cancel")
+    await publish.append(nc, TaskCancelRequested(task_id="queued-cancelled", reason=reason), key="cancel")
     ended = TaskCancelled(task_id="queued-cancelled", reason=reason, attempts=0)
-    await bus.append(nc, ended, key="terminal")
-    await bus.append(nc, TaskCancelRequested(task_id="cancel-only", reason=reason), key="cancel")
+    await publish.append(nc, ended, key="terminal")
+    await publish.append(nc, TaskCancelRequested(task_id="cancel-only", reason=reason), key="cancel")
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test", "VICTORIA_ACK_WAIT": "30"}))
     await victoria.start()
@@ -75,7 +65,7 @@ async def test_markers_no_model_request_carried_are_stored_in_order_before_the_n
 
     victoria = Victoria(nc, Config.from_env({"VICTORIA_INSTANCE": "v-test"}))
     task = TaskSubmitted(task_id="markers", goal="g")
-    submitted = await bus.append(nc, task, key="submitted")
+    submitted = await publish.append(nc, task, key="submitted")
     history = TaskHistory(task.task_id)
     history.apply(task, submitted.seq)
     writer = TaskWriter(nc, task.task_id, attempt=1, expected=submitted.seq)
@@ -86,6 +76,6 @@ async def test_markers_no_model_request_carried_are_stored_in_order_before_the_n
     await ctx.stage("thinking")
     assert await kinds(nc, "markers") == ["task_submitted", "task_started", "task_stage"]
     await ctx.flush_markers()
-    events = await bus.read_task_events(nc.jetstream(), "markers")
+    events = await reads.task_events(nc.jetstream(), "markers")
     assert [getattr(event, "stage", None) for _, event in events][-2:] == ["looking", "thinking"]
     ctx.end_stage()

@@ -194,20 +194,20 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return process.run(supervisor.run())
     if command == "gateway":
         from victoria.gateway.server import serve
-        from victoria.runtime import bus
+        from victoria.runtime import connection
 
         log_handler = logs.setup("gateway", config.log_level, instance=config.instance)
-        url = bus.resolve_nats_url(config, args.nats_url)
+        url = connection.resolve_nats_url(config, args.nats_url)
         host = args.host or config.host
         port = args.port if args.port is not None else config.port
         return process.run(
             serve(config, url, host=host, port=port, insecure=args.insecure, log_handler=log_handler)
         )
     if command == "actor":
-        from victoria.runtime import bus
+        from victoria.runtime import connection
 
         log_handler = logs.setup(args.name, config.log_level, instance=config.instance)
-        url = bus.resolve_nats_url(config, args.nats_url)
+        url = connection.resolve_nats_url(config, args.nats_url)
         factory = _actor_factory(args.name)
         return process.run(process.serve_actor(factory, config, url, name=args.name, log_handler=log_handler))
     if command in ("db", "experts", "projects"):
@@ -245,13 +245,13 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return client.status(target, args.task_id)
         return client.cancel(target, args.task_id)
     if command == "setup":
-        from victoria.runtime import bus, logs, setup
+        from victoria.runtime import connection, logs, setup
 
         logs.setup("setup", config.log_level, instance=config.instance)
-        return process.run(setup.run(config, bus.resolve_nats_url(config, args.nats_url)))
+        return process.run(setup.run(config, connection.resolve_nats_url(config, args.nats_url)))
     if command == "nats-env":
         from victoria.errors import ConfigError
-        from victoria.runtime import bus, credentials
+        from victoria.runtime import connection, credentials
         from victoria.runtime.natsserver import config_path
 
         if args.role is not None:
@@ -261,7 +261,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
                     "--as",
                     f"no NATS user {args.role!r} in {config.nats_credentials_file} (`victoria up` makes it)",
                 )
-            url = credentials.without_credentials(bus.resolve_nats_url(config))
+            url = credentials.without_credentials(connection.resolve_nats_url(config))
             print(f"export NATS_URL={url} NATS_USER={args.role} NATS_PASSWORD={known[args.role]}", flush=True)
             return 0
         users = credentials.load_or_create(config.nats_credentials_file)
@@ -277,9 +277,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return story.watch_task(target, args.subject)
     if command == "watch":
         from victoria import watch
-        from victoria.runtime import bus, credentials
+        from victoria.runtime import connection, credentials
 
-        url = bus.resolve_nats_url(config, args.nats_url)
+        url = connection.resolve_nats_url(config, args.nats_url)
         auth = credentials.for_role(config, "observer", url)
         return process.run(watch.watch(url, args.subject, raw=args.raw, auth=auth))
     raise AssertionError(command)

@@ -9,7 +9,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from victoria.runtime import bus, credentials
+from victoria.runtime import connection, credentials
 from victoria.runtime.process import wait_for_stop
 
 _SKIP = {"type", "v", "ts", "task_id", "messages"}
@@ -44,7 +44,7 @@ def render(subject: str, data: bytes) -> str:
 async def watch(url: str, subject: str, *, raw: bool, auth: credentials.Auth | None = None) -> int:
     """Print what arrives on ``subject``; ``auth``: how to connect (the ``observer`` user, read-only)."""
     auth = auth or credentials.Auth()
-    nc = await bus.connect(
+    nc = await connection.connect(
         url, name="watch", user=auth.user, password=auth.password, creds_file=auth.creds_file
     )
 

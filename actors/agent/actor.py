@@ -30,7 +30,7 @@ from victoria.errors import CancelRequested, TaskAborted, TaskLost
 from victoria.events import contracts, subjects, tools
 from victoria.events.codec import encode, files_reply_decoder, service_decoder
 from victoria.events.fold import TaskHistory, stage_key
-from victoria.runtime import bus, tracing
+from victoria.runtime import publish, reads, tracing
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
@@ -78,7 +78,7 @@ class Victoria(Actor):
 
     # --- bus callbacks ---------------------------------------------------------------------------
     async def on_result(self, msg: Msg) -> None:
-        event = bus.decode_task_event(msg.data, msg.subject)
+        event = reads.decode_task_event(msg.data, msg.subject)
         if isinstance(event, contracts.LLMResult):
             for future in self.waiters.get((event.task_id, event.request_id), ()):
                 if not future.done():
@@ -92,7 +92,7 @@ class Victoria(Actor):
         runs = self.running.get(task_id)
         if not runs:
             return  # not running here; the attempt that runs it or the next one to start ends it
-        event = bus.decode_task_event(msg.data, msg.subject)
+        event = reads.decode_task_event(msg.data, msg.subject)
         reason = getattr(event, "reason", None) or "cancelled by request"
         self.cancel_reasons[task_id] = reason
         log.info("task %s cancel requested", task_id)
@@ -119,13 +119,13 @@ class Victoria(Actor):
 
     # --- one delivery --------------------------------------------------------------------------
     async def _handle(self, msg: Msg) -> None:
-        event = bus.decode_task_event(msg.data, msg.subject)
+        event = reads.decode_task_event(msg.data, msg.subject)
         if not isinstance(event, contracts.TaskSubmitted):
-            await bus.dead_letter(self.js, "victoria", msg, "not a task_submitted event")
+            await publish.dead_letter(self.js, "victoria", msg, "not a task_submitted event")
             await msg.term()
             return
         task = event
-        attempt = bus.delivery_count(msg)
+        attempt = reads.delivery_count(msg)
         parent = tracing.context_from(msg.headers, task.traceparent)
         span = tracing.tracer().start_span(
             "task",
@@ -146,11 +146,11 @@ class Victoria(Actor):
     async def _attempt(self, msg: Msg, task: contracts.TaskSubmitted, attempt: int, span: Span) -> str:
         """One delivery of one task; returns what became of it, for the span and the log."""
         writer = TaskWriter(
-            self.nc, task.task_id, attempt=attempt, expected=bus.stream_sequence(msg), fenced=self.fenced
+            self.nc, task.task_id, attempt=attempt, expected=reads.stream_sequence(msg), fenced=self.fenced
         )
         try:
             history = await self._history(task, attempt, writer)
-            reads = 1
+            tries = 1
             while True:
                 try:
                     ended = await self._settle(msg, task, attempt, history, writer)
@@ -170,10 +170,10 @@ class Victoria(Actor):
                 except TaskLost:
                     # Written between this attempt's read and its claim: by an older attempt that
                     # has not noticed yet (read again and claim on top), or by a newer one.
-                    if attempt == 1 or reads >= CLAIM_TRIES:
+                    if attempt == 1 or tries >= CLAIM_TRIES:
                         raise
                     history = await self._read(task)
-                    reads += 1
+                    tries += 1
                     if history.attempts > attempt:
                         raise
                     writer.restart_from(history.own_seq)
@@ -194,14 +194,14 @@ class Victoria(Actor):
         history = TaskHistory(task.task_id)
         history.apply(task, writer.expected)
         if not self.fenced:
-            cancel = await bus.last_task_event(self.js, task.task_id, "cancel")
+            cancel = await reads.last_task_event(self.js, task.task_id, "cancel")
             if isinstance(cancel, contracts.TaskCancelRequested):
                 history.apply(cancel)
         return history
 
     async def _read(self, task: contracts.TaskSubmitted) -> TaskHistory:
         history = TaskHistory(task.task_id)
-        for seq, event in await bus.read_task_events(self.js, task.task_id):
+        for seq, event in await reads.task_events(self.js, task.task_id):
             history.apply(event, seq)
         if history.submitted is None:
             history.apply(task)
@@ -231,7 +231,7 @@ class Victoria(Actor):
             if isinstance(await self._finish(failed, history, writer), contracts.TaskCancelled):
                 await msg.ack()
                 return "cancelled"
-            await bus.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
+            await publish.dead_letter(self.js, "victoria", msg, error, task_id=task.task_id)
             await msg.term()
             return "max_attempts"
         if self._remaining(task) <= 0:
@@ -499,7 +499,7 @@ class _Context:
                     break
                 except TimeoutError:
                     # A result published while we were disconnected is in the stream all the same.
-                    stored = await bus.last_llm_result(self.actor.js, self.task.task_id, request_id)
+                    stored = await reads.last_llm_result(self.actor.js, self.task.task_id, request_id)
                     if stored is not None:
                         result = stored
                         break

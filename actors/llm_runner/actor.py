@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from typing import ClassVar, Final, assert_never
+from typing import Any, ClassVar, Final, assert_never
 
 import aiohttp
 import msgspec
@@ -33,10 +33,10 @@ from victoria.actors.llm_runner.share import Share
 from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
 from victoria.events import contracts, subjects
 from victoria.events.codec import encode
-from victoria.runtime import bus, tracing
+from victoria.runtime import fence, reads, tracing
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
-from victoria.runtime.consumer import WorkConsumer
+from victoria.runtime.consumer import WorkConsumer, delivered_event
 from victoria.runtime.context import current_task_id, current_trace_id
 from victoria.runtime.images import ImageStore
 from victoria.runtime.protocol import AckSubject, parse_ack_subject
@@ -177,17 +177,17 @@ class LLMRunner(Actor):
         )
         while loop.time() < deadline:
             await asyncio.sleep(HOLDING_POLL)
-            if await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None:
+            if await reads.last_llm_result(self.js, event.task_id, event.request_id) is not None:
                 return True
             if await self._held_elsewhere(event) is None:
-                return await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None
+                return await reads.last_llm_result(self.js, event.task_id, event.request_id) is not None
         return False
 
     async def _handle(self, msg: Msg) -> None:
-        event = bus.decode_task_event(msg.data, msg.subject)
-        if not isinstance(event, contracts.LLMRequested):
-            await bus.dead_letter(self.js, "llm-runner", msg, "not an llm_requested event")
-            await msg.term()
+        event = await delivered_event(
+            self.js, msg, contracts.LLMRequested, consumer="llm-runner", reason="not an llm_requested event"
+        )
+        if event is None:
             return
         task_token = current_task_id.set(event.task_id)
         trace_token = current_trace_id.set(tracing.trace_id_in((msg.headers or {}).get("traceparent")))
@@ -199,7 +199,7 @@ class LLMRunner(Actor):
 
     async def _answer(self, msg: Msg, event: contracts.LLMRequested) -> None:
         ack = parse_ack_subject(msg.reply)
-        deliveries = ack.delivered if ack is not None else bus.delivery_count(msg)
+        deliveries = ack.delivered if ack is not None else reads.delivery_count(msg)
         unwanted = await self._unwanted(event, msg, ack)
         if unwanted is not None:
             log.info(
@@ -241,7 +241,7 @@ class LLMRunner(Actor):
                 instance=self.instance,
             )
         else:
-            seq = ack.stream_seq if ack is not None else bus.stream_sequence(msg)
+            seq = ack.stream_seq if ack is not None else reads.stream_sequence(msg)
             call = asyncio.ensure_future(self._scheduled(event, msg, seq))
             calls = self._calls[event.task_id]
             calls.add(call)
@@ -268,7 +268,7 @@ class LLMRunner(Actor):
                 return
             result = scheduled
         result = msgspec.structs.replace(result, purpose=event.purpose)  # what it answers, for readers
-        if not await bus.append_result(self.nc, result, headers=_trace_headers(msg)):
+        if not await fence.append_result(self.nc, result, headers=_trace_headers(msg)):
             log.info(
                 "task %s request %s: an answer is stored already; this one is dropped",
                 event.task_id,
@@ -294,35 +294,26 @@ class LLMRunner(Actor):
             self.scheduler.release(lease)
 
     def _on_wait(self, waiter: Waiter, place: int) -> None:
-        self._progress(
-            contracts.ModelWait(
-                task_id=waiter.task_id,
-                request_id=waiter.request_id,
-                model=waiter.model,
-                place=place,
-                instance=self.instance,
-                waited_s=round(time.monotonic() - waiter.since, 2),
-            )
-        )
+        self._progress(waiter, place=place, waited_s=round(time.monotonic() - waiter.since, 2))
 
     def _on_admit(self, waiter: Waiter, slot: Slot) -> None:
         if not waiter.noticed:
             return  # placed before anybody was told it waits
-        self._progress(
-            contracts.ModelWait(
-                task_id=waiter.task_id,
-                request_id=waiter.request_id,
-                model=waiter.model,
-                waiting=False,
-                server=slot.spec.url,
-                instance=self.instance,
-            )
-        )
+        self._progress(waiter, waiting=False, server=slot.spec.url)
         for other in self.scheduler.waiting:  # those behind it move up
             if other.model == waiter.model and other is not waiter:
                 self.scheduler.notice(other)
 
-    def _progress(self, wait: contracts.ModelWait) -> None:
+    def _progress(self, waiter: Waiter, **said: Any) -> None:
+        """Tell the waiter's task where its model call stands: ``said`` are more fields of
+        ``contracts.ModelWait`` (``place``, ``waiting``, ...)."""
+        wait = contracts.ModelWait(
+            task_id=waiter.task_id,
+            request_id=waiter.request_id,
+            model=waiter.model,
+            instance=self.instance,
+            **said,
+        )
         if not wait.task_id or not self.nc.is_connected:
             return
         task = asyncio.ensure_future(self.nc.publish(subjects.progress(wait.task_id), encode(wait)))
@@ -352,15 +343,15 @@ class LLMRunner(Actor):
         )
         if fresh:
             return self._ended.get(event.task_id)
-        seq = ack.stream_seq if ack is not None else bus.stream_sequence(msg)
-        if redelivered and await bus.last_llm_result(self.js, event.task_id, event.request_id) is not None:
+        seq = ack.stream_seq if ack is not None else reads.stream_sequence(msg)
+        if redelivered and await reads.last_llm_result(self.js, event.task_id, event.request_id) is not None:
             return "it is answered already"
         return await self._read_unwanted(event, seq)
 
     async def _read_unwanted(self, event: contracts.LLMRequested, seq: int) -> str | None:
         """What came after the request (stored at ``seq``) in the task's history, if it makes the
         request unwanted (one direct get)."""
-        last = await bus.last_history_event(self.js, event.task_id)
+        last = await reads.last_history_event(self.js, event.task_id)
         if last is None or last[0] <= seq:
             return None
         later_seq, later = last

@@ -69,6 +69,8 @@ class Registry:
         self.models: dict[str, dict[str, _Model]] = {key: {} for key in scheduler.slots}
         self._task: asyncio.Task[None] | None = None
         self._written: dict[str, tuple[bytes, float]] = {}
+        self.listed: dict[str, set[str]] = {key: set() for key in scheduler.slots}
+        """Server -> the models it listed at its last look."""
         self.errors: dict[str, str | None] = {}
         """Server -> why its last look failed (None: it answered)."""
         for slot in scheduler.slots.values():
@@ -133,6 +135,7 @@ class Registry:
             self.scheduler.server_down(slot)
         else:
             self.errors[slot.key] = None
+            self.listed[slot.key] = set(names)
             if slot.spec.models is None and names:
                 slot.models = {*names, *_aliases(names)}
             if not slot.up:
@@ -191,6 +194,7 @@ class Registry:
                     calls=len(samples),
                     ttft_s=round(statistics.median(ttfts), 4) if ttfts else None,
                     tokens_per_s=round(statistics.median(rates), 1) if rates else None,
+                    listed=name in self.listed[slot.key] or name in (slot.spec.models or ()),
                 )
             )
         return ModelServerInfo(

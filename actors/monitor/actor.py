@@ -62,18 +62,8 @@ class _Entry:
     version: str | None = None
 
     def view(self) -> ServiceEntry:
-        return ServiceEntry(
-            name=self.name,
-            instance=self.instance,
-            pid=self.pid,
-            status=self.status,
-            reason=self.reason,
-            restarts=self.restarts,
-            last_seen=self.last_seen,
-            rss_bytes=self.rss_bytes,
-            in_flight=self.in_flight,
-            version=self.version,
-        )
+        """The entry as ``/services`` shows it: its fields of the same names."""
+        return msgspec.convert(self, ServiceEntry, from_attributes=True)
 
 
 class Monitor(Actor):
@@ -256,14 +246,9 @@ class Monitor(Actor):
             pass
         except Exception as exc:  # NATS away: publish it all the same
             log.debug("last service_started of %s/%s not read: %s", beat.name, beat.instance, exc)
-        event = ServiceStarted(
-            name=beat.name,
-            instance=beat.instance,
-            pid=beat.pid,
-            version=beat.version,
-            restarts=beat.restarts,
-            ts=beat.started_at,
-        )
+        # The beat's own fields, and the start of its process as the event's time.
+        said = {name: getattr(beat, name) for name in ("name", "instance", "pid", "version", "restarts")}
+        event = ServiceStarted(ts=beat.started_at, **said)
         msg_id = f"started:{beat.name}:{beat.instance}:{beat.pid}:{beat.started_at.timestamp():.6f}"
         try:
             await self.js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})

@@ -40,21 +40,17 @@ class ProbeState:
 
     def record(self, error: str | None) -> Literal["up", "down"] | None:
         """Count one result; return the new status if it flipped."""
-        if error is None:
-            self.successes += 1
-            self.failures = 0
-            self.last_error = None
-            if self.status != "up" and self.successes >= self.spec.success_threshold:
-                self.status = "up"
-                return "up"
-        else:
-            self.failures += 1
-            self.successes = 0
-            self.last_error = error
-            if self.status != "down" and self.failures >= self.spec.failure_threshold:
-                self.status = "down"
-                return "down"
-        return None
+        ok = error is None
+        self.successes = self.successes + 1 if ok else 0
+        self.failures = 0 if ok else self.failures + 1
+        self.last_error = error
+        status: Literal["up", "down"] = "up" if ok else "down"
+        count = self.successes if ok else self.failures
+        threshold = self.spec.success_threshold if ok else self.spec.failure_threshold
+        if self.status == status or count < threshold:
+            return None
+        self.status = status
+        return status
 
 
 def redact(dsn: str) -> str:

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 
 from victoria.errors import ConfigError
 from victoria.events import contracts, subjects
-from victoria.runtime import bus, db
+from victoria.runtime import db, reads
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
@@ -126,10 +126,10 @@ class Projector(Actor):
     async def _handle(self, msg: Msg) -> None:
         # PostgreSQL text and jsonb cannot hold U+0000, which JSON (and so an event) can.
         data = without_nul(msg.data) if b"\\u0000" in msg.data else msg.data
-        event = bus.decode_task_event(data, msg.subject)
+        event = reads.decode_task_event(data, msg.subject)
         ack = parse_ack_subject(msg.reply)
         if event is None or ack is None:
-            await msg.ack()  # nothing to project (bus.decode_task_event logged it)
+            await msg.ack()  # nothing to project (reads.decode_task_event logged it)
             return
         await self.migrated.wait()
         try:

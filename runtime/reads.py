@@ -1,0 +1,214 @@
+"""Reading what the streams hold: the stored messages of a filter (``Scan``), one task's history,
+the last event of a kind (direct gets), and what a delivered message says of itself.
+
+``Scan`` is the one way to read a range of a stream: the gateway's task list and log pages, a
+task's history (``task_events``) and the test helpers all go through it. Live feeds (the gateway's
+views, a followed task, the monitor's heartbeats) are subscriptions, not scans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+from victoria.events import subjects
+from victoria.events.codec import task_decoder
+from victoria.events.contracts import AnyTaskEvent, LLMResult
+from victoria.runtime.protocol import parse_ack_subject
+
+log = logging.getLogger(__name__)
+
+SCAN_WAIT: Final = 5.0  # seconds a scan waits for the next batch of messages it knows are stored
+SCAN_BATCH: Final = 256  # messages one pull request of a scan asks for
+SCAN_IDLE: Final = 30.0  # seconds after which the server drops a scan's consumer left behind
+NOT_YET_KNOWN: Final = 0.05  # seconds between pull requests that found no consumer to answer them
+
+
+class Scan:
+    """The messages of ``stream`` that match ``subject`` and are stored when the scan starts, oldest
+    first, from the stream's start, from sequence ``start_seq`` or from the time ``start_time``.
+
+    An async context manager (the scan's short-lived consumer lives inside it) and an async
+    iterator over the messages::
+
+        async with Scan(js, stream, subject) as messages:
+            async for msg in messages:
+                ...
+
+    Its consumer's creation reports how many messages match (``pending``), so a filter that
+    matches nothing ends at once instead of after a timeout, and messages stored after the start
+    are not read. ``TimeoutError`` when ``wait`` seconds pass without the next messages: they
+    expired meanwhile, or the stream lost its leader. A caller for whom what was read stands
+    catches it; one that needs every message (a task's history) lets it go up."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subject: str,
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | None = None,
+        wait: float = SCAN_WAIT,
+    ) -> None:
+        if start_seq is not None:
+            policy = jsapi.DeliverPolicy.BY_START_SEQUENCE
+        elif start_time is not None:
+            policy = jsapi.DeliverPolicy.BY_START_TIME
+        else:
+            policy = jsapi.DeliverPolicy.ALL
+        self.js = js
+        self.stream = stream
+        self.config = jsapi.ConsumerConfig(
+            filter_subject=subject,
+            deliver_policy=policy,
+            opt_start_seq=start_seq,
+            opt_start_time=start_time,
+            ack_policy=jsapi.AckPolicy.NONE,
+            inactive_threshold=SCAN_IDLE,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        self.wait = wait
+        self.pending = 0
+        """The messages the scan reads: those that matched when it started."""
+        self._consumer = ""
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._batch: list[Msg] = []
+        self._delivered = 0
+
+    async def __aenter__(self) -> Scan:
+        info = await self.js.add_consumer(self.stream, config=self.config)
+        self._consumer = info.name or ""
+        self.pending = info.num_pending or 0
+        if self.pending:
+            try:
+                self._sub = await self.js.pull_subscribe_bind(stream=self.stream, name=self._consumer)
+            except BaseException:
+                await self._delete()
+                raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            if self._sub is not None:
+                sub, self._sub = self._sub, None
+                await sub.unsubscribe()
+        finally:
+            await self._delete()
+
+    async def _delete(self) -> None:
+        with contextlib.suppress(NotFoundError, TimeoutError, nats.errors.Error):
+            await self.js.delete_consumer(self.stream, self._consumer)
+
+    def __aiter__(self) -> Scan:
+        return self
+
+    async def __anext__(self) -> Msg:
+        if not self._batch:
+            if self._sub is None or self._delivered >= self.pending:
+                raise StopAsyncIteration
+            self._batch = await self._fetch(self._sub, min(SCAN_BATCH, self.pending - self._delivered))
+            self._batch.reverse()
+            self._delivered += len(self._batch)
+        return self._batch.pop()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+        """The next ``batch`` messages, asked again while nobody answers the pull request: in a
+        cluster, the server this connection is on may not know yet of a consumer just made on
+        another (no responders, 503)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while True:
+            try:
+                messages: list[Msg] = await sub.fetch(batch=batch, timeout=max(0.01, deadline - loop.time()))
+                return messages
+            except (ServiceUnavailableError, nats.errors.NoRespondersError):
+                if loop.time() + NOT_YET_KNOWN > deadline:
+                    raise
+                await asyncio.sleep(NOT_YET_KNOWN)
+
+
+async def task_events(js: JetStreamContext, task_id: str) -> list[tuple[int, AnyTaskEvent]]:
+    """Every stored event of one task with its stream sequence, oldest first (an unknown task
+    answers at once). ``TimeoutError`` rather than a history with a hole."""
+    out: list[tuple[int, AnyTaskEvent]] = []
+    async with Scan(js, subjects.task_stream_of(task_id), subjects.task_events(task_id)) as messages:
+        async for msg in messages:
+            event = decode_task_event(msg.data, msg.subject)
+            if event is not None:
+                out.append((stream_sequence(msg), event))
+    return out
+
+
+def stream_sequence(msg: Msg) -> int:
+    """The stream sequence of a message a consumer delivered, read from its reply subject without
+    building the rest of nats-py's ``Metadata`` (a gateway reads it for every event it follows)."""
+    ack = parse_ack_subject(msg.reply)
+    if ack is not None:
+        return ack.stream_seq
+    return msg.metadata.sequence.stream  # nats' own error for a message no consumer delivered
+
+
+def delivery_count(msg: Msg) -> int:
+    """How many times the consumer has delivered this message (1 for a first delivery)."""
+    ack = parse_ack_subject(msg.reply)
+    if ack is not None:
+        return ack.delivered
+    return msg.metadata.num_delivered or 1
+
+
+def decode_task_event(data: bytes, subject: str) -> AnyTaskEvent | None:
+    try:
+        event: AnyTaskEvent = task_decoder.decode(data)
+    except Exception as exc:  # msgspec.DecodeError and friends; a bad message must not be fatal
+        log.warning("undecodable task event on %s: %s", subject, exc)
+        return None
+    return event
+
+
+async def _last(js: JetStreamContext, task_id: str, subject: str) -> jsapi.RawStreamMsg | None:
+    """The newest message of one task on ``subject`` (a wildcard too), or None: one direct get."""
+    try:
+        return await js.get_last_msg(subjects.task_stream_of(task_id), subject, direct=True)
+    except NotFoundError:
+        return None
+
+
+async def last_task_event(js: JetStreamContext, task_id: str, kind: subjects.TaskKind) -> Any | None:
+    """The newest event of one kind for a task, or None (one direct get, no consumer)."""
+    raw = await _last(js, task_id, subjects.task_event(task_id, kind))
+    if raw is None or raw.data is None:
+        return None
+    event: AnyTaskEvent | None = decode_task_event(raw.data, raw.subject or "")
+    return event
+
+
+async def last_llm_result(js: JetStreamContext, task_id: str, request_id: str) -> LLMResult | None:
+    """The stored answer to one model request of a task, or None (one direct get)."""
+    raw = await _last(js, task_id, subjects.llm_result(task_id, request_id))
+    if raw is None:
+        return None
+    event = decode_task_event(raw.data or b"", raw.subject or "")
+    return event if isinstance(event, LLMResult) else None
+
+
+async def last_history_event(js: JetStreamContext, task_id: str) -> tuple[int, AnyTaskEvent | None] | None:
+    """The last event of the task's own history and its stream sequence, or None (one direct get;
+    the event is None when it cannot be decoded)."""
+    raw = await _last(js, task_id, subjects.task_history(task_id))
+    if raw is None:
+        return None
+    return raw.seq or 0, decode_task_event(raw.data or b"", raw.subject or "")
