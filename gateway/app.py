@@ -1,4 +1,5 @@
-"""The HTTP layer's assembly: every route, by path, to the module that answers it.
+"""The HTTP layer's assembly: the routes of the table in ``gateway/routes.py``, each to the module
+that answers it.
 
 - ``legacy``: the old Victoria server's contract (``POST /run``, ``/stream``, ``/plan``,
   ``GET /status``, ``/health``, ``/api/available-models``, the Telegram bot's routes);
@@ -24,12 +25,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from victoria.gateway import dashboard, history, legacy, operations, tasklist, tasklogs, tasks
 from victoria.gateway.admission import RETRY_AFTER, Overloaded
 from victoria.gateway.auth import RequireToken
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.http import json_response, unavailable
 from victoria.gateway.requests import BadRequest
+from victoria.gateway.routes import OPEN_PATHS, OPERATIONS, Operation
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,14 @@ def create_app(state: GatewayState) -> Starlette:
 
         return handle
 
+    def wrap(op: Operation) -> Handler:
+        if op.needs == "backend":
+            return with_backend(op.handler)
+        if op.needs == "state":
+            return with_state(op.handler)
+        handler: Handler = op.handler
+        return handler
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return json_response({"error": "http_error", "detail": exc.detail}, exc.status_code)
@@ -74,38 +83,14 @@ def create_app(state: GatewayState) -> Starlette:
         return json_response({"error": "internal", "detail": type(exc).__name__}, 500)
 
     return Starlette(
-        routes=[
-            # the old server's contract
-            Route("/run", with_backend(legacy.run), methods=["POST"]),
-            Route("/stream", with_backend(legacy.stream), methods=["POST"]),
-            Route("/plan", with_backend(legacy.plan), methods=["POST"]),
-            Route("/status", with_state(legacy.status), methods=["GET"]),
-            Route("/health", with_state(legacy.health), methods=["GET"]),
-            Route("/api/available-models", with_state(legacy.available_models), methods=["GET"]),
-            Route("/api/telegram/register", with_backend(legacy.telegram_register), methods=["POST"]),
-            Route("/api/telegram/heartbeat", with_backend(legacy.telegram_heartbeat), methods=["POST"]),
-            Route("/health/telegram", with_backend(legacy.telegram_health), methods=["GET"]),
-            # one task; the history of all of them
-            Route("/run/status/{task_id}", with_backend(tasks.status), methods=["GET"]),
-            Route("/runs", with_backend(history.runs), methods=["GET"]),
-            Route("/run/{task_id}/cancel", with_backend(tasks.cancel), methods=["POST"]),
-            Route("/run/{task_id}/events", with_backend(tasks.events), methods=["GET"]),
-            # operations
-            Route("/ready", with_state(operations.ready), methods=["GET"]),
-            Route("/services", with_backend(operations.services), methods=["GET"]),
-            Route("/metrics", with_backend(operations.metrics), methods=["GET"]),
-            Route("/openapi.json", operations.openapi, methods=["GET"]),
-            # the dashboard and what it reads beyond the routes above
-            Route("/tasks", with_backend(tasklist.tasks), methods=["GET"]),
-            Route("/tasks/events", with_backend(tasklist.task_events), methods=["GET"]),
-            Route("/run/{task_id}/logs", with_backend(tasklogs.logs), methods=["GET"]),
-            Route("/", dashboard.page, methods=["GET"]),
-            *(Route(path, dashboard.asset, methods=["GET"]) for path in sorted(dashboard.PATHS - {"/"})),
-        ],
+        routes=[Route(op.path, wrap(op), methods=[op.method]) for op in OPERATIONS],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         middleware=[
             Middleware(
-                RequireToken, tokens=state.tokens, on_refusal=lambda: state.metrics.refusal("unauthorized")
+                RequireToken,
+                tokens=state.tokens,
+                open_paths=OPEN_PATHS,
+                on_refusal=lambda: state.metrics.refusal("unauthorized"),
             )
         ],
     )

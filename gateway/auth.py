@@ -35,14 +35,10 @@ import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from victoria.errors import ConfigError
-from victoria.gateway.dashboard import PATHS as DASHBOARD_PATHS
 from victoria.runtime.config import MIN_TOKEN_LENGTH, Config
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS: Final = frozenset({"/health", "/ready", *DASHBOARD_PATHS})
-"""Routes that answer without a token: liveness and readiness probes of orchestrators, and the
-dashboard's page and static files (they hold no data; the routes they read ask for the token)."""
 RELOAD_EVERY: Final = 1.0  # seconds between looks at the tokens file
 REALM: Final = "victoria"
 
@@ -111,7 +107,7 @@ class Tokens:
 
     @property
     def required(self) -> bool:
-        """True when a token is configured: then every route but ``OPEN_PATHS`` asks for one (an
+        """True when a token is configured: then every route but the open ones (``routes.OPEN_PATHS``) asks for one (an
         empty tokens file shuts every client out, which is what removing the last line means)."""
         return bool(self._fixed) or self.path is not None
 
@@ -175,7 +171,7 @@ class RequireToken:
         app: ASGIApp,
         *,
         tokens: Tokens,
-        open_paths: Iterable[str] = OPEN_PATHS,
+        open_paths: Iterable[str],
         on_refusal: Callable[[], None] | None = None,
     ) -> None:
         self.app = app

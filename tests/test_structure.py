@@ -147,3 +147,16 @@ def test_every_match_over_events_ends_in_assert_never() -> None:
             if not ends:
                 broken.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert broken == []
+
+
+def test_the_routes_the_document_and_the_open_paths_come_from_one_table() -> None:
+    from victoria.gateway import dashboard, openapi
+    from victoria.gateway.routes import OPEN_PATHS, OPERATIONS
+
+    # app.py lists no route of its own: it builds them from the table
+    assert 'Route("/' not in (ROOT / "gateway" / "app.py").read_text(encoding="utf-8")
+    assert {"/health", "/ready", *dashboard.PATHS} == OPEN_PATHS
+    paths = openapi.document()["paths"]
+    assert {(op.method.lower(), op.path) for op in OPERATIONS} == {
+        (method, path) for path, item in paths.items() for method in item
+    }

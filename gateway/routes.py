@@ -1,0 +1,426 @@
+"""Every route of the gateway, declared once: the table that builds the Starlette routes
+(``gateway/app.py``), the OpenAPI document (``gateway/openapi.py``, which only renders it) and the
+paths open without a token (``OPEN_PATHS``, for ``RequireToken``).
+
+Each ``Operation`` says its method and path, its handler and what the handler takes (``needs``: the
+``Backend``, NATS and what is built on it, answering 503 while it is not there; the
+``GatewayState``; or nothing), and for the document: its summary, the types it decodes requests with
+and encodes answers with, and every status it can answer. Building the table is cheap; the document
+is built on the first request for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import msgspec
+
+from victoria.events.contracts import AnyTaskEvent, TokenChunk
+from victoria.events.fold import TaskStatus
+from victoria.gateway import dashboard, history, legacy, operations, tasklist, tasklogs, tasks
+from victoria.gateway.requests import (
+    MAX_BODY,
+    MAX_RUN_BODY,
+    PlanQuery,
+    RunQuery,
+    SubmitHeaders,
+)
+from victoria.gateway.requests import (
+    RunBodySchema as RunBody,
+)
+from victoria.gateway.schemas import (
+    Accepted,
+    AvailableModels,
+    CancelRequested,
+    ErrorBody,
+    Health,
+    PlanAnswer,
+    Ready,
+    RunsPage,
+    Services,
+    StreamLine,
+    SystemStatus,
+    TaskLogs,
+    TaskResponse,
+    TasksPage,
+    TaskSummary,
+    TelegramBeat,
+    TelegramHealth,
+    TelegramRegistered,
+)
+
+NAMED_UNIONS: Final[dict[str, Any]] = {
+    "TaskResponse": TaskResponse,
+    "StreamLine": StreamLine,
+    "TaskEvent": AnyTaskEvent | TokenChunk,
+}
+"""Unions that get a component of their own (msgspec inlines them where they are used)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One status a route can answer, and what its body is."""
+
+    status: int
+    description: str
+    body: Any = None
+    """The type of a JSON body; a tuple of types for one of several."""
+    stream: Any = None
+    """For ``text/event-stream``: the type of each event's ``data``."""
+    text: bool = False
+    """Plain text (Prometheus)."""
+    media: str | None = None
+    """Another media type, as a string (the dashboard's page and files)."""
+    retry_after: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    handler: Callable[..., Any]
+    """Its docstring is the operation's description."""
+    answers: tuple[Answer, ...]
+    tag: str
+    body: Any = None
+    query: type[msgspec.Struct] | None = None
+    headers: type[msgspec.Struct] | None = None
+    open: bool = False
+    """Answers without a token (liveness and readiness probes, the dashboard's files)."""
+    needs: Literal["backend", "state", "nothing"] = "backend"
+    """What the handler takes besides the request."""
+
+
+_UNAVAILABLE: Final = Answer(
+    503,
+    "NATS is not connected or did not answer (`unavailable`): retry after `Retry-After` seconds",
+    ErrorBody,
+    retry_after=True,
+)
+_OVERLOADED: Final = Answer(
+    503,
+    "NATS is not connected or did not answer (`unavailable`), or too many tasks are queued or running "
+    "(`overloaded`, `VICTORIA_MAX_TASKS_IN_FLIGHT`): retry after `Retry-After` seconds",
+    ErrorBody,
+    retry_after=True,
+)
+_BAD_JSON: Final = Answer(400, "The body is not JSON, or it is empty where a goal is needed", ErrorBody)
+_INVALID: Final = Answer(
+    422, "A field, parameter or header is missing, empty or not what it must be; `field` names it", ErrorBody
+)
+_NOT_FOUND: Final = Answer(404, "No task has this id", ErrorBody)
+UNAUTHORIZED: Final = Answer(
+    401,
+    "No valid API token (a token is asked for when one is configured): send `Authorization: Bearer "
+    "<token>`, or the token as the password of HTTP Basic",
+    ErrorBody,
+)
+
+
+def _too_large(limit: int) -> Answer:
+    return Answer(413, f"The body is over {limit // (1024 * 1024)} MB", ErrorBody)
+
+
+_KEY_SPACE: Final = (
+    " A repeated `Idempotency-Key` on the same route gets the first request's answer, code and "
+    "body (each route has its own keys)."
+)
+_SUBMIT_ERRORS: Final = (_BAD_JSON, _too_large(MAX_RUN_BODY), _INVALID, _OVERLOADED)
+
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    # the old server's contract
+    Operation(
+        "POST",
+        "/run",
+        "Run a goal: its TaskResponse when it ends, or 202 at once with ?async_mode=true",
+        legacy.run,
+        (
+            Answer(
+                200,
+                "The task ended: the old server's `TaskResponse`." + _KEY_SPACE,
+                (TaskResponse, PlanAnswer),
+            ),
+            Answer(202, "Accepted (`?async_mode=true`), or still running when `?wait=` passed", Accepted),
+            *_SUBMIT_ERRORS,
+        ),
+        "old server",
+        body=RunBody,
+        query=RunQuery,
+        headers=SubmitHeaders,
+    ),
+    Operation(
+        "POST",
+        "/stream",
+        "Run a goal, and follow it as server-sent events",
+        legacy.stream,
+        (
+            Answer(
+                200,
+                "One `data: {json}` line per event (`StreamLine`): `start`, `step`, `chunk`, `error`, and "
+                "always a last `end` with the `TaskResponse` fields. A repeated `Idempotency-Key` streams "
+                "the same task again (a stream is not kept).",
+                (TaskResponse, PlanAnswer),
+                stream=StreamLine,
+            ),
+            Answer(202, "A repeated `Idempotency-Key` whose first answer was a 202", Accepted),
+            *_SUBMIT_ERRORS,
+        ),
+        "old server",
+        body=RunBody,
+        headers=SubmitHeaders,
+    ),
+    Operation(
+        "POST",
+        "/plan",
+        "Understand and plan a goal, no steps",
+        legacy.plan,
+        (
+            Answer(
+                200,
+                "The plan; the `TaskResponse` when the task did not complete." + _KEY_SPACE,
+                (PlanAnswer, TaskResponse),
+            ),
+            Answer(202, "Still planning when `?wait=` passed", Accepted),
+            *_SUBMIT_ERRORS,
+        ),
+        "old server",
+        body=RunBody,
+        query=PlanQuery,
+        headers=SubmitHeaders,
+    ),
+    Operation(
+        "GET",
+        "/status",
+        "What is true of this system now",
+        legacy.status,
+        (Answer(200, "The system's status", SystemStatus),),
+        "old server",
+        needs="state",
+    ),
+    Operation(
+        "GET",
+        "/health",
+        "This gateway's liveness",
+        legacy.health,
+        (Answer(200, "Alive", Health),),
+        "old server",
+        open=True,
+        needs="state",
+    ),
+    Operation(
+        "GET",
+        "/api/available-models",
+        "The models of the configured model server",
+        legacy.available_models,
+        (Answer(200, "The models; `error` when the model server did not answer", AvailableModels),),
+        "old server",
+        needs="state",
+    ),
+    Operation(
+        "POST",
+        "/api/telegram/register",
+        "A Telegram bot says it is there",
+        legacy.telegram_register,
+        (
+            Answer(200, "Registered: watched from now on like any service", TelegramRegistered),
+            _BAD_JSON,
+            _too_large(MAX_BODY),
+            _INVALID,
+            _UNAVAILABLE,
+        ),
+        "old server",
+        body=legacy.BotBeat,
+    ),
+    Operation(
+        "POST",
+        "/api/telegram/heartbeat",
+        "A Telegram bot's heartbeat",
+        legacy.telegram_heartbeat,
+        (
+            Answer(200, "Beat recorded", TelegramBeat),
+            _BAD_JSON,
+            _too_large(MAX_BODY),
+            _INVALID,
+            _UNAVAILABLE,
+        ),
+        "old server",
+        body=legacy.BotBeat,
+    ),
+    Operation(
+        "GET",
+        "/health/telegram",
+        "The Telegram bot's health, from its last heartbeat",
+        legacy.telegram_health,
+        (Answer(200, "The bot's health", TelegramHealth), _UNAVAILABLE),
+        "old server",
+    ),
+    # one task; the history of all of them
+    Operation(
+        "GET",
+        "/run/status/{task_id}",
+        "A task's status object",
+        tasks.status,
+        (
+            Answer(200, "The status object, folded from the task's events", TaskStatus),
+            _NOT_FOUND,
+            _UNAVAILABLE,
+        ),
+        "tasks",
+    ),
+    Operation(
+        "GET",
+        "/runs",
+        "The task history (PostgreSQL), newest first",
+        history.runs,
+        (
+            Answer(200, "A page of the history", RunsPage),
+            _INVALID,
+            Answer(501, "No database is configured (`no_database`)", ErrorBody),
+            Answer(
+                503,
+                "NATS or PostgreSQL did not answer (`unavailable`): retry after `Retry-After` seconds",
+                ErrorBody,
+                retry_after=True,
+            ),
+        ),
+        "tasks",
+        query=history.RunsQuery,
+    ),
+    Operation(
+        "POST",
+        "/run/{task_id}/cancel",
+        "Cancel a task",
+        tasks.cancel,
+        (
+            Answer(200, "The task had ended before: its status object", TaskStatus),
+            Answer(202, "Cancel recorded: the task's status is `cancelled` from now on", CancelRequested),
+            _NOT_FOUND,
+            _UNAVAILABLE,
+        ),
+        "tasks",
+    ),
+    Operation(
+        "GET",
+        "/run/{task_id}/events",
+        "A task's events, from the first, then live",
+        tasks.events,
+        (
+            Answer(
+                200,
+                "Server-sent events: each stored event as `id: <stream sequence>`, `event: <its type>`, "
+                "`data: <the event>`, the model's words as `event: token_chunk`, comments to keep the "
+                "connection alive; the terminal event last, then the stream closes. Each `data` is a "
+                "`TaskEvent`.",
+                stream=NAMED_UNIONS["TaskEvent"],
+            ),
+            _NOT_FOUND,
+            _UNAVAILABLE,
+        ),
+        "tasks",
+    ),
+    # operations
+    Operation(
+        "GET",
+        "/ready",
+        "Readiness: NATS and the task streams answer",
+        operations.ready,
+        (Answer(200, "Ready", Ready), Answer(503, "Not ready yet", Ready, retry_after=True)),
+        "operations",
+        open=True,
+        needs="state",
+    ),
+    Operation(
+        "GET",
+        "/services",
+        "The actors' instances and the probed dependencies",
+        operations.services,
+        (
+            Answer(200, "The service monitor's view", Services),
+            Answer(
+                503,
+                "NATS or the service monitor did not answer (`unavailable`): retry after `Retry-After` seconds",
+                ErrorBody,
+                retry_after=True,
+            ),
+        ),
+        "operations",
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "Prometheus metrics",
+        operations.metrics,
+        (Answer(200, "Prometheus text exposition format 0.0.4", text=True), _UNAVAILABLE),
+        "operations",
+    ),
+    Operation(
+        "GET",
+        "/openapi.json",
+        "This document",
+        operations.openapi,
+        (Answer(200, "The OpenAPI 3.1 document of this gateway", dict[str, Any]),),
+        "operations",
+        needs="nothing",
+    ),
+    # the dashboard
+    Operation(
+        "GET",
+        "/tasks",
+        "The tasks this gateway has seen, newest first (no database needed)",
+        tasklist.tasks,
+        (Answer(200, "The tasks, filtered", TasksPage), _INVALID, _UNAVAILABLE),
+        "dashboard",
+        query=tasklist.TasksQuery,
+    ),
+    Operation(
+        "GET",
+        "/tasks/events",
+        "Every task's changes, live",
+        tasklist.task_events,
+        (
+            Answer(
+                200,
+                "Server-sent events: `event: task` with the task's line (`TaskSummary`) each time its "
+                "status, stage or attempt changes; comments to keep the connection alive. Never ends.",
+                stream=TaskSummary,
+            ),
+            _UNAVAILABLE,
+        ),
+        "dashboard",
+    ),
+    Operation(
+        "GET",
+        "/run/{task_id}/logs",
+        "A task's log records",
+        tasklogs.logs,
+        (
+            Answer(200, "The records, oldest first", TaskLogs),
+            _INVALID,
+            _NOT_FOUND,
+            _UNAVAILABLE,
+        ),
+        "dashboard",
+        query=tasklogs.LogsQuery,
+    ),
+    *(
+        Operation(
+            "GET",
+            path,
+            "The dashboard" if path == "/" else f"The dashboard's {dashboard.FILES[path][0]}",
+            dashboard.page if path == "/" else dashboard.asset,
+            (Answer(200, "The file", media=dashboard.FILES[path][1].split(";")[0]),),
+            "dashboard",
+            open=True,
+            needs="nothing",
+        )
+        for path in sorted(dashboard.PATHS)
+    ),
+)
+
+
+OPEN_PATHS: Final = frozenset(op.path for op in OPERATIONS if op.open)
+"""The paths that answer without a token: liveness and readiness probes of orchestrators, and the
+dashboard's page and files (they hold no data; the routes they read ask for the token)."""
