@@ -7,9 +7,9 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from victoria.errors import ConfigError
 from victoria.runtime import modelservers
@@ -208,116 +208,410 @@ def _instance(raw: str) -> str:
     return raw
 
 
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration field as the environment gives it: the variable, its default (``shown``
+    as README's configuration table shows it), how its text is read, and what it means."""
+
+    variable: str
+    default: object
+    parse: Callable[[str], object]
+    what: str
+    """What a good value is, for the error that names the variable."""
+    doc: str
+    shown: str | None = None
+    """The default as README shows it, where it is not the value itself (a path, the host name)."""
+    secret: bool = False
+    read: Callable[[Mapping[str, str]], object] | None = None
+    """Reads the value from the whole environment, for a field that needs more than its variable."""
+
+    def value(self, env: Mapping[str, str]) -> object:
+        if self.read is not None:
+            return self.read(env)
+        default = self.default(env) if callable(self.default) else self.default
+        return _get(env, self.variable, default, self.parse, self.what, secret=self.secret)
+
+    @property
+    def default_text(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        if isinstance(self.default, str) and not self.default.isdigit():
+            return f"`{self.default}`"
+        return str(self.default)
+
+
+def _setting(
+    variable: str,
+    default: object,
+    parse: Callable[[str], object],
+    what: str,
+    doc: str,
+    *,
+    shown: str | None = None,
+    secret: bool = False,
+    read: Callable[[Mapping[str, str]], object] | None = None,
+    repr: bool = True,
+) -> Any:
+    """A dataclass field declared once: its variable, default, parser and one line of doc."""
+    meta = {"setting": Setting(variable, default, parse, what, doc, shown, secret, read)}
+    if callable(default) or read is not None:
+        return field(metadata=meta, repr=repr)
+    return field(default=default, metadata=meta, repr=repr)
+
+
+def settings() -> list[tuple[str, Setting]]:
+    """Every configured field with its setting, in declaration order."""
+    return [(f.name, f.metadata["setting"]) for f in fields(Config) if "setting" in f.metadata]
+
+
+_SECONDS: Final = "seconds"
+_COUNT: Final = "a count"
+
+
+def _servers_part(part: int) -> Callable[[Mapping[str, str]], object]:
+    return lambda env: _model_servers(env)[part]
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("VICTORIA_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("VICTORIA_LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return level
+
+
+def _postgres(env: Mapping[str, str]) -> str | None:
+    name = "VICTORIA_POSTGRES_DSN" if env.get("VICTORIA_POSTGRES_DSN", "").strip() else "DATABASE_URL"
+    return _get(env, name, None, _dsn, "a postgresql:// DSN")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
-    nats_url: str | None
-    """NATS_URL: the broker. None means: find it in the data dir (or, for ``up``, start one)."""
-    data_dir: Path
-    """VICTORIA_DATA_DIR: JetStream store, the NATS URL file and server log of ``victoria up``."""
-    nats_user: str | None = None
-    """VICTORIA_NATS_USER: the NATS user to connect as (with VICTORIA_NATS_PASSWORD). ``victoria up``
-    gives each process it starts its own; alone, a process takes its role's entry in the data dir's
-    ``nats-credentials.json`` when this is unset (``victoria.runtime.credentials``)."""
-    nats_password: str | None = field(default=None, repr=False)
-    """VICTORIA_NATS_PASSWORD: that user's password."""
-    nats_creds: Path | None = None
-    """VICTORIA_NATS_CREDS: a NATS creds file (JWT and NKey seed) to connect with instead."""
-    llm_url: str = DEFAULT_LLM_URL
-    """VICTORIA_LLM_URL: base URL of the model server."""
-    llm_api: Literal["ollama", "openai"] = "ollama"
-    """VICTORIA_LLM_API: ``ollama`` (/api/chat) or ``openai`` (/v1/chat/completions)."""
-    model: str = DEFAULT_MODEL
-    """VICTORIA_MODEL: the model used when a task names none."""
-    llm_timeout: float = DEFAULT_LLM_TIMEOUT
-    """VICTORIA_LLM_TIMEOUT: seconds one model call may take, waiting for the server included."""
-    task_deadline: float = DEFAULT_TASK_DEADLINE
-    """VICTORIA_TASK_DEADLINE: seconds one task may take from submission."""
-    workspace: Path
-    """VICTORIA_WORKSPACE: the only directory Veronica's tools can see."""
-    delegate_timeout: float = DEFAULT_DELEGATE_TIMEOUT
-    """DELEGATE_VERONICA_TIMEOUT: seconds Victoria waits for Veronica before doing the work herself."""
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    """VICTORIA_MAX_ATTEMPTS: deliveries of one task before it fails for good."""
-    ack_wait: float = DEFAULT_ACK_WAIT
-    """VICTORIA_ACK_WAIT: seconds without progress (an in-progress ack every quarter of it) before a
-    task or model request goes to another instance. Fencing makes a short one safe: a holder that
-    was only slow loses the task cleanly."""
-    dedup_window: float = DEFAULT_DEDUP_WINDOW
-    """VICTORIA_DEDUP_WINDOW: seconds the task streams remember an append's ``Nats-Msg-Id``
-    (JetStream's ``duplicate_window``), set when the streams are created."""
-    allow_unfenced: bool = False
-    """VICTORIA_ALLOW_UNFENCED: run on a nats-server older than 2.11, which cannot fence appends."""
-    instance: str
-    """VICTORIA_INSTANCE: this process's instance name in /services (default: the host name)."""
-    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
-    """VICTORIA_HEARTBEAT_INTERVAL: seconds between heartbeats."""
-    concurrency: int = DEFAULT_CONCURRENCY
-    """VICTORIA_CONCURRENCY: tasks one Victoria instance runs at once."""
-    llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
-    """VICTORIA_LLM_CONCURRENCY: model calls one LLM runner instance makes at once."""
-    host: str = DEFAULT_HOST
-    """VICTORIA_HOST: the gateway's listen address."""
-    port: int = DEFAULT_PORT
-    """VICTORIA_PORT: the gateway's listen port."""
-    gateway_url: str = DEFAULT_GATEWAY_URL
-    """VICTORIA_URL: where ``victoria run`` and ``status`` find the gateway."""
-    log_level: str = "INFO"
-    """VICTORIA_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
-    restart_backoff: float = DEFAULT_RESTART_BACKOFF
-    """VICTORIA_RESTART_BACKOFF: seconds before the first restart of a crashed actor; doubles, to 30 s."""
-    crash_loop_limit: int = DEFAULT_CRASH_LOOP_LIMIT
-    """VICTORIA_CRASH_LOOP_LIMIT: restarts within VICTORIA_CRASH_LOOP_WINDOW after which an actor is left down."""
-    crash_loop_window: float = DEFAULT_CRASH_LOOP_WINDOW
-    """VICTORIA_CRASH_LOOP_WINDOW: seconds over which restarts are counted."""
-    max_steps_ceiling: int = DEFAULT_MAX_STEPS_CEILING
-    """VICTORIA_MAX_STEPS: the most steps a task may take; a larger ``max_steps`` is lowered to it."""
-    postgres_dsn: str | None = None
-    """VICTORIA_POSTGRES_DSN (or DATABASE_URL, the old server's name): the users' PostgreSQL, with
-    their experts and projects, where the task history and session memory are kept; none by default."""
-    db_command_timeout: float = DEFAULT_DB_COMMAND_TIMEOUT
-    """VICTORIA_DB_COMMAND_TIMEOUT: seconds one PostgreSQL statement may take."""
-    db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
-    """VICTORIA_DB_CONNECT_TIMEOUT: seconds one PostgreSQL connection may take to open."""
-    startup_experts_timeout: float = DEFAULT_STARTUP_EXPERTS_TIMEOUT
-    """VICTORIA_STARTUP_EXPERTS_TIMEOUT: seconds one load of the experts may take."""
-    startup_registry_timeout: float = DEFAULT_STARTUP_REGISTRY_TIMEOUT
-    """VICTORIA_STARTUP_REGISTRY_TIMEOUT: seconds one load of the project registry may take."""
-    registry_refresh: float = DEFAULT_REGISTRY_REFRESH
-    """VICTORIA_REGISTRY_REFRESH: seconds between loads of experts and projects (changes made by other
-    tools are used after at most this long)."""
-    probe_interval: float = DEFAULT_PROBE_INTERVAL
-    """VICTORIA_PROBE_INTERVAL: seconds between probes of the model server (and PostgreSQL)."""
-    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
-    """VICTORIA_PROBE_TIMEOUT: seconds one probe may take."""
-    probe_failures: int = DEFAULT_PROBE_FAILURES
-    """VICTORIA_PROBE_FAILURES: failures in a row before a dependency is down."""
-    probe_successes: int = DEFAULT_PROBE_SUCCESSES
-    """VICTORIA_PROBE_SUCCESSES: successes in a row before it is up again."""
-    api_token: str | None = field(default=None, repr=False)
-    """VICTORIA_API_TOKEN: a token every gateway route but /health and /ready asks for (Bearer, or
-    the password of HTTP Basic auth); also what ``victoria run`` and the other commands send."""
-    api_tokens_file: Path | None = None
-    """VICTORIA_API_TOKENS_FILE: a file of tokens, one client a line (``name token``), read again
-    when it changes, so that one client's token can be revoked without a restart."""
-    replicas: int = 1
-    """VICTORIA_REPLICAS: copies of every stream and bucket made at start, each on its own server
-    (1 on one machine, 3 on a cluster: it survives the loss of one server). Streams that exist
-    keep theirs."""
-    max_tasks_in_flight: int = DEFAULT_MAX_TASKS_IN_FLIGHT
-    """VICTORIA_MAX_TASKS_IN_FLIGHT: tasks queued or running past which the gateway refuses new ones
-    with 503 and ``Retry-After`` (0: no limit)."""
-    trace_url: str | None = None
-    """VICTORIA_TRACE_URL: one trace in a trace viewer, ``{trace_id}`` where its id goes (Jaeger:
-    ``http://127.0.0.1:16686/trace/{trace_id}``); the dashboard links each task's trace there."""
+    """Each field is declared once, with its variable, default, parser and doc (``Setting``);
+    ``from_env`` reads them all, and a test holds README's configuration table to them."""
 
-    llm_servers: tuple[ModelServer, ...] = ()
-    """VICTORIA_LLM_URL as a list (``[api:]url``, comma-separated) or VICTORIA_MODELS_FILE: every
-    model server the runner may call. Empty: the one of ``llm_url`` and ``llm_api``."""
-    models_file: Path | None = None
-    """VICTORIA_MODELS_FILE: a TOML file of model servers (``runtime/modelservers.py``)."""
-    model_max_wait: float = DEFAULT_MODEL_MAX_WAIT
-    """VICTORIA_MODEL_MAX_WAIT: seconds a call for a model that is not loaded waits while the loaded
-    one still has work; then the server is made to swap."""
+    nats_url: str | None = _setting(
+        "NATS_URL",
+        None,
+        _nats_url,
+        "a nats:// URL or a comma-separated list of them",
+        "the broker; None: find it in the data dir (or, for ``up``, start one)",
+        shown="(from the data dir)",
+    )
+    data_dir: Path = _setting(
+        "VICTORIA_DATA_DIR",
+        default_data_dir,
+        Path,
+        "a directory",
+        "JetStream store, the NATS URL file and server log of ``victoria up``",
+        shown="`~/.local/share/victoria` (Linux), `~/Library/Application Support/victoria` (macOS)",
+    )
+    nats_user: str | None = _setting(
+        "VICTORIA_NATS_USER",
+        None,
+        str,
+        "a NATS user name",
+        "the NATS user to connect as (with VICTORIA_NATS_PASSWORD); alone, a process takes its role's "
+        "entry in the data dir's ``nats-credentials.json`` (``victoria.runtime.credentials``)",
+        shown="(from the data dir)",
+        read=_nats_user,
+    )
+    nats_password: str | None = _setting(
+        "VICTORIA_NATS_PASSWORD",
+        None,
+        str,
+        "a password",
+        "that user's password",
+        shown="(from the data dir)",
+        secret=True,
+        repr=False,
+    )
+    nats_creds: Path | None = _setting(
+        "VICTORIA_NATS_CREDS",
+        None,
+        _existing_file,
+        "a readable file",
+        "a NATS creds file (JWT and NKey seed) to connect with instead",
+    )
+    llm_url: str = _setting(
+        "VICTORIA_LLM_URL",
+        DEFAULT_LLM_URL,
+        str,
+        "",
+        "base URL of the (first) model server",
+        read=lambda env: _model_servers(env)[0][0].url,
+    )
+    llm_api: Literal["ollama", "openai"] = _setting(
+        "VICTORIA_LLM_API",
+        DEFAULT_LLM_API,
+        _api,
+        "ollama or openai",
+        "``ollama`` (/api/chat) or ``openai`` (/v1/chat/completions): entries that name none",
+        read=lambda env: _model_servers(env)[0][0].api,
+    )
+    model: str = _setting(
+        "VICTORIA_MODEL", DEFAULT_MODEL, str, "a model name", "the model when a task names none"
+    )
+    llm_timeout: float = _setting(
+        "VICTORIA_LLM_TIMEOUT",
+        DEFAULT_LLM_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one model call may take, waiting for the server included",
+    )
+    task_deadline: float = _setting(
+        "VICTORIA_TASK_DEADLINE",
+        DEFAULT_TASK_DEADLINE,
+        _positive_float,
+        _SECONDS,
+        "seconds one task may take from submission",
+    )
+    workspace: Path = _setting(
+        "VICTORIA_WORKSPACE",
+        lambda env: Path.cwd(),
+        Path,
+        "a directory",
+        "the only directory Veronica's tools can see",
+        shown="current directory",
+    )
+    delegate_timeout: float = _setting(
+        "DELEGATE_VERONICA_TIMEOUT",
+        DEFAULT_DELEGATE_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds Victoria waits for Veronica before doing the work herself",
+    )
+    max_attempts: int = _setting(
+        "VICTORIA_MAX_ATTEMPTS",
+        DEFAULT_MAX_ATTEMPTS,
+        _positive_int,
+        _COUNT,
+        "deliveries of one task before it fails for good",
+    )
+    ack_wait: float = _setting(
+        "VICTORIA_ACK_WAIT",
+        DEFAULT_ACK_WAIT,
+        _positive_float,
+        _SECONDS,
+        "seconds without progress (an in-progress ack every quarter of it) before a task or model "
+        "request goes to another instance; fencing makes a short one safe",
+    )
+    dedup_window: float = _setting(
+        "VICTORIA_DEDUP_WINDOW",
+        DEFAULT_DEDUP_WINDOW,
+        _positive_float,
+        _SECONDS,
+        "seconds the task streams remember an append's ``Nats-Msg-Id`` (``duplicate_window``)",
+    )
+    allow_unfenced: bool = _setting(
+        "VICTORIA_ALLOW_UNFENCED",
+        False,
+        _bool,
+        "true or false",
+        "run on a nats-server older than 2.11, which cannot fence appends",
+    )
+    instance: str = _setting(
+        "VICTORIA_INSTANCE",
+        lambda env: default_instance(),
+        _instance,
+        "[A-Za-z0-9_-]{1,48}",
+        "this process's instance name in /services",
+        shown="the host name",
+    )
+    heartbeat_interval: float = _setting(
+        "VICTORIA_HEARTBEAT_INTERVAL",
+        DEFAULT_HEARTBEAT_INTERVAL,
+        _positive_float,
+        _SECONDS,
+        "seconds between heartbeats",
+    )
+    concurrency: int = _setting(
+        "VICTORIA_CONCURRENCY", DEFAULT_CONCURRENCY, _positive_int, _COUNT, "tasks one Victoria runs at once"
+    )
+    llm_concurrency: int = _setting(
+        "VICTORIA_LLM_CONCURRENCY",
+        DEFAULT_LLM_CONCURRENCY,
+        _positive_int,
+        _COUNT,
+        "model calls one LLM runner makes at once",
+    )
+    host: str = _setting("VICTORIA_HOST", DEFAULT_HOST, str, "an address", "the gateway's listen address")
+    port: int = _setting("VICTORIA_PORT", DEFAULT_PORT, _port, "a TCP port", "the gateway's listen port")
+    gateway_url: str = _setting(
+        "VICTORIA_URL",
+        DEFAULT_GATEWAY_URL,
+        _url,
+        "an http(s) URL",
+        "where ``victoria run`` and ``status`` find the gateway",
+    )
+    log_level: str = _setting(
+        "VICTORIA_LOG_LEVEL", "INFO", str, "DEBUG, INFO, WARNING or ERROR", "the log level", read=_log_level
+    )
+    restart_backoff: float = _setting(
+        "VICTORIA_RESTART_BACKOFF",
+        DEFAULT_RESTART_BACKOFF,
+        _positive_float,
+        _SECONDS,
+        "seconds before the first restart of a crashed actor; doubles, to 30 s",
+    )
+    crash_loop_limit: int = _setting(
+        "VICTORIA_CRASH_LOOP_LIMIT",
+        DEFAULT_CRASH_LOOP_LIMIT,
+        _positive_int,
+        _COUNT,
+        "restarts within VICTORIA_CRASH_LOOP_WINDOW after which an actor is left down",
+    )
+    crash_loop_window: float = _setting(
+        "VICTORIA_CRASH_LOOP_WINDOW",
+        DEFAULT_CRASH_LOOP_WINDOW,
+        _positive_float,
+        _SECONDS,
+        "seconds over which restarts are counted",
+    )
+    max_steps_ceiling: int = _setting(
+        "VICTORIA_MAX_STEPS",
+        DEFAULT_MAX_STEPS_CEILING,
+        _positive_int,
+        _COUNT,
+        "the most steps a task may take; a larger ``max_steps`` is lowered to it",
+    )
+    postgres_dsn: str | None = _setting(
+        "VICTORIA_POSTGRES_DSN",
+        None,
+        _dsn,
+        "a postgresql:// DSN",
+        "the users' PostgreSQL (or DATABASE_URL, the old server's name); none by default",
+        read=_postgres,
+    )
+    db_command_timeout: float = _setting(
+        "VICTORIA_DB_COMMAND_TIMEOUT",
+        DEFAULT_DB_COMMAND_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one PostgreSQL statement may take",
+    )
+    db_connect_timeout: float = _setting(
+        "VICTORIA_DB_CONNECT_TIMEOUT",
+        DEFAULT_DB_CONNECT_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one PostgreSQL connection may take to open",
+    )
+    startup_experts_timeout: float = _setting(
+        "VICTORIA_STARTUP_EXPERTS_TIMEOUT",
+        DEFAULT_STARTUP_EXPERTS_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one load of the experts may take",
+    )
+    startup_registry_timeout: float = _setting(
+        "VICTORIA_STARTUP_REGISTRY_TIMEOUT",
+        DEFAULT_STARTUP_REGISTRY_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one load of the project registry may take",
+    )
+    registry_refresh: float = _setting(
+        "VICTORIA_REGISTRY_REFRESH",
+        DEFAULT_REGISTRY_REFRESH,
+        _positive_float,
+        _SECONDS,
+        "seconds between loads of experts and projects",
+    )
+    probe_interval: float = _setting(
+        "VICTORIA_PROBE_INTERVAL",
+        DEFAULT_PROBE_INTERVAL,
+        _positive_float,
+        _SECONDS,
+        "seconds between probes of the model server (and PostgreSQL)",
+    )
+    probe_timeout: float = _setting(
+        "VICTORIA_PROBE_TIMEOUT",
+        DEFAULT_PROBE_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one probe may take",
+    )
+    probe_failures: int = _setting(
+        "VICTORIA_PROBE_FAILURES",
+        DEFAULT_PROBE_FAILURES,
+        _positive_int,
+        _COUNT,
+        "failures in a row before a dependency is down",
+    )
+    probe_successes: int = _setting(
+        "VICTORIA_PROBE_SUCCESSES",
+        DEFAULT_PROBE_SUCCESSES,
+        _positive_int,
+        _COUNT,
+        "successes in a row before it is up again",
+    )
+    api_token: str | None = _setting(
+        "VICTORIA_API_TOKEN",
+        None,
+        _token,
+        f"a token of {MIN_TOKEN_LENGTH} or more characters, no spaces",
+        "a token every gateway route but /health and /ready asks for; what ``victoria run`` sends",
+        secret=True,
+        repr=False,
+    )
+    api_tokens_file: Path | None = _setting(
+        "VICTORIA_API_TOKENS_FILE",
+        None,
+        _existing_file,
+        "a readable file",
+        "a file of tokens, one client a line (``name token``), read again when it changes",
+    )
+    replicas: int = _setting(
+        "VICTORIA_REPLICAS",
+        1,
+        _replicas,
+        "1 to 5",
+        "copies of every stream and bucket made at start, each on its own server",
+        shown="1 (`up --nodes 3`: 3)",
+    )
+    max_tasks_in_flight: int = _setting(
+        "VICTORIA_MAX_TASKS_IN_FLIGHT",
+        DEFAULT_MAX_TASKS_IN_FLIGHT,
+        _count,
+        "a count (0: no limit)",
+        "tasks queued or running past which the gateway refuses new ones with 503 (0: no limit)",
+    )
+    trace_url: str | None = _setting(
+        "VICTORIA_TRACE_URL",
+        None,
+        _trace_url,
+        "an http(s) URL with {trace_id}",
+        "one trace in a trace viewer, ``{trace_id}`` where its id goes; the dashboard links there",
+    )
+    llm_servers: tuple[ModelServer, ...] = _setting(
+        "VICTORIA_LLM_URL",
+        (),
+        str,
+        "",
+        "every model server the runner may call (``[api:]url``, comma-separated)",
+        read=_servers_part(0),
+    )
+    models_file: Path | None = _setting(
+        "VICTORIA_MODELS_FILE",
+        None,
+        _existing_file,
+        "a readable file",
+        "a TOML file of model servers (``runtime/modelservers.py``), which wins over VICTORIA_LLM_URL",
+        read=_servers_part(1),
+    )
+    model_max_wait: float = _setting(
+        "VICTORIA_MODEL_MAX_WAIT",
+        DEFAULT_MODEL_MAX_WAIT,
+        _positive_float,
+        _SECONDS,
+        "seconds a call for a model that is not loaded waits while the loaded one still has work",
+    )
 
     @property
     def servers(self) -> tuple[ModelServer, ...]:
@@ -327,123 +621,8 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         env = os.environ if environ is None else environ
-        level = env.get("VICTORIA_LOG_LEVEL", "INFO").strip().upper() or "INFO"
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError("VICTORIA_LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
-        servers, models_file = _model_servers(env)
-        return cls(
-            nats_url=_get(
-                env, "NATS_URL", None, _nats_url, "a nats:// URL or a comma-separated list of them"
-            ),
-            data_dir=_get(env, "VICTORIA_DATA_DIR", default_data_dir(env), Path, "a directory"),
-            nats_user=_nats_user(env),
-            nats_password=_get(env, "VICTORIA_NATS_PASSWORD", None, str, "a password", secret=True),
-            nats_creds=_get(env, "VICTORIA_NATS_CREDS", None, _existing_file, "a readable file"),
-            llm_url=servers[0].url,
-            llm_api=servers[0].api,
-            llm_servers=servers,
-            models_file=models_file,
-            model_max_wait=_get(
-                env, "VICTORIA_MODEL_MAX_WAIT", DEFAULT_MODEL_MAX_WAIT, _positive_float, "seconds"
-            ),
-            model=_get(env, "VICTORIA_MODEL", DEFAULT_MODEL, str, "a model name"),
-            llm_timeout=_get(env, "VICTORIA_LLM_TIMEOUT", DEFAULT_LLM_TIMEOUT, _positive_float, "seconds"),
-            task_deadline=_get(
-                env, "VICTORIA_TASK_DEADLINE", DEFAULT_TASK_DEADLINE, _positive_float, "seconds"
-            ),
-            workspace=_get(env, "VICTORIA_WORKSPACE", Path.cwd(), Path, "a directory"),
-            delegate_timeout=_get(
-                env, "DELEGATE_VERONICA_TIMEOUT", DEFAULT_DELEGATE_TIMEOUT, _positive_float, "seconds"
-            ),
-            max_attempts=_get(env, "VICTORIA_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _positive_int, "a count"),
-            ack_wait=_get(env, "VICTORIA_ACK_WAIT", DEFAULT_ACK_WAIT, _positive_float, "seconds"),
-            dedup_window=_get(env, "VICTORIA_DEDUP_WINDOW", DEFAULT_DEDUP_WINDOW, _positive_float, "seconds"),
-            allow_unfenced=_get(env, "VICTORIA_ALLOW_UNFENCED", False, _bool, "true or false"),
-            instance=_get(env, "VICTORIA_INSTANCE", default_instance(), _instance, "[A-Za-z0-9_-]{1,48}"),
-            heartbeat_interval=_get(
-                env, "VICTORIA_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL, _positive_float, "seconds"
-            ),
-            concurrency=_get(env, "VICTORIA_CONCURRENCY", DEFAULT_CONCURRENCY, _positive_int, "a count"),
-            llm_concurrency=_get(
-                env, "VICTORIA_LLM_CONCURRENCY", DEFAULT_LLM_CONCURRENCY, _positive_int, "a count"
-            ),
-            host=env.get("VICTORIA_HOST", DEFAULT_HOST) or DEFAULT_HOST,
-            port=_get(env, "VICTORIA_PORT", DEFAULT_PORT, _port, "a TCP port"),
-            gateway_url=_get(env, "VICTORIA_URL", DEFAULT_GATEWAY_URL, _url, "an http(s) URL"),
-            log_level=level,
-            restart_backoff=_get(
-                env, "VICTORIA_RESTART_BACKOFF", DEFAULT_RESTART_BACKOFF, _positive_float, "seconds"
-            ),
-            crash_loop_limit=_get(
-                env, "VICTORIA_CRASH_LOOP_LIMIT", DEFAULT_CRASH_LOOP_LIMIT, _positive_int, "a count"
-            ),
-            crash_loop_window=_get(
-                env, "VICTORIA_CRASH_LOOP_WINDOW", DEFAULT_CRASH_LOOP_WINDOW, _positive_float, "seconds"
-            ),
-            max_steps_ceiling=_get(
-                env, "VICTORIA_MAX_STEPS", DEFAULT_MAX_STEPS_CEILING, _positive_int, "a count"
-            ),
-            postgres_dsn=_get(
-                env,
-                "VICTORIA_POSTGRES_DSN" if env.get("VICTORIA_POSTGRES_DSN", "").strip() else "DATABASE_URL",
-                None,
-                _dsn,
-                "a postgresql:// DSN",
-            ),
-            db_command_timeout=_get(
-                env, "VICTORIA_DB_COMMAND_TIMEOUT", DEFAULT_DB_COMMAND_TIMEOUT, _positive_float, "seconds"
-            ),
-            db_connect_timeout=_get(
-                env, "VICTORIA_DB_CONNECT_TIMEOUT", DEFAULT_DB_CONNECT_TIMEOUT, _positive_float, "seconds"
-            ),
-            startup_experts_timeout=_get(
-                env,
-                "VICTORIA_STARTUP_EXPERTS_TIMEOUT",
-                DEFAULT_STARTUP_EXPERTS_TIMEOUT,
-                _positive_float,
-                "seconds",
-            ),
-            startup_registry_timeout=_get(
-                env,
-                "VICTORIA_STARTUP_REGISTRY_TIMEOUT",
-                DEFAULT_STARTUP_REGISTRY_TIMEOUT,
-                _positive_float,
-                "seconds",
-            ),
-            registry_refresh=_get(
-                env, "VICTORIA_REGISTRY_REFRESH", DEFAULT_REGISTRY_REFRESH, _positive_float, "seconds"
-            ),
-            probe_interval=_get(
-                env, "VICTORIA_PROBE_INTERVAL", DEFAULT_PROBE_INTERVAL, _positive_float, "seconds"
-            ),
-            probe_timeout=_get(
-                env, "VICTORIA_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT, _positive_float, "seconds"
-            ),
-            probe_failures=_get(
-                env, "VICTORIA_PROBE_FAILURES", DEFAULT_PROBE_FAILURES, _positive_int, "a count"
-            ),
-            probe_successes=_get(
-                env, "VICTORIA_PROBE_SUCCESSES", DEFAULT_PROBE_SUCCESSES, _positive_int, "a count"
-            ),
-            api_token=_get(
-                env,
-                "VICTORIA_API_TOKEN",
-                None,
-                _token,
-                f"a token of {MIN_TOKEN_LENGTH} or more characters, no spaces",
-                secret=True,
-            ),
-            api_tokens_file=_get(env, "VICTORIA_API_TOKENS_FILE", None, _existing_file, "a readable file"),
-            replicas=_get(env, "VICTORIA_REPLICAS", 1, _replicas, "1 to 5"),
-            max_tasks_in_flight=_get(
-                env,
-                "VICTORIA_MAX_TASKS_IN_FLIGHT",
-                DEFAULT_MAX_TASKS_IN_FLIGHT,
-                _count,
-                "a count (0: no limit)",
-            ),
-            trace_url=_get(env, "VICTORIA_TRACE_URL", None, _trace_url, "an http(s) URL with {trace_id}"),
-        )
+        values: dict[str, Any] = {name: setting.value(env) for name, setting in settings()}
+        return cls(**values)
 
     @property
     def nats_url_file(self) -> Path:

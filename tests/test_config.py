@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from victoria.errors import ConfigError
-from victoria.runtime.config import Config
+from victoria.runtime.config import Config, settings
 
 
 def test_an_empty_environment_gives_the_documented_defaults() -> None:
@@ -139,3 +141,29 @@ def test_the_config_is_frozen() -> None:
     config = Config.from_env({})
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def _readme_configuration() -> dict[str, str]:
+    """README's configuration table: variable -> its default as the table shows it."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = text.split("| Variable | Default | Meaning |", 1)[1].split("\n\n", 1)[0]
+    shown: dict[str, str] = {}
+    for row in table.strip().splitlines()[1:]:
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        names = re.findall(r"`([A-Z_]+)`", cells[0].split("(or")[0])
+        parts = re.split(r" / |, ", cells[1]) if len(names) > 1 else [cells[1]]
+        shown.update(zip(names, parts if len(parts) == len(names) else [cells[1]] * len(names), strict=True))
+    return shown
+
+
+def test_the_readme_configuration_table_lists_every_setting_with_its_default() -> None:
+    declared: dict[str, str] = {}
+    for _, setting in settings():
+        declared.setdefault(setting.variable, setting.default_text)
+    assert _readme_configuration() == declared
+
+
+def test_every_setting_is_read_from_its_variable_and_has_a_line_of_doc() -> None:
+    for name, setting in settings():
+        assert setting.doc and setting.variable.isupper(), name
+    assert {name for name, _ in settings()} == {f.name for f in dataclasses.fields(Config)}
