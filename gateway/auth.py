@@ -107,8 +107,9 @@ class Tokens:
 
     @property
     def required(self) -> bool:
-        """True when a token is configured: then every route but the open ones (``routes.OPEN_PATHS``) asks for one (an
-        empty tokens file shuts every client out, which is what removing the last line means)."""
+        """True when a token is configured: then every route but the open ones (``routes.OPEN_PATHS``)
+        asks for one (an empty tokens file shuts every client out, which is what removing the last
+        line means)."""
         return bool(self._fixed) or self.path is not None
 
     def client_of(self, token: str | None) -> str | None:

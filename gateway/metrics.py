@@ -8,6 +8,7 @@ monitor.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from datetime import datetime
@@ -48,72 +49,47 @@ async def consumer_counts(js: JetStreamContext, durable: str) -> tuple[int, int]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.events = Counter("victoria_task_events", "Task events seen, by type.", ["type"], registry=r)
-        self.submitted = Counter("victoria_tasks_submitted", "Tasks submitted.", registry=r)
-        self.finished = Counter(
-            "victoria_tasks_finished",
-            "Tasks that reached a terminal state, by state.",
-            ["status"],
-            registry=r,
+        counter = functools.partial(Counter, registry=self.registry)
+        gauge = functools.partial(Gauge, registry=self.registry)
+        stage_histogram = functools.partial(Histogram, registry=self.registry, buckets=STAGE_BUCKETS)
+        model_histogram = functools.partial(Histogram, registry=self.registry, buckets=MODEL_BUCKETS)
+        self.events = counter("victoria_task_events", "Task events seen, by type.", ["type"])
+        self.submitted = counter("victoria_tasks_submitted", "Tasks submitted.")
+        self.finished = counter(
+            "victoria_tasks_finished", "Tasks that reached a terminal state, by state.", ["status"]
         )
-        self.attempts = Counter("victoria_task_attempts", "Deliveries of tasks to Victoria.", registry=r)
-        self.tasks = Gauge(
-            "victoria_tasks",
-            "Tasks now queued (not yet taken) or running (taken, not finished).",
-            ["state"],
-            registry=r,
+        self.attempts = counter("victoria_task_attempts", "Deliveries of tasks to Victoria.")
+        self.tasks = gauge(
+            "victoria_tasks", "Tasks now queued (not yet taken) or running (taken, not finished).", ["state"]
         )
-        self.model_requests = Gauge(
-            "victoria_model_requests",
-            "Model requests now queued or in flight at the runners.",
-            ["state"],
-            registry=r,
+        self.model_requests = gauge(
+            "victoria_model_requests", "Model requests now queued or in flight at the runners.", ["state"]
         )
-        self.stage_seconds = Histogram(
-            "victoria_stage_duration_seconds",
-            "Time spent in each stage.",
-            ["stage"],
-            buckets=STAGE_BUCKETS,
-            registry=r,
+        self.stage_seconds = stage_histogram(
+            "victoria_stage_duration_seconds", "Time spent in each stage.", ["stage"]
         )
-        self.model_seconds = Histogram(
+        self.model_seconds = model_histogram(
             "victoria_model_call_duration_seconds",
             "Model call latency, by model and outcome.",
             ["model", "outcome"],
-            buckets=MODEL_BUCKETS,
-            registry=r,
         )
-        self.first_token = Histogram(
-            "victoria_model_time_to_first_token_seconds",
-            "Time to the first streamed token.",
-            ["model"],
-            buckets=MODEL_BUCKETS,
-            registry=r,
+        self.first_token = model_histogram(
+            "victoria_model_time_to_first_token_seconds", "Time to the first streamed token.", ["model"]
         )
-        self.tokens = Counter(
-            "victoria_model_tokens", "Tokens, by model and kind.", ["model", "kind"], registry=r
-        )
-        self.actor_up = Gauge(
-            "victoria_actor_up", "1 if the actor instance is up.", ["name", "instance"], registry=r
-        )
-        self.restarts = Gauge(
+        self.tokens = counter("victoria_model_tokens", "Tokens, by model and kind.", ["model", "kind"])
+        self.actor_up = gauge("victoria_actor_up", "1 if the actor instance is up.", ["name", "instance"])
+        self.restarts = gauge(
             "victoria_actor_restarts",
             "Restarts of an actor instance by its supervisor.",
             ["name", "instance"],
-            registry=r,
         )
-        self.resident = Gauge(
-            "victoria_actor_resident_bytes",
-            "Resident memory of an actor instance.",
-            ["name", "instance"],
-            registry=r,
+        self.resident = gauge(
+            "victoria_actor_resident_bytes", "Resident memory of an actor instance.", ["name", "instance"]
         )
-        self.refused = Counter(
+        self.refused = counter(
             "victoria_gateway_refused",
             "Requests the gateway refused: no valid token (unauthorized), too many tasks (overloaded).",
             ["reason"],
-            registry=r,
         )
         self._stage: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

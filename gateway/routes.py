@@ -128,68 +128,75 @@ _KEY_SPACE: Final = (
     " A repeated `Idempotency-Key` on the same route gets the first request's answer, code and "
     "body (each route has its own keys)."
 )
-_SUBMIT_ERRORS: Final = (_BAD_JSON, _too_large(MAX_RUN_BODY), _INVALID, _OVERLOADED)
+
+
+def _submit(
+    path: str,
+    summary: str,
+    handler: Callable[..., Any],
+    done: Answer,
+    accepted: Answer,
+    *,
+    query: type[msgspec.Struct] | None = None,
+) -> Operation:
+    """A route of the old server that submits a goal (``RunBody``, ``Idempotency-Key``)."""
+    errors = (_BAD_JSON, _too_large(MAX_RUN_BODY), _INVALID, _OVERLOADED)
+    return Operation(
+        "POST",
+        path,
+        summary,
+        handler,
+        (done, accepted, *errors),
+        "old server",
+        body=RunBody,
+        query=query,
+        headers=SubmitHeaders,
+    )
+
+
+def _bot(path: str, summary: str, handler: Callable[..., Any], done: Answer) -> Operation:
+    """A Telegram bot's report (``BotBeat``)."""
+    answers = (done, _BAD_JSON, _too_large(MAX_BODY), _INVALID, _UNAVAILABLE)
+    return Operation("POST", path, summary, handler, answers, "old server", body=legacy.BotBeat)
+
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
     # the old server's contract
-    Operation(
-        "POST",
+    _submit(
         "/run",
         "Run a goal: its TaskResponse when it ends, or 202 at once with ?async_mode=true",
         legacy.run,
-        (
-            Answer(
-                200,
-                "The task ended: the old server's `TaskResponse`." + _KEY_SPACE,
-                (TaskResponse, PlanAnswer),
-            ),
-            Answer(202, "Accepted (`?async_mode=true`), or still running when `?wait=` passed", Accepted),
-            *_SUBMIT_ERRORS,
+        Answer(
+            200, "The task ended: the old server's `TaskResponse`." + _KEY_SPACE, (TaskResponse, PlanAnswer)
         ),
-        "old server",
-        body=RunBody,
+        Answer(202, "Accepted (`?async_mode=true`), or still running when `?wait=` passed", Accepted),
         query=RunQuery,
-        headers=SubmitHeaders,
     ),
-    Operation(
-        "POST",
+    _submit(
         "/stream",
         "Run a goal, and follow it as server-sent events",
         legacy.stream,
-        (
-            Answer(
-                200,
-                "One `data: {json}` line per event (`StreamLine`): `start`, `step`, `chunk`, `error`, and "
-                "always a last `end` with the `TaskResponse` fields. A repeated `Idempotency-Key` streams "
-                "the same task again (a stream is not kept).",
-                (TaskResponse, PlanAnswer),
-                stream=StreamLine,
-            ),
-            Answer(202, "A repeated `Idempotency-Key` whose first answer was a 202", Accepted),
-            *_SUBMIT_ERRORS,
+        Answer(
+            200,
+            "One `data: {json}` line per event (`StreamLine`): `start`, `step`, `chunk`, `error`, and "
+            "always a last `end` with the `TaskResponse` fields. A repeated `Idempotency-Key` streams "
+            "the same task again (a stream is not kept).",
+            (TaskResponse, PlanAnswer),
+            stream=StreamLine,
         ),
-        "old server",
-        body=RunBody,
-        headers=SubmitHeaders,
+        Answer(202, "A repeated `Idempotency-Key` whose first answer was a 202", Accepted),
     ),
-    Operation(
-        "POST",
+    _submit(
         "/plan",
         "Understand and plan a goal, no steps",
         legacy.plan,
-        (
-            Answer(
-                200,
-                "The plan; the `TaskResponse` when the task did not complete." + _KEY_SPACE,
-                (PlanAnswer, TaskResponse),
-            ),
-            Answer(202, "Still planning when `?wait=` passed", Accepted),
-            *_SUBMIT_ERRORS,
+        Answer(
+            200,
+            "The plan; the `TaskResponse` when the task did not complete." + _KEY_SPACE,
+            (PlanAnswer, TaskResponse),
         ),
-        "old server",
-        body=RunBody,
+        Answer(202, "Still planning when `?wait=` passed", Accepted),
         query=PlanQuery,
-        headers=SubmitHeaders,
     ),
     Operation(
         "GET",
@@ -219,35 +226,17 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "old server",
         needs="state",
     ),
-    Operation(
-        "POST",
+    _bot(
         "/api/telegram/register",
         "A Telegram bot says it is there",
         legacy.telegram_register,
-        (
-            Answer(200, "Registered: watched from now on like any service", TelegramRegistered),
-            _BAD_JSON,
-            _too_large(MAX_BODY),
-            _INVALID,
-            _UNAVAILABLE,
-        ),
-        "old server",
-        body=legacy.BotBeat,
+        Answer(200, "Registered: watched from now on like any service", TelegramRegistered),
     ),
-    Operation(
-        "POST",
+    _bot(
         "/api/telegram/heartbeat",
         "A Telegram bot's heartbeat",
         legacy.telegram_heartbeat,
-        (
-            Answer(200, "Beat recorded", TelegramBeat),
-            _BAD_JSON,
-            _too_large(MAX_BODY),
-            _INVALID,
-            _UNAVAILABLE,
-        ),
-        "old server",
-        body=legacy.BotBeat,
+        Answer(200, "Beat recorded", TelegramBeat),
     ),
     Operation(
         "GET",

@@ -6,7 +6,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -222,10 +222,10 @@ class Setting:
     shown: str | None = None
     """The default as README shows it, where it is not the value itself (a path, the host name)."""
     secret: bool = False
-    read: Callable[[Mapping[str, str]], object] | None = None
+    read: Callable[[_Environment], object] | None = None
     """Reads the value from the whole environment, for a field that needs more than its variable."""
 
-    def value(self, env: Mapping[str, str]) -> object:
+    def value(self, env: _Environment) -> object:
         if self.read is not None:
             return self.read(env)
         default = self.default(env) if callable(self.default) else self.default
@@ -255,12 +255,12 @@ def _setting(
     *,
     shown: str | None = None,
     secret: bool = False,
-    read: Callable[[Mapping[str, str]], object] | None = None,
+    read: Callable[[_Environment], object] | None = None,
     repr: bool = True,
 ) -> Any:
     """A dataclass field declared once: its variable, default, parser and one line of doc."""
     meta = {"setting": Setting(variable, default, parse, what, doc, shown, secret, read)}
-    if callable(default) or read is not None:
+    if callable(default):  # made from the environment: the field has no default of its own
         return field(metadata=meta, repr=repr)
     return field(default=default, metadata=meta, repr=repr)
 
@@ -274,8 +274,31 @@ _SECONDS: Final = "seconds"
 _COUNT: Final = "a count"
 
 
-def _servers_part(part: int) -> Callable[[Mapping[str, str]], object]:
-    return lambda env: _model_servers(env)[part]
+class _Environment(Mapping[str, str]):
+    """The environment ``from_env`` reads, and the model servers, which four fields come from, read
+    from it once (``VICTORIA_LLM_API``, ``VICTORIA_MODELS_FILE``, ``VICTORIA_LLM_URL``)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._servers: tuple[tuple[ModelServer, ...], Path | None] | None = None
+
+    def __getitem__(self, name: str) -> str:
+        return self._env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+    def model_servers(self) -> tuple[tuple[ModelServer, ...], Path | None]:
+        if self._servers is None:
+            self._servers = _model_servers(self._env)
+        return self._servers
+
+
+def _host(env: Mapping[str, str]) -> str:
+    return env.get("VICTORIA_HOST", DEFAULT_HOST) or DEFAULT_HOST
 
 
 def _log_level(env: Mapping[str, str]) -> str:
@@ -344,7 +367,7 @@ class Config:
         str,
         "",
         "base URL of the (first) model server",
-        read=lambda env: _model_servers(env)[0][0].url,
+        read=lambda env: env.model_servers()[0][0].url,
     )
     llm_api: Literal["ollama", "openai"] = _setting(
         "VICTORIA_LLM_API",
@@ -352,7 +375,7 @@ class Config:
         _api,
         "ollama or openai",
         "``ollama`` (/api/chat) or ``openai`` (/v1/chat/completions): entries that name none",
-        read=lambda env: _model_servers(env)[0][0].api,
+        read=lambda env: env.model_servers()[0][0].api,
     )
     model: str = _setting(
         "VICTORIA_MODEL", DEFAULT_MODEL, str, "a model name", "the model when a task names none"
@@ -440,7 +463,9 @@ class Config:
         _COUNT,
         "model calls one LLM runner makes at once",
     )
-    host: str = _setting("VICTORIA_HOST", DEFAULT_HOST, str, "an address", "the gateway's listen address")
+    host: str = _setting(
+        "VICTORIA_HOST", DEFAULT_HOST, str, "an address", "the gateway's listen address", read=_host
+    )
     port: int = _setting("VICTORIA_PORT", DEFAULT_PORT, _port, "a TCP port", "the gateway's listen port")
     gateway_url: str = _setting(
         "VICTORIA_URL",
@@ -595,7 +620,7 @@ class Config:
         str,
         "",
         "every model server the runner may call (``[api:]url``, comma-separated)",
-        read=_servers_part(0),
+        read=lambda env: env.model_servers()[0],
     )
     models_file: Path | None = _setting(
         "VICTORIA_MODELS_FILE",
@@ -603,7 +628,7 @@ class Config:
         _existing_file,
         "a readable file",
         "a TOML file of model servers (``runtime/modelservers.py``), which wins over VICTORIA_LLM_URL",
-        read=_servers_part(1),
+        read=lambda env: env.model_servers()[1],
     )
     model_max_wait: float = _setting(
         "VICTORIA_MODEL_MAX_WAIT",
@@ -620,7 +645,7 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
-        env = os.environ if environ is None else environ
+        env = _Environment(os.environ if environ is None else environ)
         values: dict[str, Any] = {name: setting.value(env) for name, setting in settings()}
         return cls(**values)
 

@@ -22,22 +22,33 @@ def add_commands(sub: Any) -> None:
     database = sub.add_parser("db", help="the PostgreSQL schema")
     database.add_argument("action", choices=("migrate",))
 
-    experts = sub.add_parser("experts", help="list, add or change the experts (PostgreSQL)")
-    experts.add_argument("action", choices=("list", "add", "set"), nargs="?", default="list")
-    experts.add_argument("name", nargs="?")
-    experts.add_argument("--role")
-    experts.add_argument("--department")
-    experts.add_argument("--prompt", help="the expert's system prompt")
-    experts.add_argument("--json", action="store_true")
+    _table_command(
+        sub,
+        "experts",
+        "name",
+        {"--role": {}, "--department": {}, "--prompt": {"help": "the expert's system prompt"}},
+    )
+    _table_command(
+        sub,
+        "projects",
+        "slug",
+        {
+            "--name": {},
+            "--description": {},
+            "--path": {"help": "the project's workspace"},
+            "--active": {"action": argparse.BooleanOptionalAction, "default": None},
+        },
+    )
 
-    projects = sub.add_parser("projects", help="list, add or change the projects (PostgreSQL)")
-    projects.add_argument("action", choices=("list", "add", "set"), nargs="?", default="list")
-    projects.add_argument("slug", nargs="?")
-    projects.add_argument("--name")
-    projects.add_argument("--description")
-    projects.add_argument("--path", help="the project's workspace")
-    projects.add_argument("--active", action=argparse.BooleanOptionalAction, default=None)
-    projects.add_argument("--json", action="store_true")
+
+def _table_command(sub: Any, table: str, key: str, options: dict[str, dict[str, Any]]) -> None:
+    """``victoria TABLE [list|add|set] [KEY] [options] [--json]``."""
+    parser = sub.add_parser(table, help=f"list, add or change the {table} (PostgreSQL)")
+    parser.add_argument("action", choices=("list", "add", "set"), nargs="?", default="list")
+    parser.add_argument(key, nargs="?")
+    for option, settings in options.items():
+        parser.add_argument(option, **settings)
+    parser.add_argument("--json", action="store_true")
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:

@@ -190,26 +190,22 @@ def _stage(event: dict[str, Any]) -> str:
 
 
 def status(gateway: Gateway, task_id: str) -> int:
-    base = gateway.base
-    try:
-        with gateway.client() as http:
-            response = http.get(f"{base}/run/status/{task_id}")
-    except httpx.HTTPError as exc:
-        return _unreachable(base, exc)
-    if response.status_code != 200:
-        return _error(response)
-    _print(json.dumps(response.json(), ensure_ascii=False, indent=2))
-    return 0
+    return _show(gateway, "GET", f"/run/status/{task_id}", ok=(200,))
 
 
 def cancel(gateway: Gateway, task_id: str) -> int:
+    return _show(gateway, "POST", f"/run/{task_id}/cancel", ok=(200, 202))
+
+
+def _show(gateway: Gateway, method: str, path: str, *, ok: tuple[int, ...]) -> int:
+    """Print the JSON answer of one request; 0 when its status is one of ``ok``."""
     base = gateway.base
     try:
         with gateway.client() as http:
-            response = http.post(f"{base}/run/{task_id}/cancel")
+            response = http.request(method, f"{base}{path}")
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
-    if response.status_code not in (200, 202):
+    if response.status_code not in ok:
         return _error(response)
     _print(json.dumps(response.json(), ensure_ascii=False, indent=2))
     return 0
