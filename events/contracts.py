@@ -151,7 +151,12 @@ PURPOSES: Final[tuple[Purpose, ...]] = ("understand", "plan", "step", "answer")
 """What a model request asks for: what the goal means, a plan, a step (a tool call, or the final
 answer), the final answer alone."""
 
-LLMErrorKind = Literal["unavailable", "timeout", "http_status", "protocol", "cancelled"]
+LLMErrorKind = Literal["unavailable", "timeout", "http_status", "protocol", "cancelled", "context"]
+"""``context``: the request does not fit the model's context window, even trimmed."""
+FinishReason = Literal["stop", "length", "interrupted"]
+"""How a model's answer ended: it stopped by itself, its output cap cut it (``finish_reason`` or
+``done_reason`` ``length``), or the server ended it early without saying why (llama-cpp-python
+does that to a stream when another request arrives)."""
 
 
 class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
@@ -171,6 +176,12 @@ class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
     purpose: str = ""
     """What the request asked for (its ``LLMRequested.purpose``, one of ``PURPOSES``): readers
     tell an understanding from a plan or a step by it, never by the request id."""
+    finish_reason: FinishReason | None = None
+    """How the answer ended; ``length``: cut by its cap, and used as it stands."""
+    max_tokens: int | None = None
+    """The output cap the call was sent with (tokens)."""
+    trimmed: str | None = None
+    """What was left out of the request to fit the model's context, when anything was."""
 
 
 class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):
@@ -370,7 +381,10 @@ class DependencyEntry(msgspec.Struct, kw_only=True, frozen=True):
 
     name: str
     target: str
-    status: Literal["unknown", "up", "down"]
+    status: Literal["unknown", "up", "busy", "down"]
+    """``busy``: a model server the probe did not ask (or that did not answer in time) while a
+    runner's call streamed tokens from it: it serves; asking would queue behind the generation,
+    or (llama-cpp-python) cut it short."""
     reason: str
     last_checked: datetime | None
 
@@ -446,6 +460,8 @@ class ModelWait(Message, tag="model_wait", kw_only=True, frozen=True):
     instance: str = ""
     waited_s: float = 0.0
     """Seconds the call has waited so far."""
+    server_up: bool = True
+    """With ``waiting`` False: whether the server the call goes to answered its last look."""
 
 
 class ModelDemand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -484,6 +500,10 @@ class ModelInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     listed: bool = False
     """The server lists it (``/api/tags``, ``/v1/models``) or the models file names it; False for a
     name known only from the calls served (what ``/api/available-models`` leaves out)."""
+    context: int | None = None
+    """Its context window, tokens, as the server or the models file says (None: not known)."""
+    tools: bool | None = None
+    """It takes tool definitions (Ollama ``capabilities``, llama.cpp's chat template); None: not known."""
 
 
 class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -492,7 +512,9 @@ class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
     url: str
     api: str
-    status: Literal["unknown", "up", "down"] = "unknown"
+    status: Literal["unknown", "up", "busy", "down"] = "unknown"
+    """``busy``: a look timed out, or was not made, while a call streamed from the server: it
+    serves, and cannot answer anything else meanwhile."""
     models: list[ModelInfo] = []
     loaded: list[str] = []
     """Loaded now: what the server says (Ollama /api/ps), or for servers that cannot tell, the
@@ -506,3 +528,13 @@ class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """Why the runner's last look at the server failed: the URL and the failure, named the same
     whatever the HTTP client calls it (``ConnectError``, ``TimeoutError``, ``HTTPStatusError``);
     None while it answers."""
+    kind: str = ""
+    """What server it is, as far as it tells: ``ollama``, ``llama.cpp``, ``llama-cpp-python``,
+    ``vllm``, ``mlx``, or ``openai`` (some other OpenAI-compatible server)."""
+    slots: int | None = None
+    """Generations it runs at once (llama.cpp ``total_slots``; 1 for llama-cpp-python)."""
+    streaming: int = 0
+    """Calls of this runner instance the server works on now (sent, waiting for their first token
+    or streaming)."""
+    progress_at: float = 0.0
+    """When a call of this instance last began or received a token there (Unix time; 0: never)."""

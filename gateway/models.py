@@ -8,42 +8,19 @@ the sum over instances for swaps); ``/metrics`` counts the swaps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any, Final
 
 import msgspec
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from victoria.events import subjects
 from victoria.events.contracts import ModelServerInfo
+from victoria.runtime import reads
 
 log = logging.getLogger(__name__)
 
-_info: Final = msgspec.json.Decoder(ModelServerInfo)
 FIRST_LOOK_POLL: Final = 0.1  # seconds between reads while no runner has written a record
-
-
-async def read_infos(js: JetStreamContext) -> list[ModelServerInfo]:
-    """Every runner instance's record of every model server (none when there is no bucket)."""
-    try:
-        kv = await js.key_value(subjects.MODELS_BUCKET)
-        keys = [key for key in await kv.keys() if key.startswith("info.")]
-    except (NotFoundError, BucketNotFoundError, NoKeysError):
-        return []
-    except (nats.errors.Error, TimeoutError) as exc:
-        log.debug("model servers not read: %s", exc)
-        return []
-    infos = []
-    for key in keys:
-        with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, nats.errors.Error):
-            entry = await kv.get(key)
-            if entry.value:
-                infos.append(_info.decode(entry.value))
-    return infos
 
 
 def merge(infos: list[ModelServerInfo]) -> list[dict[str, Any]]:
@@ -57,6 +34,9 @@ def merge(infos: list[ModelServerInfo]) -> list[dict[str, Any]]:
         newest = records[-1]
         entry: dict[str, Any] = msgspec.to_builtins(newest)
         entry["swaps"] = sum(r.swaps for r in records)
+        entry["streaming"] = sum(r.streaming for r in records)
+        if any(r.status == "busy" for r in records) and newest.status != "down":
+            entry["status"] = "busy"  # one instance's call streams from it
         entry["instances"] = sorted({r.instance for r in records})
         entry.pop("instance", None)
         out.append(entry)
@@ -68,7 +48,7 @@ async def model_servers(js: JetStreamContext, *, wait: float = 0.0) -> list[dict
     record when there is none yet (a runner that has just started)."""
     deadline = time.monotonic() + wait
     while True:
-        infos = await read_infos(js)
+        infos = await reads.model_server_infos(js)
         if infos or time.monotonic() >= deadline:
             return merge(infos)
         await asyncio.sleep(FIRST_LOOK_POLL)

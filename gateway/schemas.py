@@ -208,13 +208,19 @@ class ModelServerView(msgspec.Struct, kw_only=True):
 
     url: str
     api: str
-    status: Literal["unknown", "up", "down"] = "unknown"
+    status: Literal["unknown", "up", "busy", "down"] = "unknown"
+    """``busy``: a runner's call streams from it (it serves, and is not asked meanwhile)."""
     models: list[ModelInfo] = []
     loaded: list[str] = []
     loaded_source: Literal["server", "last_served"] = "last_served"
     swaps: int = 0
     instances: list[str] = []
     at: float = 0.0
+    kind: str = ""
+    """``ollama``, ``llama.cpp``, ``llama-cpp-python``, ``vllm`` or ``openai`` (another server)."""
+    slots: int | None = None
+    streaming: int = 0
+    """Calls streaming from it now, over every runner instance."""
 
 
 class Services(msgspec.Struct, kw_only=True):

@@ -19,6 +19,8 @@ DEFAULT_LLM_URL: Final = "http://127.0.0.1:11434"
 DEFAULT_LLM_API: Final = "ollama"
 DEFAULT_MODEL: Final = "llama3.2"
 DEFAULT_LLM_TIMEOUT: Final = 300.0  # seconds, one model call
+DEFAULT_LLM_IDLE_TIMEOUT: Final = 60.0  # seconds without a token before a call is given up
+DEFAULT_LLM_CAPS: Final = "understand=256,plan=512,step=1024,answer=2048"  # output tokens by purpose
 DEFAULT_TASK_DEADLINE: Final = 900.0  # seconds, one whole task
 DEFAULT_DELEGATE_TIMEOUT: Final = 90.0  # seconds, one delegation to Veronica
 DEFAULT_MAX_ATTEMPTS: Final = 5  # deliveries of one task to Victoria
@@ -386,6 +388,22 @@ class Config:
         _positive_float,
         _SECONDS,
         "seconds one model call may take, waiting for the server included",
+    )
+    llm_idle_timeout: float = _setting(
+        "VICTORIA_LLM_IDLE_TIMEOUT",
+        DEFAULT_LLM_IDLE_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds a model call may go without a token (the first one included) before it is given up",
+    )
+    llm_caps: modelservers.Caps = _setting(
+        "VICTORIA_LLM_CAPS",
+        modelservers.parse_caps(DEFAULT_LLM_CAPS),
+        modelservers.parse_caps,
+        "purpose=tokens, comma-separated",
+        "output caps of model calls by purpose (``understand``, ``plan``, ``step``, ``answer``); "
+        "a models file sets them per server and model",
+        shown=f"`{DEFAULT_LLM_CAPS}`",
     )
     task_deadline: float = _setting(
         "VICTORIA_TASK_DEADLINE",

@@ -11,8 +11,13 @@ applies. ``VICTORIA_MODELS_FILE`` names a TOML file that says more, per server::
     parallel = 4                   # calls at once per model (default: no limit of ours)
     models = ["qwen3:30b"]         # optional: otherwise asked of the server (/api/tags, /v1/models)
     keep_alive = "30m"             # optional: Ollama keep_alive for every model of this server
+    context = 8192                 # optional: the context window, tokens (else asked of the server)
     [server.limits]                # optional: calls at once for one model
     "qwen3:30b" = 1
+    [server.caps]                  # optional: output caps, tokens, by purpose (VICTORIA_LLM_CAPS)
+    plan = 1024
+    [server.caps."qwen3:30b"]      # ... and for one model of it
+    answer = 4096
 
 When the file is given it wins over ``VICTORIA_LLM_URL``.
 """
@@ -23,10 +28,14 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Api = Literal["ollama", "openai"]
 _URL = re.compile(r"^https?://[^\s/,]+")
+CAP_PURPOSES: Final = ("understand", "plan", "step", "answer")
+"""The purposes an output cap is set for (``contracts.PURPOSES``)."""
+Caps = tuple[tuple[str, int], ...]
+"""Output caps, tokens, by purpose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +53,24 @@ class ModelServer:
     """Ollama ``keep_alive`` for every call to this server; None: by the model's size."""
     limits: tuple[tuple[str, int], ...] = ()
     """Calls at once for one model, overriding ``parallel``."""
+    context: int | None = None
+    """The context window of its models, tokens; None: what the server says."""
+    caps: Caps = ()
+    """Output caps by purpose for every model of this server, over ``VICTORIA_LLM_CAPS``."""
+    model_caps: tuple[tuple[str, Caps], ...] = ()
+    """Output caps by purpose for one model, over ``caps``."""
 
     def limit_for(self, model: str) -> int | None:
         return next((n for name, n in self.limits if name == model), self.parallel)
+
+    def cap_for(self, model: str, purpose: str) -> int | None:
+        """The models file's output cap for a call, when it sets one."""
+        for name, caps in self.model_caps:
+            if name == model:
+                found = dict(caps).get(purpose)
+                if found is not None:
+                    return found
+        return dict(self.caps).get(purpose)
 
     @property
     def key(self) -> str:
@@ -105,6 +129,8 @@ def _server(entry: Any, default_api: Api, where: str) -> ModelServer:
     models = entry.get("models")
     keep_alive = entry.get("keep_alive")
     limits = entry.get("limits", {})
+    context = entry.get("context")
+    caps, model_caps = _caps(entry.get("caps", {}), where)
     if not isinstance(max_loaded, int) or max_loaded < 1:
         raise ValueError(f"{where}: max_loaded must be a positive integer")
     if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
@@ -115,6 +141,8 @@ def _server(entry: Any, default_api: Api, where: str) -> ModelServer:
         raise ValueError(f"{where}: keep_alive must be a duration such as 30m")
     if not isinstance(limits, dict) or not all(isinstance(v, int) and v > 0 for v in limits.values()):
         raise ValueError(f"{where}: limits must map model names to positive integers")
+    if context is not None and (not isinstance(context, int) or context < 256):
+        raise ValueError(f"{where}: context must be a number of tokens, 256 or more")
     return ModelServer(
         url=url.rstrip("/"),
         api="ollama" if api == "ollama" else "openai",
@@ -123,4 +151,51 @@ def _server(entry: Any, default_api: Api, where: str) -> ModelServer:
         models=tuple(models) if models is not None else None,
         keep_alive=str(keep_alive) if keep_alive is not None else None,
         limits=tuple((str(k), int(v)) for k, v in limits.items()),
+        context=context,
+        caps=caps,
+        model_caps=model_caps,
     )
+
+
+def parse_caps(raw: str) -> Caps:
+    """``VICTORIA_LLM_CAPS``: ``purpose=tokens`` pairs, comma-separated; ValueError naming the bad one."""
+    pairs: dict[str, int] = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        purpose, _, tokens = entry.partition("=")
+        pairs[purpose.strip()] = _tokens(tokens.strip(), purpose.strip())
+    return _checked(pairs, "VICTORIA_LLM_CAPS")
+
+
+def _tokens(value: object, purpose: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"the cap of {purpose} must be a positive number of tokens")
+    return value
+
+
+def _checked(pairs: dict[str, int], where: str) -> Caps:
+    unknown = sorted(set(pairs) - set(CAP_PURPOSES))
+    if unknown:
+        raise ValueError(f"{where}: {', '.join(unknown)}: caps are set for {', '.join(CAP_PURPOSES)}")
+    return tuple(sorted(pairs.items()))
+
+
+def _caps(table: Any, where: str) -> tuple[Caps, tuple[tuple[str, Caps], ...]]:
+    """``[server.caps]``: purpose = tokens, and model tables of the same."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: caps must be a table of purpose = tokens")
+    own: dict[str, int] = {}
+    models: list[tuple[str, Caps]] = []
+    try:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                pairs = {str(p): _tokens(v, str(p)) for p, v in value.items()}
+                models.append((str(key), _checked(pairs, f"{where}: caps of {key}")))
+            else:
+                own[str(key)] = _tokens(value, str(key))
+        return _checked(own, f"{where}: caps"), tuple(models)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None

@@ -15,15 +15,22 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoKeysError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from victoria.events import subjects
 from victoria.events.codec import task_decoder
-from victoria.events.contracts import AnyTaskEvent, LLMResult
+from victoria.events.contracts import AnyTaskEvent, LLMResult, ModelServerInfo
 from victoria.runtime.protocol import parse_ack_subject
 
 log = logging.getLogger(__name__)
@@ -212,3 +219,26 @@ async def last_history_event(js: JetStreamContext, task_id: str) -> tuple[int, A
     if raw is None:
         return None
     return raw.seq or 0, decode_task_event(raw.data or b"", raw.subject or "")
+
+
+_server_info: Final = msgspec.json.Decoder(ModelServerInfo)
+
+
+async def model_server_infos(js: JetStreamContext) -> list[ModelServerInfo]:
+    """Every runner instance's record of every model server, from the bucket ``victoria_models``
+    (none when there is no bucket)."""
+    try:
+        kv = await js.key_value(subjects.MODELS_BUCKET)
+        keys = [key for key in await kv.keys() if key.startswith("info.")]
+    except (NotFoundError, BucketNotFoundError, NoKeysError):
+        return []
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("model servers not read: %s", exc)
+        return []
+    infos = []
+    for key in keys:
+        with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, nats.errors.Error):
+            entry = await kv.get(key)
+            if entry.value:
+                infos.append(_server_info.decode(entry.value))
+    return infos

@@ -17,7 +17,9 @@ from typing import Any
 
 
 class FakeLLM:
-    """Modes: ``normal``, ``tool`` (first step lists files), ``nonjson``, ``partial``, ``empty``, ``error``."""
+    """Modes: ``normal``, ``tool`` (first step lists files), ``nonjson``, ``partial``, ``empty``,
+    ``error``, ``long`` (every answer is 300 words), ``overflow`` (every call is refused as over
+    the context, as llama-cpp-python says it)."""
 
     def __init__(
         self,
@@ -53,6 +55,15 @@ class FakeLLM:
         self.down = False
         """True: every request is dropped without an answer (the connection closes), as when the
         server is gone."""
+        self.one_at_a_time = False
+        """True: one request at a time, listings too: a GET waits while an answer streams (as
+        mlx_lm.server, or llama-cpp-python without its interrupts)."""
+        self.generating = 0
+        self.gets_while_generating = 0
+        """Listings that arrived while an answer streamed."""
+        self.stall_after: int | None = None
+        """Pieces of an answer after which it stops for ``stall`` seconds."""
+        self.stall = 0.0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +77,15 @@ class FakeLLM:
                 if fake.down:
                     self.close_connection = True
                     return
+                with fake.lock:
+                    fake.gets_while_generating += fake.generating > 0
+                if fake.one_at_a_time:
+                    with fake.serial:
+                        self._get()
+                else:
+                    self._get()
+
+            def _get(self) -> None:
                 if self.path in ("/api/tags", "/v1/models", "/"):
                     names = list(fake.models)
                     self._send(
@@ -86,6 +106,20 @@ class FakeLLM:
                 if self.path not in ("/api/chat", "/v1/chat/completions"):
                     self._send(404, {"error": "not found"})
                     return
+                if fake.mode == "overflow":
+                    message = (
+                        "This model's maximum context length is 8192 tokens. However, you requested 9041 "
+                        "tokens (9031 in the messages, 10 in the completion)."
+                    )
+                    self._send(400, {"error": {"message": message, "code": "context_length_exceeded"}})
+                    return
+                if fake.one_at_a_time:
+                    with fake.serial:
+                        self._answer(body)
+                else:
+                    self._answer(body)
+
+            def _answer(self, body: dict[str, Any]) -> None:
                 content = fake.answer(body.get("messages") or [])
                 key = json.dumps(body.get("messages"), sort_keys=True, ensure_ascii=False)
                 with fake.lock:
@@ -112,18 +146,28 @@ class FakeLLM:
                     self._send(500, {"error": "model exploded"})
                     return
                 model = body.get("model") or "fake"
+                cap = body.get("max_tokens") or (body.get("options") or {}).get("num_predict")
+                finish = "stop"
+                if isinstance(cap, int) and len(content.split(" ")) > cap:  # a word is a token here
+                    content, finish = " ".join(content.split(" ")[:cap]), "length"
                 if body.get("stream"):
+                    with fake.lock:
+                        fake.generating += 1
                     try:
-                        self._stream(model, content)
+                        self._stream(model, content, finish)
                     except (BrokenPipeError, ConnectionResetError):
                         with fake.lock:
                             fake.aborted += 1
+                    finally:
+                        with fake.lock:
+                            fake.generating -= 1
                     return
                 if self.path == "/api/chat":
                     out = {
                         "model": model,
                         "message": {"role": "assistant", "content": content},
                         "done": True,
+                        "done_reason": finish,
                         "prompt_eval_count": 10,
                         "eval_count": 5,
                     }
@@ -132,7 +176,13 @@ class FakeLLM:
                         "id": "chatcmpl-fake",
                         "object": "chat.completion",
                         "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content},
+                                "finish_reason": finish,
+                            }
+                        ],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5},
                     }
                 try:
@@ -141,7 +191,7 @@ class FakeLLM:
                     with fake.lock:
                         fake.aborted += 1
 
-            def _stream(self, model: str, content: str) -> None:
+            def _stream(self, model: str, content: str, finish: str) -> None:
                 """Chunked transfer: Ollama NDJSON or OpenAI server-sent events, a few words each."""
                 ollama = self.path == "/api/chat"
                 self.send_response(200)
@@ -156,6 +206,8 @@ class FakeLLM:
                 for n, piece in enumerate(pieces or [""]):
                     if n and fake.chunk_delay:
                         time.sleep(fake.chunk_delay)
+                    if n and n == fake.stall_after:
+                        time.sleep(fake.stall)
                     if ollama:
                         line = {
                             "model": model,
@@ -164,10 +216,17 @@ class FakeLLM:
                         }
                         self._chunk(json.dumps(line) + "\n")
                     else:
+                        last = n == len(pieces) - 1 or not pieces
                         line = {
                             "object": "chat.completion.chunk",
                             "model": model,
-                            "choices": [{"index": 0, "delta": {"content": piece}}],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "delta": {"content": piece},
+                                    "finish_reason": finish if last else None,
+                                }
+                            ],
                         }
                         self._chunk("data: " + json.dumps(line) + "\n\n")
                 if ollama:
@@ -175,6 +234,7 @@ class FakeLLM:
                         "model": model,
                         "message": {"role": "assistant", "content": ""},
                         "done": True,
+                        "done_reason": finish,
                         "prompt_eval_count": 10,
                         "eval_count": 5,
                     }
@@ -227,6 +287,8 @@ class FakeLLM:
         system = next((text_of(m) for m in messages if m.get("role") == "system"), "")
         user = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
         goal = user.removeprefix("Goal: ").split("\n")[0][:80]
+        if self.mode == "long":
+            return " ".join(f"word{n}" for n in range(300))
         if "carrying out a plan" not in system:
             if self.mode == "empty":
                 return ""

@@ -278,7 +278,7 @@ def _answering_instances(system: System) -> list[dict[str, Any]]:
 
 def test_keep_alive_follows_the_models_size_and_the_models_file() -> None:
     big, small = ModelServer(url="http://a:1"), ModelServer(url="http://b:2", keep_alive="2h")
-    registry = Registry(Scheduler((big, small), max_wait=30, concurrency=4), instance="i", http=None)  # type: ignore[arg-type]
+    registry = Registry(Scheduler((big, small), max_wait=30, concurrency=4), instance="i")
     slot, other = registry.scheduler.slots[big.key], registry.scheduler.slots[small.key]
     for name, size, params in (("qwen3:30b", 18_600_000_000, "30.5B"), ("llama3.2", 2_000_000_000, "3.2B")):
         model = registry.models[big.key].setdefault(name, _Model())
@@ -295,7 +295,11 @@ def test_victoria_models_prints_each_model_where_it_is_and_its_latency() -> None
             url="http://studio:11434",
             api="ollama",
             status="up",
-            models=[ModelInfo(name="qwen3:30b", loaded=True, calls=3, ttft_s=0.41, tokens_per_s=38.2)],
+            models=[
+                ModelInfo(
+                    name="qwen3:30b", loaded=True, calls=3, ttft_s=0.41, tokens_per_s=38.2, context=8192
+                )
+            ],
             loaded=["qwen3:30b"],
             loaded_source="server",
             swaps=2,
@@ -307,8 +311,8 @@ def test_victoria_models_prints_each_model_where_it_is_and_its_latency() -> None
     (server,) = merge(infos)
     assert server["swaps"] == 4 and server["instances"] == ["r1", "r2"]
     lines = table([server])
-    assert lines[0].split() == ["MODEL", "SERVER", "LOADED", "TTFT", "TOKENS/S", "CALLS"]
-    assert lines[1].split() == ["qwen3:30b", "http://studio:11434", "yes", "0.41s", "38.2", "3"]
+    assert lines[0].split() == ["MODEL", "SERVER", "LOADED", "CONTEXT", "TTFT", "TOKENS/S", "CALLS"]
+    assert lines[1].split() == ["qwen3:30b", "http://studio:11434", "yes", "8192", "0.41s", "38.2", "3"]
     assert lines[-1] == "http://studio:11434: ollama, up, loaded: qwen3:30b, 4 swaps"
 
 

@@ -118,6 +118,7 @@ def _follow(http: httpx.Client, base: str, task_id: str, started: float, *, quie
             return
         kind = "message"
         in_tokens = False
+        repeats: set[str] = set()
         for line in response.iter_lines():
             if line.startswith("event: "):
                 kind = line[7:].strip()
@@ -143,6 +144,10 @@ def _follow(http: httpx.Client, base: str, task_id: str, started: float, *, quie
                 in_tokens = False
             if not quiet:
                 for text in describe(event):
+                    if text in repeats:
+                        continue  # the same failure again (an unreachable server, asked again)
+                    if text.startswith(("  model call failed", "waiting_for_model")):
+                        repeats.add(text)
                     _print(f"{time.monotonic() - started:7.1f}s  {text}")
             if event.get("type") in ("task_completed", "task_failed", "task_cancelled"):
                 return
@@ -162,7 +167,16 @@ def describe(event: dict[str, Any]) -> list[str]:
         return lines + ([_stage(event)] if event.get("stage") is not None else [])
     if kind == "llm_result":
         if event.get("ok"):
-            return [f"  model answered in {event.get('duration_s', 0):.2f}s ({event.get('model')})"]
+            said = f"  model answered in {event.get('duration_s', 0):.2f}s ({event.get('model')})"
+            if event.get("finish_reason") == "length":
+                said += f", cut at its cap of {event.get('max_tokens')} tokens"
+            elif event.get("finish_reason") == "interrupted":
+                said += ", ended early by the server"
+            if event.get("trimmed"):
+                said += f"; {event['trimmed']}"
+            return [said]
+        if event.get("error_kind") == "unavailable":
+            return []  # the stage waiting_for_model that follows says it
         return [f"  model call failed: {event.get('error')}"]
     if kind == "tool_result":
         path = event.get("args", {}).get("path", "")
@@ -171,6 +185,8 @@ def describe(event: dict[str, Any]) -> list[str]:
         return ["cancel requested"]
     if kind == "model_wait":  # not stored: the runner's word that a call waits for its model
         if not event.get("waiting", True):
+            if not event.get("server_up", True):
+                return [f"  no server of {event.get('model')} answers; the call tries {event.get('server')}"]
             return [f"  {event.get('model')} loaded: the call goes to {event.get('server')}"]
         return [f"waiting_for_model {event.get('model')} (place {event.get('place')})"]
     if kind in ("task_completed", "task_failed", "task_cancelled"):

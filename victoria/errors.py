@@ -17,6 +17,7 @@
     │   ├── LLMTimeout(TimeoutError)       the call passed its deadline
     │   ├── LLMHTTPError                   the model server answered with an HTTP error status
     │   ├── LLMProtocolError               the answer was not in the protocol's shape
+    │   ├── LLMContextError                the request does not fit the model's context window
     │   └── ImageMissing                   an image of the request is no longer stored
     ├── ToolError                          a tool call failed (bad path, outside the workspace, ...)
     │   └── OutsideWorkspace(PermissionError)
@@ -124,6 +125,15 @@ class LLMHTTPError(LLMError):
 
 class LLMProtocolError(LLMError):
     kind = "protocol"
+
+
+class LLMContextError(LLMError):
+    kind = "context"
+
+    def __init__(self, message: str, *, url: str | None = None, need: int = 0, context: int = 0) -> None:
+        super().__init__(message, url=url)
+        self.need = need
+        self.context = context
 
 
 class ImageMissing(LLMError):

@@ -16,7 +16,7 @@ def table(servers: list[dict[str, Any]]) -> list[str]:
     """The lines ``victoria models`` prints."""
     if not servers:
         return ["no model server known yet (the LLM runner writes what it finds every few seconds)"]
-    rows = [("MODEL", "SERVER", "LOADED", "TTFT", "TOKENS/S", "CALLS")]
+    rows = [("MODEL", "SERVER", "LOADED", "CONTEXT", "TTFT", "TOKENS/S", "CALLS")]
     for server in servers:
         for model in server.get("models") or []:
             ttft = model.get("ttft_s")
@@ -26,6 +26,7 @@ def table(servers: list[dict[str, Any]]) -> list[str]:
                     str(model["name"]),
                     str(server["url"]),
                     "yes" if model.get("loaded") else "no",
+                    str(model.get("context") or "-"),
                     f"{ttft:.2f}s" if isinstance(ttft, int | float) else "-",
                     f"{rate:.1f}" if isinstance(rate, int | float) else "-",
                     str(model.get("calls", 0)),
@@ -37,8 +38,16 @@ def table(servers: list[dict[str, Any]]) -> list[str]:
     ]
     lines.append("")
     for server in servers:
+        kind = server.get("kind") or ""
+        slots = server.get("slots")
+        said = ", ".join(
+            part for part in (kind, f"{slots} slot{'s' if slots != 1 else ''}" if slots else "") if part
+        )
+        status = str(server.get("status"))
+        if status == "busy":
+            status += f" ({server.get('streaming') or 'a'} call(s) streaming)"
         lines.append(
-            f"{server['url']}: {server.get('api')}, {server.get('status')}, loaded: "
+            f"{server['url']}: {server.get('api')}{f' ({said})' if said else ''}, {status}, loaded: "
             f"{', '.join(server.get('loaded') or []) or 'nothing'}"
             f"{' (last served)' if server.get('loaded_source') == 'last_served' else ''}, "
             f"{server.get('swaps', 0)} swaps"

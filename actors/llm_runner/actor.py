@@ -26,11 +26,18 @@ from nats.aio.subscription import Subscription
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from victoria.actors.llm_runner import protocols
+from victoria.actors.llm_runner import fit, protocols, traits
 from victoria.actors.llm_runner.scheduler import Lease, Scheduler, Slot, Waiter
 from victoria.actors.llm_runner.servers import Registry
 from victoria.actors.llm_runner.share import Share
-from victoria.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout, LLMUnavailable
+from victoria.errors import (
+    LLMContextError,
+    LLMError,
+    LLMHTTPError,
+    LLMProtocolError,
+    LLMTimeout,
+    LLMUnavailable,
+)
 from victoria.events import contracts, subjects
 from victoria.events.codec import encode
 from victoria.runtime import fence, reads, tracing
@@ -102,7 +109,9 @@ class LLMRunner(Actor):
         except Exception as exc:  # an older store without the bucket: this instance decides alone
             log.warning("model servers' shared state unavailable (%s); scheduling alone", exc)
             self.share = None
-        self.registry = Registry(self.scheduler, instance=self.instance, http=self.http)
+        self.registry = Registry(
+            self.scheduler, instance=self.instance, idle_timeout=self.config.llm_idle_timeout
+        )
         self.registry.start(self.share.kv if self.share is not None else None)
         for kind in ("cancel", "failed"):
             self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind(kind), cb=self._on_ended))
@@ -299,7 +308,7 @@ class LLMRunner(Actor):
     def _on_admit(self, waiter: Waiter, slot: Slot) -> None:
         if not waiter.noticed:
             return  # placed before anybody was told it waits
-        self._progress(waiter, waiting=False, server=slot.spec.url)
+        self._progress(waiter, waiting=False, server=slot.spec.url, server_up=slot.up)
         for other in self.scheduler.waiting:  # those behind it move up
             if other.model == waiter.model and other is not waiter:
                 self.scheduler.notice(other)
@@ -406,25 +415,42 @@ class LLMRunner(Actor):
             },
         )
         tokens = _TokenPublisher(self.nc, event)
+        sent = _Sent()
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    completion = await self._call_until_reachable(event, model, lease, unreachable, tokens)
-            except TimeoutError:
-                url = self._endpoints[lease.slot.key]
-                err: LLMError = LLMTimeout(
-                    f"model server at {url} gave no answer within {timeout:g}s", url=url
-                )
-                if unreachable:
-                    waited = time.monotonic() - started
-                    err = LLMUnavailable(
-                        f"model server at {url} unreachable for {waited:.1f}s: {unreachable[-1]}", url=url
+                    completion = await self._call_until_reachable(
+                        event, model, lease, unreachable, tokens, sent
                     )
-                span.set_status(Status(StatusCode.ERROR, str(err)))
-                return self._failed(base, err, started)
-            except LLMError as exc:
+            except LLMError as exc:  # before TimeoutError: LLMTimeout is one
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 return self._failed(base, exc, started)
+            except TimeoutError:
+                url = self._endpoints[lease.slot.key]
+                if tokens.pieces:
+                    # It streamed until the call's deadline: the answer so far is the answer.
+                    completion = protocols.Completion(
+                        content=tokens.text(),
+                        model=model,
+                        prompt_tokens=None,
+                        completion_tokens=None,
+                        finish_reason="length",
+                    )
+                    log.info(
+                        "task %s request %s cut at the call's deadline of %gs after %d tokens",
+                        event.task_id,
+                        event.request_id,
+                        timeout,
+                        tokens.pieces,
+                    )
+                else:
+                    err: LLMError = LLMTimeout(
+                        f"model server at {url} sent no first token within {timeout:g}s", url=url
+                    )
+                    if unreachable:
+                        err = self._unreachable(lease.slot, url, time.monotonic() - started, unreachable[-1])
+                    span.set_status(Status(StatusCode.ERROR, str(err)))
+                    return self._failed(base, err, started)
             await tokens.close()
             url = self._endpoints[lease.slot.key]
             duration = time.monotonic() - started
@@ -433,14 +459,32 @@ class LLMRunner(Actor):
                 self.registry.record(
                     lease.slot, model, ttft=ttft, duration=duration, tokens=completion.completion_tokens
                 )
+                self.registry.estimator(lease.slot, model).learn(sent.messages, completion.prompt_tokens)
             span.set_attribute("gen_ai.response.model", completion.model)
             if completion.prompt_tokens is not None:
                 span.set_attribute("gen_ai.usage.input_tokens", completion.prompt_tokens)
             if completion.completion_tokens is not None:
                 span.set_attribute("gen_ai.usage.output_tokens", completion.completion_tokens)
+            if completion.finish_reason is not None:
+                span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
             if ttft is not None:
                 span.set_attribute("victoria.time_to_first_token_s", ttft)
             span.set_attribute("victoria.duration_s", round(duration, 4))
+            if completion.finish_reason == "length" and tokens.pieces:
+                log.info(
+                    "task %s request %s: the answer was cut at its cap of %s tokens; it is used as it stands",
+                    event.task_id,
+                    event.request_id,
+                    sent.max_tokens,
+                )
+            elif completion.finish_reason == "interrupted":
+                log.warning(
+                    "task %s request %s: model server %s ended the answer early without saying why "
+                    "(llama-cpp-python does so when another request reaches it); it is used as it stands",
+                    event.task_id,
+                    event.request_id,
+                    url,
+                )
             log.debug(
                 "task %s request %s answered by %s in %.3fs",
                 event.task_id,
@@ -460,9 +504,31 @@ class LLMRunner(Actor):
                 duration_s=round(duration, 4),
                 instance=self.instance,
                 time_to_first_token_s=ttft,
+                finish_reason=completion.finish_reason,
+                max_tokens=sent.max_tokens,
+                trimmed=sent.trimmed,
             )
         finally:
             span.end()
+
+    def cap(self, slot: Slot, model: str, purpose: str) -> int:
+        """The output cap of a call: the models file's for the server and model, else VICTORIA_LLM_CAPS."""
+        caps = dict(self.config.llm_caps)
+        found = slot.spec.cap_for(model, purpose)
+        if found is not None:
+            return found
+        return caps.get(purpose) or caps.get("step") or max(caps.values(), default=1024)
+
+    async def _fitted(self, event: contracts.LLMRequested, model: str, slot: Slot) -> fit.Fitted:
+        """The request's messages fitted to the model's context, with its output cap."""
+        cap = self.cap(slot, model, event.purpose)
+        if self.registry is None:
+            return fit.Fitted(event.messages, cap, None, 0)
+        await self.registry.model_traits(slot, model)
+        context = self.registry.context_for(slot, model)
+        return fit.fit(
+            event.messages, context=context, cap=cap, estimator=self.registry.estimator(slot, model)
+        )
 
     async def _call_until_reachable(
         self,
@@ -471,47 +537,91 @@ class LLMRunner(Actor):
         lease: Lease,
         unreachable: list[str],
         tokens: _TokenPublisher,
+        sent: _Sent,
     ) -> protocols.Completion:
         """The call on ``lease``'s server. A server that refuses connections before answering is
         left for another that has the model, when there is one (the lease moves); else it is
-        tried again for ``UNREACHABLE_GRACE`` seconds."""
+        tried again for ``UNREACHABLE_GRACE`` seconds. A server that refuses the request as over
+        its context, and names its context, is asked once more with the request fitted to it."""
         assert self.http is not None
         keys = {key for message in event.messages for key in message.images}
         pictures = {key: await self.images.base64_of(key) for key in sorted(keys)}
         delay = 0.25
         first_try = time.monotonic()
         tried: set[str] = set()
+        refitted = False
+        idle = self.config.llm_idle_timeout
+        loop = asyncio.get_running_loop()
         while True:
             slot = lease.slot
             api = slot.spec.api
             url = self._endpoints[slot.key]
+            if self.registry is not None:
+                await self.registry.known(slot)
+            model = self._model_there(event, model, slot, url)
             keep_alive = self.registry.keep_alive(slot, model) if self.registry is not None else None
+            fitted = await self._fitted(event, model, slot)
+            sent.messages, sent.max_tokens, sent.trimmed = fitted.messages, fitted.max_tokens, fitted.trimmed
+            if fitted.trimmed:
+                log.info("task %s request %s: %s", event.task_id, event.request_id, fitted.trimmed)
             body = protocols.request_body(
-                api, model, event.messages, json_mode=event.json_mode, images=pictures, keep_alive=keep_alive
+                api,
+                model,
+                fitted.messages,
+                json_mode=event.json_mode,
+                images=pictures,
+                keep_alive=keep_alive,
+                max_tokens=fitted.max_tokens,
+                num_ctx=slot.spec.context if api == "ollama" else None,
             )
+            streaming = self.registry is not None
+            if self.registry is not None:  # from here the server works on it: nothing else is sent there
+                self.registry.stream_started(slot)
             try:
-                async with self.http.post(url, data=_json.encode(body), headers=_JSON) as response:
-                    unreachable.clear()
-                    if response.status >= 400:
-                        text = (await response.content.read(300)).decode("utf-8", "replace")
-                        raise LLMHTTPError(
-                            f"model server at {url} answered HTTP {response.status}: {text}",
-                            url=url,
-                            status=response.status,
-                        )
-                    reader = protocols.StreamReader(api, model)
-                    try:
-                        async for raw in response.content:
-                            piece = reader.feed(raw.decode("utf-8", "replace"))
-                            if piece:
-                                await tokens.add(piece)
-                    except (LLMProtocolError, ValueError) as exc:  # ValueError: a line over read_bufsize
-                        raise LLMProtocolError(f"{url}: {exc}", url=url) from None
-                    return reader.completion()
+                async with asyncio.timeout(idle) as quiet:
+                    async with self.http.post(url, data=_json.encode(body), headers=_JSON) as response:
+                        unreachable.clear()
+                        if response.status >= 400:
+                            text = (await response.content.read(600)).decode("utf-8", "replace")
+                            if not refitted and self._learned_context(slot, model, text, fitted):
+                                refitted = True
+                                continue
+                            raise self._http_error(url, response.status, text, fitted)
+                        reader = protocols.StreamReader(api, model)
+                        try:
+                            async for raw in response.content:
+                                piece = reader.feed(raw.decode("utf-8", "replace"))
+                                if piece:
+                                    quiet.reschedule(loop.time() + idle)
+                                    if self.registry is not None:
+                                        self.registry.progressed(slot)
+                                    await tokens.add(piece)
+                        except (LLMProtocolError, ValueError) as exc:  # ValueError: a line over read_bufsize
+                            raise LLMProtocolError(f"{url}: {exc}", url=url) from None
+                        if not reader.lines and not refitted and api == "openai":
+                            # Nothing at all (llama-cpp-python streams an overflow so): ask why, once.
+                            refitted = True
+                            if await self._diagnose(url, body, slot, model, fitted):
+                                continue
+                        try:
+                            return reader.completion()
+                        except LLMProtocolError as exc:
+                            raise LLMProtocolError(f"{url}: {exc}", url=url) from None
+            except TimeoutError:
+                if not quiet.expired():
+                    raise  # the call's own deadline, outside
+                if tokens.pieces:
+                    raise LLMTimeout(
+                        f"model server at {url} stalled after {tokens.pieces} tokens (none for {idle:g}s)",
+                        url=url,
+                    ) from None
+                raise LLMTimeout(
+                    f"model server at {url} sent no first token within {idle:g}s", url=url
+                ) from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if tokens.first_at is not None:
                     raise LLMProtocolError(f"{url}: the answer broke off: {exc}", url=url) from None
-                unreachable.append(f"{type(exc).__name__}: {exc or 'connection refused'}")
+                unreachable.append(_connect_failure(exc))
                 tried.add(slot.key)
                 if len(self.scheduler.slots) > 1:
                     self.scheduler.server_down(slot)
@@ -520,16 +630,111 @@ class LLMRunner(Actor):
                         await self.scheduler.move(lease, exclude=frozenset(tried))
                         first_try, delay = time.monotonic(), 0.25
                         continue
-                if time.monotonic() - first_try + delay > UNREACHABLE_GRACE:
+                never = self.registry is not None and self.registry.status[slot.key] == "down"
+                grace = 0.0 if never and not slot.last_served else UNREACHABLE_GRACE  # nobody there yet
+                if time.monotonic() - first_try + delay > grace:
                     raise TimeoutError from None  # reported as "unavailable": the task decides to wait
                 log.warning("model server %s unreachable (%s); retrying in %.2fs", url, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX)
+            finally:
+                if streaming and self.registry is not None:
+                    self.registry.stream_ended(slot)
+
+    def _model_there(self, event: contracts.LLMRequested, model: str, slot: Slot, url: str) -> str:
+        """The model to ask this server for. A server that serves one model only takes the
+        default model's calls for its own; a model the task names that it does not serve is an
+        error that says what it serves."""
+        others = self.registry.served_instead(slot, model) if self.registry is not None else None
+        if not others:
+            return model
+        if event.model is None and len(others) == 1:
+            return others[0]
+        raise LLMHTTPError(
+            f"model {model!r} is not served by {slot.spec.url}: it serves {', '.join(others)} "
+            "(name one of those, or set VICTORIA_MODEL)",
+            url=url,
+            status=404,
+        )
+
+    def _unreachable(self, slot: Slot, url: str, waited: float, why: str) -> LLMUnavailable:
+        """The error of a call that found nobody at its server; for a server never reached, what to do."""
+        never = self.registry is None or self.registry.status[slot.key] in ("unknown", "down")
+        if never and not slot.last_served:
+            return LLMUnavailable(
+                f"no model server answers at {slot.spec.url} ({why}): start one there, or point "
+                "VICTORIA_LLM_URL at yours (Ollama: http://HOST:11434; llama.cpp, llama-cpp-python, "
+                "vLLM or mlx_lm.server: openai:http://HOST:PORT); the task waits for it",
+                url=url,
+            )
+        return LLMUnavailable(f"model server at {url} unreachable for {waited:.1f}s: {why}", url=url)
+
+    def _learned_context(self, slot: Slot, model: str, text: str, fitted: fit.Fitted) -> bool:
+        """The server refused the request as over its context and named a smaller one than it
+        was fitted to: remember it (True: fit again and ask once more)."""
+        if self.registry is None or not traits.is_overflow(text):
+            return False
+        context = traits.context_from_error(text)
+        known = self.registry.context_for(slot, model)
+        if context is None or (known is not None and context >= known):
+            return False
+        log.info(
+            "model server %s says %s holds %d tokens: the request is fitted to that",
+            slot.spec.url,
+            model,
+            context,
+        )
+        self.registry.learn_context(slot, model, context)
+        return True
+
+    def _http_error(self, url: str, status: int, text: str, fitted: fit.Fitted) -> LLMError:
+        if traits.is_overflow(text):
+            context = traits.context_from_error(text)
+            holds = f"; the model's context holds {context} tokens" if context else ""
+            return LLMContextError(
+                f"model server at {url} refused the request as longer than the model's context "
+                f"(about {fitted.prompt_tokens} tokens asked, with {fitted.max_tokens} for the answer{holds}): "
+                f"{text[:300]}",
+                url=url,
+                need=fitted.prompt_tokens,
+                context=context or 0,
+            )
+        return LLMHTTPError(
+            f"model server at {url} answered HTTP {status}: {text[:300]}", url=url, status=status
+        )
+
+    async def _diagnose(
+        self, url: str, body: dict[str, Any], slot: Slot, model: str, fitted: fit.Fitted
+    ) -> bool:
+        """The stream ended without a word: the same request unstreamed, with one token to
+        write, says why. True when it named the model's context (then the request is fitted to it)."""
+        assert self.http is not None
+        probe = {**body, "stream": False, "max_tokens": 1}
+        probe.pop("stream_options", None)
+        try:
+            async with self.http.post(
+                url, data=_json.encode(probe), headers=_JSON, timeout=aiohttp.ClientTimeout(total=30)
+            ) as response:
+                if response.status < 400:
+                    log.info("model server %s answered the same request unstreamed", url)
+                    return False
+                text = (await response.content.read(600)).decode("utf-8", "replace")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("model server %s: no reason for its empty answer (%s)", url, exc or type(exc).__name__)
+            return False
+        log.info("model server %s said of its empty answer: %s", url, text[:200])
+        if self._learned_context(slot, model, text, fitted):
+            return True
+        if traits.is_overflow(text):
+            raise self._http_error(url, response.status, text, fitted)
+        return False
 
     def _failed(self, base: contracts.LLMResult, error: LLMError, started: float) -> contracts.LLMResult:
         log.warning("task %s request %s failed: %s", base.task_id, base.request_id, error)
         kind = (
-            error.kind if error.kind in ("unavailable", "timeout", "http_status", "protocol") else "protocol"
+            error.kind
+            if error.kind in ("unavailable", "timeout", "http_status", "protocol", "context")
+            else "protocol"
         )
         return contracts.LLMResult(
             task_id=base.task_id,
@@ -567,10 +772,19 @@ class _TokenPublisher:
         self.size = 0
         self.last_flush = time.monotonic()
         self.first_at: float | None = None
+        self.pieces = 0
+        """Pieces of text received: a token each, for the servers that stream one at a time."""
+        self._all: list[str] = []
+
+    def text(self) -> str:
+        """Everything received so far."""
+        return "".join(self._all)
 
     async def add(self, text: str) -> None:
         if self.first_at is None:
             self.first_at = time.monotonic()
+        self.pieces += 1
+        self._all.append(text)
         self.buffer.append(text)
         self.size += len(text)
         if self.size >= self.FLUSH_SIZE or time.monotonic() - self.last_flush >= self.FLUSH_EVERY:
@@ -595,6 +809,27 @@ class _TokenPublisher:
         if self.nc.is_connected:
             with contextlib.suppress(Exception):  # tokens are a view; the stored result is the truth
                 await self.nc.publish(self.subject, encode(chunk))
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a connection to a model server failed, in a few words."""
+    cause = getattr(exc, "os_error", None)
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return f"{type(exc).__name__}: {exc or 'connection refused'}"
+
+
+class _Sent:
+    """What the call last sent: the fitted messages, the cap, what was left out."""
+
+    __slots__ = ("max_tokens", "messages", "trimmed")
+
+    def __init__(self) -> None:
+        self.messages: list[contracts.ChatMessage] = []
+        self.max_tokens: int | None = None
+        self.trimmed: str | None = None
 
 
 def _holding_key(event: contracts.LLMRequested) -> str:

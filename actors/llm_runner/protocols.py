@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from victoria.errors import LLMProtocolError
-from victoria.events.contracts import ChatMessage
+from victoria.events.contracts import ChatMessage, FinishReason
 
 Api = Literal["ollama", "openai"]
 
@@ -25,6 +25,7 @@ class Completion:
     model: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    finish_reason: FinishReason | None = None
 
 
 def endpoint(api: Api) -> str:
@@ -40,10 +41,14 @@ def request_body(
     stream: bool = True,
     images: Mapping[str, str] | None = None,
     keep_alive: str | None = None,
+    max_tokens: int | None = None,
+    num_ctx: int | None = None,
 ) -> dict[str, Any]:
     """The chat request. ``images`` maps a message's image keys to their bytes in base64: Ollama
     takes them in the message's ``images``, an OpenAI-compatible server as ``image_url`` parts
-    with a data URL. ``keep_alive`` (Ollama only): how long the model stays loaded after it."""
+    with a data URL. ``keep_alive`` (Ollama only): how long the model stays loaded after it.
+    ``max_tokens``: the output cap (Ollama's ``num_predict``); ``num_ctx`` (Ollama only): the
+    context window the models file sets, which Ollama would otherwise take as its own default."""
     msgs = [_message(api, m, images or {}) for m in messages]
     body: dict[str, Any] = {"model": model, "messages": msgs, "stream": stream}
     if api == "ollama":
@@ -51,8 +56,14 @@ def request_body(
             body["format"] = "json"
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-    elif stream:
-        body["stream_options"] = {"include_usage": True}
+        options = {"num_predict": max_tokens, "num_ctx": num_ctx}
+        if any(value is not None for value in options.values()):
+            body["options"] = {key: value for key, value in options.items() if value is not None}
+    else:
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
     return body
 
 
@@ -111,6 +122,10 @@ class StreamReader:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.done = False
+        self.lines = 0
+        """Lines that carried a JSON object (0 at the end: the server sent nothing at all)."""
+        self.said_reason: str | None = None
+        """The ``finish_reason`` (``done_reason``) the server sent, as it sent it."""
 
     def feed(self, line: str) -> str:
         """One line of the body; returns the new text it carries (maybe empty)."""
@@ -129,6 +144,7 @@ class StreamReader:
             raise LLMProtocolError(f"unreadable line in a streamed answer: {exc}") from None
         if not isinstance(data, dict):
             raise LLMProtocolError("a streamed answer's line is not a JSON object")
+        self.lines += 1
         if isinstance(data.get("error"), str | dict):
             raise LLMProtocolError(f"model server reported an error: {data['error']}")
         if isinstance(data.get("model"), str):
@@ -143,6 +159,7 @@ class StreamReader:
             if self.api == "ollama":
                 if data.get("done"):
                     self.done = True
+                    self.said_reason = str(data.get("done_reason") or "stop")
                     self.prompt_tokens = _int(data.get("prompt_eval_count"))
                     self.completion_tokens = _int(data.get("eval_count"))
                 return str((data.get("message") or {}).get("content") or "")
@@ -155,16 +172,35 @@ class StreamReader:
                 return ""
             first = choices[0]
             if first.get("finish_reason"):
+                self.said_reason = str(first["finish_reason"])
                 self.done = self.done or data.get("object") == "chat.completion"
             piece = (first.get("delta") or {}).get("content") or (first.get("message") or {}).get("content")
             return str(piece or first.get("text") or "")
         except (AttributeError, TypeError, IndexError) as exc:
             raise LLMProtocolError(f"a streamed answer is not in the {self.api} shape: {exc}") from None
 
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """How the answer ended: ``length`` when its cap cut it; ``interrupted`` when the stream
+        ended without the server saying why (llama-cpp-python ends a stream with ``[DONE]`` and
+        no ``finish_reason`` when another request arrives); None before the end."""
+        if self.said_reason == "length":
+            return "length"
+        if self.said_reason is not None:
+            return "stop"
+        return "interrupted" if self.done or self.lines else None
+
     def completion(self) -> Completion:
+        """The answer, once the body has ended; LLMProtocolError when the server sent nothing."""
+        if not self.lines and not self.done:
+            raise LLMProtocolError(
+                "the server ended its answer without sending anything (a request over the model's "
+                "context, or the server's own trouble; its log says which)"
+            )
         return Completion(
             content="".join(self.parts),
             model=self.model,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            finish_reason=self.finish_reason,
         )

@@ -83,6 +83,9 @@ class Slot:
     swaps: int = 0
     last_served: str | None = None
     resident: list[str] = field(default_factory=list)
+    server_slots: int | None = None
+    """Generations the server runs at once, as it says (``traits.py``): calls at once per model
+    when the models file sets no ``parallel``."""
 
     @property
     def key(self) -> str:
@@ -290,7 +293,7 @@ class Scheduler:
         return up or slots
 
     def _limit(self, slot: Slot, model: str) -> int:
-        return slot.spec.limit_for(model) or self.concurrency
+        return slot.spec.limit_for(model) or slot.server_slots or self.concurrency
 
     def _place(self, model: str, now: float, since: float, exclude: frozenset[str]) -> Lease | None:
         candidates = self._candidates(model, exclude)

@@ -6,6 +6,14 @@ cannot say what is loaded: the model of the last call it served stands for that)
 does not answer is down for the scheduler until it answers again. What is found is written to the
 bucket ``victoria_models`` under ``info.<server>.<instance>`` for ``/services`` and
 ``victoria models``.
+
+Busy is not down. While a call of this instance streams tokens from a server (one came within
+the idle timeout), the server is ``busy``: a server that cannot answer a look meanwhile
+(llama-cpp-python, whose every request cuts the running generation; mlx_lm.server, which has
+one thread) is not asked at all, and a look at any other that times out says ``busy``, not
+``down``. Looks go on a connection pool of their own, one at a time per server, so they never
+wait behind the calls in the runner's pool. What the server can do (``traits.py``) is asked once,
+when it first answers, and kept with its models' entries.
 """
 
 from __future__ import annotations
@@ -17,13 +25,15 @@ import re
 import statistics
 import time
 from collections import deque
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
 import msgspec
 import nats.errors
 from nats.js.kv import KeyValue
 
+from victoria.actors.llm_runner import traits
+from victoria.actors.llm_runner.fit import Estimator
 from victoria.actors.llm_runner.scheduler import Scheduler, Slot
 from victoria.events.contracts import ModelInfo, ModelServerInfo
 
@@ -40,12 +50,29 @@ _encode: Final = msgspec.json.Encoder()
 
 
 class _Model:
-    __slots__ = ("latency", "parameter_size", "size_bytes")
+    __slots__ = (
+        "asked",
+        "context",
+        "estimator",
+        "latency",
+        "parameter_size",
+        "running_context",
+        "size_bytes",
+        "tools",
+    )
 
     def __init__(self) -> None:
         self.size_bytes: int | None = None
         self.parameter_size: str | None = None
         self.latency: deque[tuple[float | None, float | None]] = deque(maxlen=RECENT)
+        self.context: int | None = None
+        """The context the server says the model has (Ollama /api/show, an overflow error)."""
+        self.running_context: int | None = None
+        """The context Ollama runs it with now (/api/ps)."""
+        self.tools: bool | None = None
+        self.asked = False
+        """Its own traits were asked (Ollama /api/show)."""
+        self.estimator = Estimator()
 
 
 def parameters_billions(text: str | None) -> float | None:
@@ -61,13 +88,25 @@ def parameters_billions(text: str | None) -> float | None:
 
 
 class Registry:
-    def __init__(self, scheduler: Scheduler, *, instance: str, http: aiohttp.ClientSession) -> None:
+    def __init__(self, scheduler: Scheduler, *, instance: str, idle_timeout: float = 60.0) -> None:
         self.scheduler = scheduler
         self.instance = instance
-        self.http = http
+        self.idle_timeout = idle_timeout
+        self.http: aiohttp.ClientSession | None = None
+        """The looks' own pool (made at start): never behind the calls in the runner's."""
         self.kv: KeyValue | None = None
+        self.traits: dict[str, traits.Traits] = {key: traits.Traits() for key in scheduler.slots}
+        self.status: dict[str, Literal["unknown", "up", "busy", "down"]] = {
+            key: "unknown" for key in scheduler.slots
+        }
+        self.streaming: dict[str, int] = {key: 0 for key in scheduler.slots}
+        """Server -> calls of this instance streaming from it now."""
+        self.progress_at: dict[str, float] = {key: 0.0 for key in scheduler.slots}
+        """Server -> when one of those calls last got a token (time.time())."""
         self.models: dict[str, dict[str, _Model]] = {key: {} for key in scheduler.slots}
         self._task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Future[None]] = set()
+        self._looking: dict[str, asyncio.Lock] = {key: asyncio.Lock() for key in scheduler.slots}
         self._written: dict[str, tuple[bytes, float]] = {}
         self.listed: dict[str, set[str]] = {key: set() for key in scheduler.slots}
         """Server -> the models it listed at its last look."""
@@ -79,6 +118,8 @@ class Registry:
 
     def start(self, kv: KeyValue | None) -> None:
         self.kv = kv
+        if self.http is None:
+            self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="model-servers")
 
@@ -87,6 +128,28 @@ class Registry:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    # --- calls streaming ----------------------------------------------------------------------
+    def stream_started(self, slot: Slot) -> None:
+        self.streaming[slot.key] += 1
+        self.progress_at[slot.key] = time.time()
+        if self.streaming[slot.key] == 1 and self.kv is not None:  # the monitor reads it: soon
+            task = asyncio.ensure_future(self.write_info(slot))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    def progressed(self, slot: Slot) -> None:
+        self.progress_at[slot.key] = time.time()
+
+    def stream_ended(self, slot: Slot) -> None:
+        self.streaming[slot.key] = max(0, self.streaming[slot.key] - 1)
+
+    def serving(self, slot: Slot) -> bool:
+        """A call of this instance streams from the server and got a token within the idle timeout."""
+        return self.streaming[slot.key] > 0 and time.time() - self.progress_at[slot.key] < self.idle_timeout
 
     async def _loop(self) -> None:
         while True:
@@ -95,6 +158,7 @@ class Registry:
 
     # --- looking at the servers ---------------------------------------------------------------
     async def _get(self, url: str) -> Any:
+        assert self.http is not None
         async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as response:
             if response.status >= 400:
                 raise aiohttp.ClientResponseError(
@@ -102,9 +166,29 @@ class Registry:
                 )
             return await response.json(content_type=None)
 
+    async def known(self, slot: Slot) -> None:
+        """Before a call: a server not looked at yet (the runner has just started) is looked at
+        now, so that the call is fitted to what it is."""
+        if not self.traits[slot.key].kind and not self.serving(slot) and self.http is not None:
+            async with self._looking[slot.key]:
+                if not self.traits[slot.key].kind:
+                    await self._refresh(slot)
+
     async def refresh(self, slot: Slot) -> None:
+        """One look at the server (one at a time per server)."""
+        async with self._looking[slot.key]:
+            await self._refresh(slot)
+
+    async def _refresh(self, slot: Slot) -> None:
         known = self.models[slot.key]
         url = slot.spec.url + ("/api/tags" if slot.spec.api == "ollama" else "/v1/models")
+        recent = time.time() - self.progress_at[slot.key] < REFRESH  # a task's next call comes soon
+        if (self.serving(slot) or recent) and not self.traits[slot.key].answers_while_generating:
+            if self.serving(slot):
+                self._busy(slot, "not asked while a call streams from it")
+            await self.write_info(slot)
+            return
+        listing: Any = None
         try:
             if slot.spec.api == "ollama":
                 tags = await self._get(url)
@@ -123,17 +207,40 @@ class Registry:
                     ps = await self._get(slot.spec.url + "/api/ps")
                     slot.loaded = [str(m.get("name") or m.get("model")) for m in ps.get("models") or []]
                     slot.loaded_source = "server"
+                    running = traits.ollama_loaded_context(ps)
+                    for name, model in known.items():
+                        model.running_context = running.get(name)
             else:
                 listing = await self._get(url)
                 names = [str(item.get("id")) for item in listing.get("data") or [] if item.get("id")]
                 for name in names:
                     known.setdefault(name, _Model())
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
-            self.errors[slot.key] = f"{url}: {_failure(exc)}"
-            if slot.up:
-                log.warning("model server %s does not answer: %s", slot.spec.url, exc or type(exc).__name__)
-            self.scheduler.server_down(slot)
+            if isinstance(exc, TimeoutError) and (self.serving(slot) or self._remote_running(slot)):
+                self._busy(slot, f"{url}: {_failure(exc)} while a call streams from it")
+            else:
+                self.errors[slot.key] = f"{url}: {_failure(exc)}"
+                if slot.up:
+                    log.warning(
+                        "model server %s does not answer: %s", slot.spec.url, exc or type(exc).__name__
+                    )
+                self.status[slot.key] = "down"
+                self.traits[slot.key] = traits.Traits()  # asked again when it is back: it may be another
+                self.scheduler.server_down(slot)
         else:
+            if not self.traits[slot.key].kind:
+                assert self.http is not None
+                found = await traits.discover(self._get, slot.spec.url, slot.spec.api, listing)
+                self.traits[slot.key] = found
+                slot.server_slots = found.slots
+                log.info(
+                    "model server %s is %s (context %s, slots %s)",
+                    slot.spec.url,
+                    found.kind,
+                    found.context or "not told",
+                    found.slots or "not told",
+                )
+            self.status[slot.key] = "busy" if self.serving(slot) else "up"
             self.errors[slot.key] = None
             self.listed[slot.key] = set(names)
             if slot.spec.models is None and names:
@@ -145,6 +252,72 @@ class Registry:
 
     def mark_down(self, slot: Slot) -> None:
         self.scheduler.server_down(slot)
+
+    def _busy(self, slot: Slot, why: str) -> None:
+        if self.status[slot.key] != "busy":
+            log.info("model server %s is busy: %s", slot.spec.url, why)
+        self.status[slot.key] = "busy"
+        self.errors[slot.key] = None
+
+    def _remote_running(self, slot: Slot) -> bool:
+        """Another runner instance says it has calls running on this server."""
+        return any(slot.remote_work(model, running_only=True) for model in slot.models or ())
+
+    # --- what the server can do ---------------------------------------------------------------
+    async def model_traits(self, slot: Slot, model: str) -> None:
+        """Ask once what one model can do (Ollama's /api/show), before its first call."""
+        entry = self.models[slot.key].setdefault(model, _Model())
+        if entry.asked or slot.spec.api != "ollama" or self.http is None:
+            return
+        entry.asked = True
+        try:
+            async with self.http.post(
+                slot.spec.url + "/api/show",
+                json={"model": model},
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ) as response:
+                found = traits.ollama_show(await response.json(content_type=None)) if response.ok else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("model %s at %s not described: %s", model, slot.spec.url, exc)
+            return
+        if found is not None:
+            entry.context, entry.tools = found.context, found.tools
+
+    def context_for(self, slot: Slot, model: str) -> int | None:
+        """The context window a request for ``model`` on this server is fitted to (None: not known)."""
+        if slot.spec.context is not None:
+            return slot.spec.context
+        entry = self.models[slot.key].get(model)
+        if slot.spec.api == "ollama":
+            if entry is not None and entry.running_context:
+                return entry.running_context
+            trained = entry.context if entry is not None else None
+            return min(trained or traits.OLLAMA_DEFAULT_CONTEXT, traits.OLLAMA_DEFAULT_CONTEXT)
+        if entry is not None and entry.context:
+            return entry.context
+        return self.traits[slot.key].context
+
+    def learn_context(self, slot: Slot, model: str, context: int) -> None:
+        """An overflow error named the model's context window."""
+        self.models[slot.key].setdefault(model, _Model()).context = context
+
+    def estimator(self, slot: Slot, model: str) -> Estimator:
+        return self.models[slot.key].setdefault(model, _Model()).estimator
+
+    def served_instead(self, slot: Slot, model: str) -> list[str] | None:
+        """The models a server that serves only what it lists has, when ``model`` is not one
+        (llama-cpp-python, llama-server and vLLM answer any name with their own model, or refuse
+        it); None when it may serve ``model``."""
+        if self.traits[slot.key].kind not in ("llama-cpp-python", "llama.cpp", "vllm") or slot.spec.models:
+            return None
+        listed = self.listed[slot.key]
+        if not listed or model in listed:
+            return None
+        return sorted(listed)
+
+    def interrupts(self, slot: Slot) -> bool:
+        """Any other request cuts this server's running generation (llama-cpp-python)."""
+        return self.traits[slot.key].kind == "llama-cpp-python"
 
     # --- what calls tell ----------------------------------------------------------------------
     def record(
@@ -195,12 +368,20 @@ class Registry:
                     ttft_s=round(statistics.median(ttfts), 4) if ttfts else None,
                     tokens_per_s=round(statistics.median(rates), 1) if rates else None,
                     listed=name in self.listed[slot.key] or name in (slot.spec.models or ()),
+                    context=self.context_for(slot, name)
+                    if model and (model.context or model.asked)
+                    else None,
+                    tools=model.tools if model else None,
                 )
             )
+        found = self.traits[slot.key]
+        status = self.status[slot.key]
+        if status == "busy" and not self.serving(slot) and not self._remote_running(slot):
+            status = "up" if slot.up else "down"
         return ModelServerInfo(
             url=slot.spec.url,
             api=slot.spec.api,
-            status="up" if slot.up else "down",
+            status=("up" if slot.up else "down") if status == "unknown" else status,
             models=models,
             loaded=list(slot.loaded),
             loaded_source=slot.loaded_source,
@@ -208,6 +389,10 @@ class Registry:
             instance=self.instance,
             at=round(time.time(), 3),
             error=self.errors.get(slot.key),
+            kind=found.kind,
+            slots=found.slots,
+            streaming=self.streaming[slot.key],
+            progress_at=round(self.progress_at[slot.key], 3),
         )
 
     async def write_info(self, slot: Slot) -> None:

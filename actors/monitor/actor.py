@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Final, Literal, assert_never
@@ -38,12 +39,16 @@ from victoria.events.contracts import (
     ServiceUp,
     utcnow,
 )
+from victoria.runtime import reads
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 
 log = logging.getLogger(__name__)
 
 MISSED_BEATS: Final = 3  # intervals of silence before an instance counts as down
+RECENTLY_SERVED: Final = 2  # probe intervals after a runner's last token from a model server that
+# it is not probed: an agent's next call follows its last at once, and a probe arriving then would
+# wait behind that generation (or, on llama-cpp-python, cut it short)
 BLIND_AFTER: Final = 2  # intervals the monitor's own beat may be late before it judges nobody
 
 
@@ -73,6 +78,8 @@ class Monitor(Actor):
         super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self.entries: dict[tuple[str, str], _Entry] = {}
         self.probes: dict[str, ProbeState] = {}
+        self.model_servers: dict[str, str] = {}
+        """Probe name -> the model server's base URL (what the runners' records name)."""
         self._subs: list[Subscription] = []
         self._hearing_since: datetime | None = None
         """Since when the monitor's own heartbeats come back to it in time (None while blind)."""
@@ -90,6 +97,7 @@ class Monitor(Actor):
         for n, server in enumerate(cfg.servers):  # the first keeps the name it always had
             health = "/api/tags" if server.api == "ollama" else "/v1/models"
             name = "model-server" if n == 0 else f"model-server-{n + 1}"
+            self.model_servers[name] = server.url
             specs.append(ProbeSpec(name=name, target=server.url + health, kind="http", **common))  # type: ignore[arg-type]
         if cfg.postgres_dsn:
             specs.append(ProbeSpec(name="postgres", target=cfg.postgres_dsn, kind="postgres", **common))  # type: ignore[arg-type]
@@ -127,7 +135,8 @@ class Monitor(Actor):
                 name=state.spec.name,
                 target=redact(state.spec.target),
                 status=state.status,
-                reason=state.last_error or ("" if state.status != "unknown" else "not checked yet"),
+                reason=(state.busy_reason if state.status == "busy" else state.last_error)
+                or ("" if state.status != "unknown" else "not checked yet"),
                 last_checked=state.last_checked,
             )
             for state in self.probes.values()
@@ -146,15 +155,45 @@ class Monitor(Actor):
         await asyncio.sleep(spec.initial_delay)
         async with httpx.AsyncClient() as client:
             while True:
-                if spec.kind == "http":
+                serving = await self._serving(spec.name)
+                if serving is not None:
+                    # Asking would queue behind the generation, or (llama-cpp-python) cut it short.
+                    if state.status != "busy":
+                        log.info("%s is busy: %s", spec.name, serving)
+                    flipped: Literal["up", "down"] | None = state.serving(serving)
+                elif spec.kind == "http":
                     error = await check_http(client, spec.target, spec.timeout)
+                    if error is not None and error.startswith("timeout"):
+                        late = await self._serving(spec.name)
+                        if late is not None:  # a call began meanwhile: the wait was the generation's
+                            flipped = state.serving(late)
+                            state.last_checked = utcnow()
+                            await asyncio.sleep(spec.interval)
+                            continue
+                    flipped = state.record(error)
                 else:
-                    error = await check_postgres(spec.target, spec.timeout)
+                    flipped = state.record(await check_postgres(spec.target, spec.timeout))
                 state.last_checked = utcnow()
-                flipped = state.record(error)
                 if flipped is not None:
                     await self._publish_probe(state, flipped, target)
                 await asyncio.sleep(spec.interval)
+
+    async def _serving(self, probe: str) -> str | None:
+        """Why the model server of ``probe`` counts as busy now: a runner instance says a call of
+        its streams from it and got a token within the idle timeout (its record in
+        ``victoria_models``); None when none does, or for other probes."""
+        url = self.model_servers.get(probe)
+        if url is None:
+            return None
+        now = time.time()
+        for info in await reads.model_server_infos(self.js):
+            if info.url != url:
+                continue
+            if info.streaming and now - info.progress_at < self.config.llm_idle_timeout:
+                return f"{info.streaming} call(s) of llm-runner/{info.instance} streaming from it"
+            if now - info.progress_at < RECENTLY_SERVED * self.config.probe_interval:
+                return f"llm-runner/{info.instance} got a token from it {now - info.progress_at:.1f}s ago"
+        return None
 
     async def _publish_probe(self, state: ProbeState, status: Literal["up", "down"], target: str) -> None:
         spec = state.spec
@@ -171,8 +210,9 @@ class Monitor(Actor):
             )
             log.warning("%s is down: %s", spec.name, reason)
         else:
+            reason = state.busy_reason if state.status == "busy" else "probe succeeded"
             event = ServiceUp(
-                name=spec.name, instance=self.instance, reason="probe succeeded", source="probe", url=target
+                name=spec.name, instance=self.instance, reason=reason, source="probe", url=target
             )
             log.info("%s is up (%s)", spec.name, target)
         try:

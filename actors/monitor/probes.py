@@ -2,7 +2,8 @@
 
 A probe starts after ``initial_delay``, checks every ``interval`` with a ``timeout``, and flips to
 ``down`` after ``failure_threshold`` failures in a row, back to ``up`` after ``success_threshold``
-successes in a row. Only flips are reported.
+successes in a row. Only flips are reported. A model server that a runner's call streams from is
+``busy`` (``ProbeState.serving``): it is not asked meanwhile, and counts as up.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ class ProbeSpec:
 @dataclass(slots=True)
 class ProbeState:
     spec: ProbeSpec
-    status: Literal["unknown", "up", "down"] = "unknown"
+    status: Literal["unknown", "up", "busy", "down"] = "unknown"
     failures: int = 0
     successes: int = 0
     last_error: str | None = None
     last_checked: datetime | None = None
+    busy_reason: str = ""
 
     def record(self, error: str | None) -> Literal["up", "down"] | None:
         """Count one result; return the new status if it flipped."""
@@ -47,10 +49,21 @@ class ProbeState:
         status: Literal["up", "down"] = "up" if ok else "down"
         count = self.successes if ok else self.failures
         threshold = self.spec.success_threshold if ok else self.spec.failure_threshold
+        if self.status == "busy" and ok:
+            self.status = "up"  # it was up all along: no news
+            return None
         if self.status == status or count < threshold:
             return None
         self.status = status
         return status
+
+    def serving(self, reason: str) -> Literal["up"] | None:
+        """A runner's call streams from the server: ``busy``, not asked. Returns ``up`` when that
+        is a flip (it was down)."""
+        flipped: Literal["up"] | None = "up" if self.status == "down" else None
+        self.status, self.busy_reason = "busy", reason
+        self.failures, self.last_error = 0, None
+        return flipped
 
 
 def redact(dsn: str) -> str:
