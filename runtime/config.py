@@ -20,7 +20,7 @@ DEFAULT_LLM_API: Final = "ollama"
 DEFAULT_MODEL: Final = "llama3.2"
 DEFAULT_LLM_TIMEOUT: Final = 300.0  # seconds, one model call
 DEFAULT_LLM_IDLE_TIMEOUT: Final = 60.0  # seconds without a token before a call is given up
-DEFAULT_LLM_CAPS: Final = "understand=256,plan=512,step=1024,answer=2048"  # output tokens by purpose
+DEFAULT_LLM_CAPS: Final = "understand=200,plan=400,step=1024,answer=2048"  # output tokens by purpose
 DEFAULT_TASK_DEADLINE: Final = 900.0  # seconds, one whole task
 DEFAULT_DELEGATE_TIMEOUT: Final = 90.0  # seconds, one delegation to Veronica
 DEFAULT_MAX_ATTEMPTS: Final = 5  # deliveries of one task to Victoria

@@ -42,6 +42,7 @@ def test_a_task_past_its_attempts_fails_with_the_reason_and_goes_to_the_dead_let
 
 
 def test_cancelling_a_queued_task_ends_it_at_once(tmp_path: Path, fake: FakeLLM, workspace: Path) -> None:
+    fake.delay = 0.5  # each model call: the first task stays busy while the test looks at the second
     with make_system(tmp_path, fake, workspace, VICTORIA_CONCURRENCY="1").start() as system:
         busy = system.submit("Keeps Victoria busy", task_type="agent")
         waiting = system.submit("Waits its turn", task_type="agent")

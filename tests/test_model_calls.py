@@ -44,7 +44,7 @@ def test_each_call_carries_the_output_cap_of_its_purpose(
     before = len(mode.requests)
     assert agent(system, "Name three rivers")["status"] == "completed"
     caps = [body["options"]["num_predict"] for body in mode.requests[before:]]
-    assert caps == [256, 512, 1024]  # understand, plan, step: VICTORIA_LLM_CAPS's defaults
+    assert caps == [200, 400, 1024]  # understand, plan, step: VICTORIA_LLM_CAPS's defaults
 
 
 def test_a_models_file_sets_caps_per_server_and_per_model(
@@ -60,7 +60,7 @@ def test_a_models_file_sets_caps_per_server_and_per_model(
     ).start() as system:
         before = len(mode.requests)
         assert agent(system, "Name a lake", model="special")["status"] == "completed"
-        assert [body["max_tokens"] for body in mode.requests[before:]] == [256, 100, 50]
+        assert [body["max_tokens"] for body in mode.requests[before:]] == [200, 100, 50]
 
 
 def test_an_answer_cut_by_its_cap_is_used_as_it_stands_and_marked(

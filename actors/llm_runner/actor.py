@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from victoria.actors.llm_runner import fit, protocols, traits
 from victoria.actors.llm_runner.scheduler import Lease, Scheduler, Slot, Waiter
-from victoria.actors.llm_runner.servers import Registry
+from victoria.actors.llm_runner.servers import Registry, connect_failure
 from victoria.actors.llm_runner.share import Share
 from victoria.errors import (
     LLMContextError,
@@ -621,7 +621,7 @@ class LLMRunner(Actor):
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if tokens.first_at is not None:
                     raise LLMProtocolError(f"{url}: the answer broke off: {exc}", url=url) from None
-                unreachable.append(_connect_failure(exc))
+                unreachable.append(connect_failure(exc))
                 tried.add(slot.key)
                 if len(self.scheduler.slots) > 1:
                     self.scheduler.server_down(slot)
@@ -809,16 +809,6 @@ class _TokenPublisher:
         if self.nc.is_connected:
             with contextlib.suppress(Exception):  # tokens are a view; the stored result is the truth
                 await self.nc.publish(self.subject, encode(chunk))
-
-
-def _connect_failure(exc: BaseException) -> str:
-    """Why a connection to a model server failed, in a few words."""
-    cause = getattr(exc, "os_error", None)
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror.lower()
-    return f"{type(exc).__name__}: {exc or 'connection refused'}"
 
 
 class _Sent:

@@ -7,7 +7,7 @@ does not answer is down for the scheduler until it answers again. What is found 
 bucket ``victoria_models`` under ``info.<server>.<instance>`` for ``/services`` and
 ``victoria models``.
 
-Busy is not down. While a call of this instance streams tokens from a server (one came within
+Busy is not down. While a call of this instance is on a server (sent, and a token came within
 the idle timeout), the server is ``busy``: a server that cannot answer a look meanwhile
 (llama-cpp-python, whose every request cuts the running generation; mlx_lm.server, which has
 one thread) is not asked at all, and a look at any other that times out says ``busy``, not
@@ -100,9 +100,9 @@ class Registry:
             key: "unknown" for key in scheduler.slots
         }
         self.streaming: dict[str, int] = {key: 0 for key in scheduler.slots}
-        """Server -> calls of this instance streaming from it now."""
+        """Server -> calls of this instance on it now (sent, waiting for a first token or streaming)."""
         self.progress_at: dict[str, float] = {key: 0.0 for key in scheduler.slots}
-        """Server -> when one of those calls last got a token (time.time())."""
+        """Server -> when one of those calls began or last got a token (time.time())."""
         self.models: dict[str, dict[str, _Model]] = {key: {} for key in scheduler.slots}
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Future[None]] = set()
@@ -169,9 +169,9 @@ class Registry:
     async def known(self, slot: Slot) -> None:
         """Before a call: a server not looked at yet (the runner has just started) is looked at
         now, so that the call is fitted to what it is."""
-        if not self.traits[slot.key].kind and not self.serving(slot) and self.http is not None:
+        if self.status[slot.key] == "unknown" and not self.serving(slot) and self.http is not None:
             async with self._looking[slot.key]:
-                if not self.traits[slot.key].kind:
+                if self.status[slot.key] == "unknown":
                     await self._refresh(slot)
 
     async def refresh(self, slot: Slot) -> None:
@@ -415,7 +415,7 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTPStatusError: {exc.status} {exc.message}"
     if isinstance(exc, aiohttp.ClientConnectionError):
-        return f"ConnectError: {exc}"
+        return f"ConnectError: {connect_failure(exc)}"
     if isinstance(exc, TimeoutError):
         return f"TimeoutError: no answer within {REQUEST_TIMEOUT:g}s"
     return f"{type(exc).__name__}: {exc}"
@@ -424,3 +424,13 @@ def _failure(exc: BaseException) -> str:
 def _aliases(names: list[str]) -> list[str]:
     """Ollama answers to ``llama3.2`` for ``llama3.2:latest``."""
     return [name.removesuffix(":latest") for name in names if name.endswith(":latest")]
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection to a model server failed, in a few words."""
+    cause = getattr(exc, "os_error", None)
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return f"{type(exc).__name__}: {exc or 'connection refused'}"

@@ -46,9 +46,9 @@ from victoria.runtime.config import Config
 log = logging.getLogger(__name__)
 
 MISSED_BEATS: Final = 3  # intervals of silence before an instance counts as down
-RECENTLY_SERVED: Final = 2  # probe intervals after a runner's last token from a model server that
-# it is not probed: an agent's next call follows its last at once, and a probe arriving then would
-# wait behind that generation (or, on llama-cpp-python, cut it short)
+FIRST_MODEL_PROBE: Final = 5.0  # seconds after start before a model server's first probe
+RUNNER_VIEW_FRESH: Final = 45.0  # seconds a runner's record of a model server stands for a probe
+# (a runner rewrites it every 5 s when it changes, every 30 s when it does not)
 BLIND_AFTER: Final = 2  # intervals the monitor's own beat may be late before it judges nobody
 
 
@@ -98,7 +98,10 @@ class Monitor(Actor):
             health = "/api/tags" if server.api == "ollama" else "/v1/models"
             name = "model-server" if n == 0 else f"model-server-{n + 1}"
             self.model_servers[name] = server.url
-            specs.append(ProbeSpec(name=name, target=server.url + health, kind="http", **common))  # type: ignore[arg-type]
+            # Its first look waits for the runner's first record: a probe of ours during a first
+            # call (a task submitted at start) could queue behind it, or cut it short.
+            first = {**common, "initial_delay": max(common["initial_delay"], FIRST_MODEL_PROBE)}
+            specs.append(ProbeSpec(name=name, target=server.url + health, kind="http", **first))  # type: ignore[arg-type]
         if cfg.postgres_dsn:
             specs.append(ProbeSpec(name="postgres", target=cfg.postgres_dsn, kind="postgres", **common))  # type: ignore[arg-type]
         return specs
@@ -155,22 +158,20 @@ class Monitor(Actor):
         await asyncio.sleep(spec.initial_delay)
         async with httpx.AsyncClient() as client:
             while True:
-                serving = await self._serving(spec.name)
-                if serving is not None:
-                    # Asking would queue behind the generation, or (llama-cpp-python) cut it short.
-                    if state.status != "busy":
-                        log.info("%s is busy: %s", spec.name, serving)
-                    flipped: Literal["up", "down"] | None = state.serving(serving)
+                view = await self._runner_view(spec.name)
+                flipped: Literal["up", "down"] | None
+                if view is not None:
+                    # A runner looks at this server, in step with its own calls: its word is the
+                    # probe (a probe of ours could queue behind a generation, or cut it short).
+                    status, reason = view
+                    if status == "busy":
+                        if state.status != "busy":
+                            log.info("%s is busy: %s", spec.name, reason)
+                        flipped = state.serving(reason)
+                    else:
+                        flipped = state.record(None if status == "up" else reason)
                 elif spec.kind == "http":
-                    error = await check_http(client, spec.target, spec.timeout)
-                    if error is not None and error.startswith("timeout"):
-                        late = await self._serving(spec.name)
-                        if late is not None:  # a call began meanwhile: the wait was the generation's
-                            flipped = state.serving(late)
-                            state.last_checked = utcnow()
-                            await asyncio.sleep(spec.interval)
-                            continue
-                    flipped = state.record(error)
+                    flipped = state.record(await check_http(client, spec.target, spec.timeout))
                 else:
                     flipped = state.record(await check_postgres(spec.target, spec.timeout))
                 state.last_checked = utcnow()
@@ -178,21 +179,25 @@ class Monitor(Actor):
                     await self._publish_probe(state, flipped, target)
                 await asyncio.sleep(spec.interval)
 
-    async def _serving(self, probe: str) -> str | None:
-        """Why the model server of ``probe`` counts as busy now: a runner instance says a call of
-        its streams from it and got a token within the idle timeout (its record in
-        ``victoria_models``); None when none does, or for other probes."""
+    async def _runner_view(self, probe: str) -> tuple[str, str] | None:
+        """The model server of ``probe`` as a live runner instance last saw it (its record in
+        ``victoria_models``, written within ``RUNNER_VIEW_FRESH`` seconds): its status and why;
+        None when no runner looks at it (or for other probes). Busy wins over another
+        instance's up."""
         url = self.model_servers.get(probe)
         if url is None:
             return None
         now = time.time()
-        for info in await reads.model_server_infos(self.js):
-            if info.url != url:
-                continue
-            if info.streaming and now - info.progress_at < self.config.llm_idle_timeout:
-                return f"{info.streaming} call(s) of llm-runner/{info.instance} streaming from it"
-            if now - info.progress_at < RECENTLY_SERVED * self.config.probe_interval:
-                return f"llm-runner/{info.instance} got a token from it {now - info.progress_at:.1f}s ago"
+        fresh = [
+            info
+            for info in await reads.model_server_infos(self.js)
+            if info.url == url and now - info.at < RUNNER_VIEW_FRESH and info.status != "unknown"
+        ]
+        for info in fresh:
+            if info.status == "busy":
+                return "busy", f"{info.streaming or 'a'} call(s) of llm-runner/{info.instance} on it"
+        for info in sorted(fresh, key=lambda i: i.at, reverse=True):
+            return info.status, info.error or f"llm-runner/{info.instance} finds it {info.status}"
         return None
 
     async def _publish_probe(self, state: ProbeState, status: Literal["up", "down"], target: str) -> None:
