@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import psutil
 
-from bench import fakemodel, w4, workloads
+from bench import fakemodel, r1, w4, workloads
 from bench.loadgen import max_rate, run_fast, wrk_rate
 from bench.procs import (
     HOST,
@@ -80,7 +80,35 @@ class Sizes:
 FULL: Final = Sizes(2000, 64, 3, 100, 128, 200, 2.0, 20.0, 50, 1.0, 3.0)
 QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0)
 Driver = Callable[[int, int, str], dict[str, Any]]  # (tasks, clients, tag) -> W1 figures
-WORKLOADS: Final = ("W1", "W2", "W3", "W4")
+WORKLOADS: Final = ("W1", "W2", "W3", "W4", "R1")
+DEFAULT_WORKLOADS: Final = ("W1", "W2", "W3", "W4")
+"""What runs without ``--only``: R1 needs a real model server (``--real-model-url``)."""
+REAL_MODEL_ENV: Final = "BENCH_REAL_MODEL_URL"
+R1_SETTLE: Final = 3.0  # seconds after ready: the runner's first look at the server ends before tasks
+R1_ROWS: Final = (
+    ("overhead_per_call_proxy", "Overhead per model call, against the calls' durations at the proxy, ms"),
+    ("overhead_per_call_direct", "Overhead per model call, against the direct replays, ms"),
+    (
+        "overhead_per_call_direct_adjusted",
+        "Overhead per model call, against the direct replays scaled to the live token counts, ms",
+    ),
+    ("ttft_vs_proxy", "First token to the client, less the same request's first token at the proxy, ms"),
+    ("ttft_vs_direct", "First token to the client, less the same request's first token sent directly, ms"),
+    ("submit_to_first_call", "Submission to the first model request at the proxy, ms"),
+    ("between_calls", "One call's end to the next call's request, at the proxy, ms"),
+    ("last_call_to_end", "The last call's end to the client seeing the task end, ms"),
+    ("token_latency", "A call's first words: from the proxy to the client (token_chunk), ms"),
+    ("server_ttft_live_minus_direct", "The server's first token, live less replayed (the noise floor), ms"),
+    ("stream_first_chunk", "POST /stream to its first chunk line, ms"),
+    ("stream_answer_word_vs_proxy", "/stream's first chunk after the proxy saw those words, ms"),
+)
+R1_TARGETS: Final = (
+    ("overhead_per_call_proxy", "R1 overhead per model call, p50, against the proxy", 15.0),
+    ("overhead_per_call_direct_adjusted", "R1 overhead per model call, p50, against direct replays", 15.0),
+    ("ttft_vs_proxy", "R1 first token, p50, against the same request at the proxy", 20.0),
+    ("ttft_vs_direct", "R1 first token, p50, against the same request sent directly", 20.0),
+)
+"""Issue's aim: under 15 ms per model call and under 20 ms on the first token, at the median."""
 SYSTEMS: Final = ("victoria", "baseline", "celery")
 EXTRA_SYSTEMS: Final = ("scale",)
 """Run only when named in ``--systems``: ``scale`` is W1 in four layouts (``SCALE_LAYOUTS``)."""
@@ -269,8 +297,12 @@ class Run:
         work: Path,
         stream: str,
         victoria_env: dict[str, str] | None = None,
+        real_model: tuple[str, str] = (r1.DEFAULT_URL, r1.DEFAULT_MODEL),
+        r1_tasks: int = len(r1.GOALS),
     ) -> None:
         self.sizes = sizes
+        self.real_url, self.real_model = real_model
+        self.r1_tasks = r1_tasks
         self.victoria_env = victoria_env or {}
         self.stream_mode = stream
         self.peer_stream = stream != "off"  # "auto" follows what Victoria's runner did, once known
@@ -485,6 +517,55 @@ class Run:
         up = self.procs.start("victoria-up-restart", victoria_argv(port, data_dir), env)
         out["ready_after_restart_s"] = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
         self.procs.stop(up)
+        if "R1" in self.only:
+            out["R1"] = self.run_r1()
+
+    def run_r1(self) -> dict[str, Any]:
+        """R1: Victoria of its own (new data dir) on the real model server, through the recording
+        proxy; then, Victoria stopped, the recorded calls replayed straight to the server."""
+        proxy_port, port = free_port(), free_port()
+        proxy = self.procs.start(
+            "realproxy",
+            python_module("bench.realproxy", "--port", str(proxy_port), "--upstream", self.real_url),
+            clean_env(),
+        )
+        proxy.wait_http(proxy_port, "/__proxy/records", 15)
+        env = clean_env(
+            {
+                "VICTORIA_LLM_URL": f"openai:http://{HOST}:{proxy_port}",
+                "VICTORIA_MODEL": self.real_model,
+                **self.victoria_env,
+            }
+        )
+        say(f"victoria-r1: victoria up, model {self.real_model} at {self.real_url} through a recording proxy")
+        up = self.procs.start("victoria-up-r1", victoria_argv(port, self.work / "victoria-r1-data"), env)
+        ready = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
+        time.sleep(R1_SETTLE)
+        say(f"victoria-r1: {self.r1_tasks} agent tasks, one at a time (/run and /stream)")
+        tasks = run_fast(r1.run_tasks(port, model=self.real_model, count=self.r1_tasks))
+        records = http_json(proxy_port, "/__proxy/records")
+        self.procs.stop(up)
+        self.procs.stop(proxy)
+        calls = sorted(records["calls"], key=lambda c: float(c["at"]))
+        say(f"victoria-r1: Victoria stopped; {len(calls)} recorded calls replayed straight to the server")
+        direct = run_fast(r1.replay(self.real_url, calls))
+        result = r1.figures(tasks, calls, direct)
+        result.update(
+            model_url=self.real_url,
+            model=self.real_model,
+            ready_s=ready,
+            max_steps=r1.MAX_STEPS,
+            probes=r1.probe_figures(records["probes"]),
+            raw={"tasks": [asdict(t) for t in tasks], "calls": calls, "direct": direct},
+        )
+        say(
+            f"victoria-r1: {result['completed']}/{result['tasks']} completed, {result['calls']} calls; "
+            + "; ".join(
+                f"{key} p50 {result[key].get('p50_ms')} ms, p99 {result[key].get('p99_ms')} ms"
+                for key, _ in R1_ROWS
+            )
+        )
+        return result
 
     def run_w4(self, port: int) -> dict[str, Any]:
         """W4 against Victoria, and the same calls sent as they come, against the same fake."""
@@ -816,6 +897,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"< ack wait {ack_wait:g} s + {FEW_SECONDS:g} s",
         (done is not None and done < limit) if measured_w3 else None,
     )
+    for key, what, limit in R1_TARGETS:
+        value = _get(v, "R1", key, "p50_ms")
+        add(what, value, f"< {limit:g} ms", None if value is None else value < limit)
     ready = v.get("ready_s")
     add("Ready after `victoria up`", ready, "< 3 s", None if ready is None else ready < 3.0)
     for key, what in (
@@ -956,6 +1040,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"VICTORIA_MODEL_MAX_WAIT {v4['max_wait_s']:g} s plus its own calls = {lone['bound_s']} s; "
             f"showed waiting_for_model: {lone['showed_waiting_for_model']})."
         )
+    if _get(results, "victoria", "R1"):
+        notes.extend(r1_table(results["victoria"]["R1"], met))
     for layout in _get(results, "scale", "W1_scale") or []:
         notes.append(
             f"W1 on {layout['nats_servers']} NATS server(s), {layout['replicas']} replica(s), "
@@ -971,6 +1057,38 @@ def markdown(results: dict[str, Any]) -> str:
             "task again from its first step; the baseline loses every task it held."
         )
     return "\n".join(lines + notes) + "\n"
+
+
+def r1_table(v1: dict[str, Any], met: Callable[[str], str]) -> list[str]:
+    """R1's own table (Victoria alone, against a real model server) and a line on its calls."""
+    target = {key: (what, limit) for key, what, limit in R1_TARGETS}
+    lines = [
+        "",
+        f"R1: model {v1['model']} at {v1['model_url']}, {v1['tasks']} agent tasks one at a time "
+        f"({v1['completed']} completed), {v1['calls']} model calls.",
+        "",
+        "| R1 measure | p50 | p99 | n | Target (p50) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for key, what in R1_ROWS:
+        figures = v1.get(key) or {}
+        aim = f"< {target[key][1]:g} ms{met(target[key][0])}" if key in target else ""
+        lines.append(
+            f"| {what} | {_fmt(figures.get('p50_ms'))} | {_fmt(figures.get('p99_ms'))} | "
+            f"{figures.get('n', 0)} | {aim} |"
+        )
+    probes = v1["probes"]
+    lines += [
+        "",
+        f"R1 calls: completion tokens live {v1['completion_tokens']['live']}, replayed "
+        f"{v1['completion_tokens']['direct']} ({v1['calls_same_text_both_ways']} of {v1['calls']} replies "
+        f"the same text both ways); model seconds live {v1['model_seconds']['live_at_proxy']}, replayed "
+        f"{v1['model_seconds']['direct']}; cut short: live {v1['calls_interrupted_live']}, replayed "
+        f"{v1['calls_interrupted_direct']}. Other requests to the server: {probes['requests']} "
+        f"({', '.join(f'{k} x{n}' for k, n in probes['by_path'].items()) or 'none'}), "
+        f"{probes['during_a_call']} of them while a call streamed.",
+    ]
+    return lines
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -989,7 +1107,9 @@ def celery_available() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
-    parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads to run, e.g. W1,W3")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_WORKLOADS), help="workloads to run, e.g. W1,W3 (R1: named only)"
+    )
     parser.add_argument("--systems", default=None, help="victoria,baseline,celery (default: all available)")
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="JSON output; the table goes next to it (.md)"
@@ -1006,6 +1126,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="NAME=VALUE",
         help="run Victoria with this setting changed (for experiments; the output records it)",
+    )
+    parser.add_argument(
+        "--real-model-url",
+        default=os.environ.get(REAL_MODEL_ENV) or r1.DEFAULT_URL,
+        help=f"R1: the real OpenAI-compatible model server (env {REAL_MODEL_ENV}; default {r1.DEFAULT_URL})",
+    )
+    parser.add_argument("--real-model", default=r1.DEFAULT_MODEL, help="R1: the model to ask for")
+    parser.add_argument(
+        "--r1-tasks", type=int, default=len(r1.GOALS), help="R1: agent tasks (the goals repeat past 8)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dir)")
     parser.add_argument(
@@ -1044,7 +1173,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="victoria-bench-"))
     say(f"work directory {work}")
     overrides = dict(item.split("=", 1) for item in args.victoria_env if "=" in item)
-    bench = Run(QUICK if args.quick else FULL, only, systems, work, args.model_stream, overrides)
+    bench = Run(
+        QUICK if args.quick else FULL,
+        only,
+        systems,
+        work,
+        args.model_stream,
+        overrides,
+        real_model=(args.real_model_url, args.real_model),
+        r1_tasks=args.r1_tasks,
+    )
     try:
         results = bench.execute()
     finally:

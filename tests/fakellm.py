@@ -59,8 +59,8 @@ class FakeLLM:
         """True: one request at a time, listings too: a GET waits while an answer streams (as
         mlx_lm.server, or llama-cpp-python without its interrupts)."""
         self.generating = 0
-        self.gets_while_generating = 0
-        """Listings that arrived while an answer streamed."""
+        self.gets_while_generating: list[str] = []
+        """The paths of the GETs that arrived while an answer streamed."""
         self.stall_after: int | None = None
         """Pieces of an answer after which it stops for ``stall`` seconds."""
         self.stall = 0.0
@@ -78,7 +78,8 @@ class FakeLLM:
                     self.close_connection = True
                     return
                 with fake.lock:
-                    fake.gets_while_generating += fake.generating > 0
+                    if fake.generating > 0:
+                        fake.gets_while_generating.append(self.path)
                 if fake.one_at_a_time:
                     with fake.serial:
                         self._get()

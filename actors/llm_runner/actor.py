@@ -576,7 +576,7 @@ class LLMRunner(Actor):
             )
             streaming = self.registry is not None
             if self.registry is not None:  # from here the server works on it: nothing else is sent there
-                self.registry.stream_started(slot)
+                await self.registry.call_starts(slot)
             try:
                 async with asyncio.timeout(idle) as quiet:
                     async with self.http.post(url, data=_json.encode(body), headers=_JSON) as response:

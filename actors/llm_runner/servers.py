@@ -133,6 +133,16 @@ class Registry:
             self.http = None
 
     # --- calls streaming ----------------------------------------------------------------------
+    async def call_starts(self, slot: Slot) -> None:
+        """A call is about to be sent. On a server that cannot answer while it generates, a look
+        under way is let finish first (it is bounded by its timeout), so that no look reaches the
+        server after the call and none waits behind it."""
+        if self.traits[slot.key].answers_while_generating:
+            self.stream_started(slot)
+            return
+        async with self._looking[slot.key]:
+            self.stream_started(slot)
+
     def stream_started(self, slot: Slot) -> None:
         self.streaming[slot.key] += 1
         self.progress_at[slot.key] = time.time()
