@@ -23,6 +23,8 @@ class Seen:
     body: bytes
     arrived: float
     first_byte: float | None = None
+    last_byte: float | None = None
+    chunks: int = 0
     ended: float | None = None
     client_left: bool = False
     status: int = 0
@@ -87,6 +89,8 @@ class RecordingProxy:
                     async for chunk in upstream.content.iter_any():
                         if seen.first_byte is None:
                             seen.first_byte = time.monotonic()
+                        seen.last_byte = time.monotonic()
+                        seen.chunks += 1
                         await out.write(chunk)
                     await out.write_eof()
             except asyncio.CancelledError:

@@ -51,6 +51,20 @@ def real_model(real_url: str) -> str:
     return str(httpx.get(real_url + "/v1/models", timeout=10).json()["data"][0]["id"])
 
 
+@pytest.fixture(autouse=True)
+def idle_first(real_url: str) -> None:
+    """Each test starts on an idle server: one that went silent in a test before (README: the
+    server goes on after the client left) is waited for, up to its longest answer."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(real_url + "/v1/models", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    pytest.fail(f"the model server at {real_url} stayed busy for 300 s")
+
+
 @pytest.fixture
 def proxy(real_url: str) -> Iterator[RecordingProxy]:
     with RecordingProxy(real_url) as recording:
@@ -233,9 +247,21 @@ def test_two_tasks_at_once_on_a_one_slot_server_do_not_cut_each_other_short(
         thread.start()
     for thread in threads:
         thread.join()
-    for task_id in ids:
-        assert system.wait_terminal(task_id, timeout=120)["status"] == "completed"
-        assert not [r for r in results(system, task_id) if r.get("finish_reason") == "interrupted"]
+    ends = [system.wait_terminal(task_id, timeout=120) for task_id in ids]
     calls = sorted(proxy.calls(), key=lambda s: s.arrived)
     overlapping = [b for a, b in itertools.pairwise(calls) if a.ended and b.arrived < a.ended - 0.05]
-    assert not overlapping  # one generation at a time: the server's one slot
+    timeline = [
+        (
+            round(c.arrived - calls[0].arrived, 1),
+            c.first_byte and round(c.first_byte - c.arrived, 1),
+            c.last_byte and round(c.last_byte - c.arrived, 1),
+            c.ended and round(c.ended - c.arrived, 1),
+            c.chunks,
+            c.client_left,
+        )
+        for c in calls
+    ]
+    assert not overlapping, timeline  # one generation at a time: the server's one slot
+    for task_id, end in zip(ids, ends, strict=True):
+        assert not [r for r in results(system, task_id) if r.get("finish_reason") == "interrupted"]
+        assert end["status"] == "completed", (end.get("error_kind"), end.get("error"), timeline)
