@@ -52,6 +52,8 @@ BUCKETS: Final = (IDEMPOTENCY_BUCKET, SESSIONS_BUCKET, MODELS_BUCKET)
 """Model servers as the runners share them: what each runs now, what waits, what it serves."""
 TELEGRAM: Final = "telegram"
 """The service name of the Telegram bot that registers with the gateway and beats through it."""
+IMAGES_STREAM: Final = f"OBJ_{IMAGES_BUCKET}"
+"""The stream of the object store of images (nats-py names it ``OBJ_<bucket>``)."""
 
 TaskKind = Literal[
     "submitted",
@@ -104,6 +106,11 @@ TASK_STREAMS: Final = tuple(f"VICTORIA_TASKS_{n}" for n in range(TASK_SHARDS))
 
 def task_stream_of(task_id: str) -> str:
     return task_stream(shard_of(task_id))
+
+
+def bucket_stream(bucket: str) -> str:
+    """The stream of a key-value bucket (nats-py names it ``KV_<bucket>``)."""
+    return f"KV_{bucket}"
 
 
 def task_event(task_id: str, kind: TaskKind) -> str:

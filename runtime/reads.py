@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
@@ -54,7 +55,11 @@ class Scan:
 
     Its consumer's creation reports how many messages match (``pending``), so a filter that
     matches nothing ends at once instead of after a timeout, and messages stored after the start
-    are not read. ``TimeoutError`` when ``wait`` seconds pass without the next messages: they
+    are not read. The consumer has a random name, which nats-py then puts in the creation's
+    subject (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``): NATS permissions can refuse
+    that subject for a work consumer's name, where a name in the body of the nameless form
+    (``$JS.API.CONSUMER.CREATE.<stream>``) would change that consumer's settings
+    (``nats-users.conf``). ``TimeoutError`` when ``wait`` seconds pass without the next messages: they
     expired meanwhile, or the stream lost its leader. A caller for whom what was read stands
     catches it; one that needs every message (a task's history) lets it go up."""
 
@@ -77,6 +82,7 @@ class Scan:
         self.js = js
         self.stream = stream
         self.config = jsapi.ConsumerConfig(
+            name=uuid.uuid4().hex,
             filter_subject=subject,
             deliver_policy=policy,
             opt_start_seq=start_seq,

@@ -38,8 +38,8 @@ async def run(config: Config, url: str) -> int:
         # Streams made earlier keep their replicas at every start; setup is where they change
         # (JetStream moves a stream to more or fewer servers online).
         names = [c.name or "" for c in streams.stream_configs()] + [
-            f"OBJ_{subjects.IMAGES_BUCKET}",
-            *(f"KV_{bucket}" for bucket in subjects.BUCKETS),
+            subjects.IMAGES_STREAM,
+            *(subjects.bucket_stream(bucket) for bucket in subjects.BUCKETS),
         ]
         for name in names:
             info = await js.stream_info(name)

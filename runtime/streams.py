@@ -123,7 +123,7 @@ async def ensure_streams(
         await js.object_store(subjects.IMAGES_BUCKET)
     except (NotFoundError, BucketNotFoundError):
         await creating(
-            f"OBJ_{subjects.IMAGES_BUCKET}",
+            subjects.IMAGES_STREAM,
             "is missing",
             js.create_object_store(
                 subjects.IMAGES_BUCKET,
@@ -189,7 +189,7 @@ async def ensure_key_value(
         await js.key_value(bucket)
     except (NotFoundError, BucketNotFoundError):
         await creating(
-            f"KV_{bucket}",
+            subjects.bucket_stream(bucket),
             "is missing",
             js.create_key_value(
                 bucket=bucket,

@@ -92,9 +92,8 @@ def test_every_stream_and_bucket_has_three_replicas_on_a_three_node_cluster(
             subjects.HEARTBEAT_STREAM,
             subjects.LOG_STREAM,
             subjects.DLQ_STREAM,
-            f"KV_{subjects.IDEMPOTENCY_BUCKET}",
-            f"KV_{subjects.SESSIONS_BUCKET}",
-            f"OBJ_{subjects.IMAGES_BUCKET}",
+            *(subjects.bucket_stream(bucket) for bucket in subjects.BUCKETS),
+            subjects.IMAGES_STREAM,
         }
         assert expected <= set(found)
         assert {asked for asked, _ in found.values()} == {3}

@@ -111,6 +111,7 @@ class Monitor(Actor):
         self._subs.append(
             await self.js.subscribe(
                 subjects.ALL_HEARTBEATS,
+                stream=subjects.HEARTBEAT_STREAM,  # named: no look-up of the stream by subject
                 ordered_consumer=True,
                 deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT,
                 cb=self._on_service_message,
