@@ -204,6 +204,30 @@ def _model_servers(env: Mapping[str, str]) -> tuple[tuple[ModelServer, ...], Pat
     return servers, None
 
 
+def _sandbox_mode(raw: str) -> str:
+    if raw not in ("auto", "bwrap", "sandbox-exec", "none"):
+        raise ValueError(raw)
+    return raw
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) for name in names):
+        raise ValueError(raw)
+    return names
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    return tuple(Path(part.strip()).expanduser() for part in raw.split(",") if part.strip())
+
+
+def _effects(raw: str) -> frozenset[str]:
+    effects = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    if not effects <= {"read", "write", "execute", "external"}:
+        raise ValueError(raw)
+    return effects
+
+
 def _instance(raw: str) -> str:
     if not re.match(r"^[A-Za-z0-9_-]{1,48}$", raw):
         raise ValueError(raw)
@@ -419,6 +443,74 @@ class Config:
         "a directory",
         "the only directory Veronica's tools can see",
         shown="current directory",
+    )
+    sandbox: Literal["auto", "bwrap", "sandbox-exec", "none"] = _setting(
+        "VICTORIA_SANDBOX",
+        "auto",
+        _sandbox_mode,
+        "auto, bwrap, sandbox-exec or none",
+        "what the model's commands run in: ``auto`` (bwrap on Linux, sandbox-exec on macOS), or "
+        "``none``: no sandbox, each command with a person's approval",
+    )
+    sandbox_network: bool = _setting(
+        "VICTORIA_SANDBOX_NETWORK",
+        False,
+        _bool,
+        "true or false",
+        "commands may reach the network (for ``pip install`` and the like)",
+    )
+    sandbox_env: tuple[str, ...] = _setting(
+        "VICTORIA_SANDBOX_ENV",
+        (),
+        _names,
+        "variable names, comma-separated",
+        "variables of Veronica's environment passed on to commands (never VICTORIA_* or NATS_*)",
+        shown="none",
+    )
+    sandbox_read: tuple[Path, ...] = _setting(
+        "VICTORIA_SANDBOX_READ",
+        (),
+        _paths,
+        "directories, comma-separated",
+        "more directories commands may read, outside the system's and the workspace",
+        shown="none",
+    )
+    command_max_s: float = _setting(
+        "VICTORIA_COMMAND_MAX_S",
+        600.0,
+        _positive_float,
+        _SECONDS,
+        "the longest ``timeout_s`` a command may ask for (its default is 60)",
+    )
+    command_memory_mb: int = _setting(
+        "VICTORIA_COMMAND_MEMORY_MB",
+        4096,
+        _positive_int,
+        "megabytes",
+        "address space of each process of a command (Linux)",
+    )
+    command_processes: int = _setting(
+        "VICTORIA_COMMAND_PROCESSES",
+        256,
+        _positive_int,
+        _COUNT,
+        "processes one command may have at once",
+    )
+    command_output: int = _setting(
+        "VICTORIA_COMMAND_OUTPUT",
+        65536,
+        _positive_int,
+        "bytes",
+        "bytes of a command's stdout, and of its stderr, kept for the model (first and last halves)",
+    )
+    approval: frozenset[str] = _setting(
+        "VICTORIA_APPROVAL",
+        frozenset(),
+        _effects,
+        "effects, comma-separated: write, execute, external",
+        "the effects of tool calls that need a person's yes; ``execute`` is added when "
+        "VICTORIA_SANDBOX is ``none``",
+        shown="none",
     )
     delegate_timeout: float = _setting(
         "DELEGATE_VERONICA_TIMEOUT",

@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--nats-url", default=None)
     setup.add_argument("--data-dir", type=Path, default=None)
 
+    sandbox = sub.add_parser(
+        "sandbox",
+        help="say what the model's commands run in (VICTORIA_SANDBOX), or run COMMAND there as "
+        "run_command would (in VICTORIA_WORKSPACE, with its limits) and print what it did",
+    )
+    sandbox.add_argument("--timeout", type=float, default=None, help="seconds (default 60)")
+    sandbox.add_argument("--cwd", default=".", help="a folder of the workspace")
+    sandbox.add_argument("shell", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="shell text")
+
     nats_env = sub.add_parser(
         "nats-env",
         help="print the NATS users' passwords as export lines, for a nats-server of your own run with "
@@ -168,6 +177,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from victoria.runtime import logs, process
 
     command = args.command
+    if command == "sandbox":
+        return process.run(_sandbox(args, config))
     if command == "up":
         from victoria.runtime.supervisor import Supervisor
 
@@ -315,3 +326,20 @@ def _actor_factory(name: str) -> type[Actor]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+async def _sandbox(args: argparse.Namespace, config: Config) -> int:
+    from victoria.actors.veronica.commands import Commands
+
+    commands = Commands(config)
+    shell = " ".join(args.shell[1:] if args.shell[:1] == ["--"] else args.shell)
+    if not shell:
+        print((await commands.ready()).describe())
+        return 0
+    outcome = await commands.run(shell, cwd=args.cwd, timeout_s=args.timeout)
+    sys.stdout.write(outcome.stdout)
+    sys.stderr.write(outcome.stderr)
+    ended = outcome.reason or f"exit {outcome.exit_code}"
+    cut = ", output cut" if outcome.cut else ""
+    print(f"[{outcome.sandbox}: {ended}, {outcome.duration_s:g}s{cut}]", file=sys.stderr)
+    return outcome.exit_code if outcome.exit_code is not None else 124

@@ -152,6 +152,23 @@ class OutsideWorkspace(ToolError, PermissionError):
     pass
 
 
+class SandboxUnavailable(ToolError):
+    """No sandbox to run a command in: ``reason`` says what was tried; the message says how to get one."""
+
+    def __init__(self, reason: str, *, macos: bool = False) -> None:
+        how = (
+            "sandbox-exec (/usr/bin/sandbox-exec) comes with macOS: is this macOS?"
+            if macos
+            else "install bubblewrap (Debian, Ubuntu: apt install bubblewrap; Fedora: dnf install bubblewrap; "
+            "Arch: pacman -S bubblewrap)"
+        )
+        super().__init__(
+            f"commands cannot run: no sandbox ({reason}); {how}, or set VICTORIA_SANDBOX=none to run "
+            "them unsandboxed, each with a person's approval"
+        )
+        self.reason = reason
+
+
 class TaskAborted(VictoriaError):
     """The task fails with ``reason``; ``kind`` becomes its ``error_kind`` (``llm_timeout``, ...)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
 from victoria.actors.veronica import files
-from victoria.errors import ToolError
+from victoria.actors.veronica.commands import Commands
+from victoria.errors import SandboxUnavailable, ToolError
 from victoria.events import subjects, tools
 from victoria.events.codec import encode, files_request_decoder
 from victoria.events.contracts import FilesReply, FilesRequest
@@ -34,11 +36,23 @@ class Veronica(Actor):
         super().__init__(nc, config, restarts=restarts, fenced=fenced)
         self._sub: Subscription | None = None
         self._busy = 0
+        self.commands = Commands(config)
+        self._finding: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.VERONICA_FILES, queue="veronica", cb=self._on_request)
+        self._finding = asyncio.create_task(self._find_sandbox())  # a trial command, off the start
+
+    async def _find_sandbox(self) -> None:
+        with contextlib.suppress(SandboxUnavailable):  # logged, and in the heartbeat
+            await self.commands.ready()
+
+    def health(self) -> tuple[str, str]:
+        return self.commands.health()
 
     async def on_stop(self) -> None:
+        if self._finding is not None:
+            self._finding.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
 
