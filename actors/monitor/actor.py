@@ -32,6 +32,7 @@ from victoria.events.codec import encode, service_decoder
 from victoria.events.contracts import (
     DependencyEntry,
     Heartbeat,
+    ModelServerInfo,
     ServiceDown,
     ServiceEntry,
     ServicesReply,
@@ -83,6 +84,8 @@ class Monitor(Actor):
         self._subs: list[Subscription] = []
         self._hearing_since: datetime | None = None
         """Since when the monitor's own heartbeats come back to it in time (None while blind)."""
+        self._runner_records: list[ModelServerInfo] = []
+        """The runners' records of the model servers as last read (``_runner_view``)."""
 
     def probe_specs(self) -> list[ProbeSpec]:
         cfg = self.config
@@ -189,9 +192,13 @@ class Monitor(Actor):
         if url is None:
             return None
         now = time.time()
+        # A read that found nothing (the bucket slow to answer under load) keeps the records read
+        # before: each still counts only while it is fresh, so no probe of ours goes out meanwhile.
+        infos = await reads.model_server_infos(self.js) or self._runner_records
+        self._runner_records = infos
         fresh = [
             info
-            for info in await reads.model_server_infos(self.js)
+            for info in infos
             if info.url == url and now - info.at < RUNNER_VIEW_FRESH and info.status != "unknown"
         ]
         for info in fresh:
