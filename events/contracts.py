@@ -110,12 +110,28 @@ class TaskStage(TaskEvent, tag="task_stage", kw_only=True, frozen=True):
     """Identity of this stage within the task (defaults to ``stage`` or ``stage:step``)."""
 
 
+class ToolCallPart(msgspec.Struct, frozen=True, gc=False):
+    """One tool call in a model's reply (the protocol's ``tool_calls``), its arguments parsed. The
+    id is the server's, or ``<request_id>-call_<n>`` when it gives none (Ollama before 0.12.10)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = {}
+    """Arguments that were not a JSON object are kept as ``{"_raw": "<what the model wrote>"}``."""
+
+
 class ChatMessage(msgspec.Struct, frozen=True, gc=False):
     role: str
     content: str
     images: list[str] = []
     """Keys of images in the object store ``victoria_images``; the runner sends their bytes in the
     model protocol's own way (Ollama ``images``, OpenAI image parts)."""
+    tool_calls: list[ToolCallPart] = []
+    """An assistant message that called tools: the calls, as its reply (``LLMResult.tool_calls``) had them."""
+    tool_call_id: str | None = None
+    """A ``role: "tool"`` message: the id of the call whose result it carries."""
+    name: str | None = None
+    """A ``role: "tool"`` message: the tool's name (Ollama's ``tool_name``)."""
 
 
 class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
@@ -144,6 +160,10 @@ class LLMRequested(TaskEvent, tag="llm_requested", kw_only=True, frozen=True):
     understood: str | None = None
     """What the agent read in the task's understand reply (its one reader of model replies), on the
     request that follows it: what the old clients' ``/stream`` shows as the "Understood" step."""
+    tools: list[dict[str, Any]] = []
+    """The tool table sent with the request as the protocol's own ``tools``, JSON Schema function
+    specs in OpenAI's shape (``{"type": "function", "function": {"name", "description",
+    "parameters"}}``); empty: none are sent, and the reply is text."""
 
 
 Purpose = Literal["understand", "plan", "step", "answer"]
@@ -182,6 +202,11 @@ class LLMResult(TaskEvent, tag="llm_result", kw_only=True, frozen=True):
     """The output cap the call was sent with (tokens)."""
     trimmed: str | None = None
     """What was left out of the request to fit the model's context, when anything was."""
+    tool_calls: list[ToolCallPart] = []
+    """The tools the model called, in order (a request with ``tools``); none: ``content`` is its answer."""
+    tools_refused: bool = False
+    """The server or model does not take tools (its error said so, or the models file says
+    ``tools = false``): ``ok`` is False, and the request may be asked again without them."""
 
 
 class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):
@@ -192,6 +217,66 @@ class ToolResult(TaskEvent, tag="tool_result", kw_only=True, frozen=True):
     ok: bool = True
     output: str = ""
     error: str | None = None
+
+
+ToolEffect = Literal["read", "write", "execute", "external"]
+
+
+class ToolIntent(TaskEvent, tag="tool_intent", kw_only=True, frozen=True):
+    """A tool call the model asked for, stored in the task's history before it runs: Veronica
+    takes it from her durable consumer, claims it once (``ToolClaim``) and stores its outcome
+    (``ToolOutcome``). The same ``call_id`` on every attempt of the task."""
+
+    kind: ClassVar[TaskKind] = "tool_intent"
+    call_id: str
+    tool: str
+    args: dict[str, Any] = {}
+    effect: ToolEffect = "read"
+    rerun: bool = True
+    """It may simply run again when a crash left its outcome unknown."""
+    workspace: str | None = None
+    """The task's project workspace, when it has one (else Veronica's ``VICTORIA_WORKSPACE``)."""
+    fingerprint: str = ""
+    """A hash of tool and arguments: a resumed attempt takes the stored outcome only for the same call."""
+
+
+class ToolClaim(TaskEvent, tag="tool_claim", kw_only=True, frozen=True):
+    """Who took a tool call (``victoria.task.<s>.<id>.tool_claim.<call_id>``, one message ever):
+    Veronica before she runs it, or Victoria, giving it up, so that nobody runs it after."""
+
+    kind: ClassVar[ResultKind] = "tool_claim"
+    call_id: str
+    by: Literal["veronica", "victoria"] = "veronica"
+    instance: str = ""
+
+
+class FileChange(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """A file a write changed: its content's SHA-256 before (None: it did not exist) and after
+    (None: deleted)."""
+
+    path: str
+    before: str | None = None
+    after: str | None = None
+
+
+class ToolOutcome(TaskEvent, tag="tool_outcome", kw_only=True, frozen=True):
+    """What a tool call did (``victoria.task.<s>.<id>.tool_outcome.<call_id>``, one message ever)."""
+
+    kind: ClassVar[ResultKind] = "tool_outcome"
+    call_id: str
+    tool: str
+    ok: bool
+    output: str = ""
+    """What the model reads (cut to its cap)."""
+    error: str | None = None
+    interrupted: bool = False
+    """The executor died while it ran: unknown whether it finished (the model decides)."""
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    digest: str = ""
+    """SHA-256 of ``output``."""
+    changes: list[FileChange] = []
+    instance: str = ""
 
 
 class TaskCancelRequested(TaskEvent, tag="task_cancel_requested", kw_only=True, frozen=True):
@@ -267,6 +352,9 @@ AnyTaskEvent = (
     | LLMRequested
     | LLMResult
     | ToolResult
+    | ToolIntent
+    | ToolClaim
+    | ToolOutcome
     | TaskCancelRequested
     | TaskCompleted
     | TaskFailed
@@ -279,6 +367,7 @@ HistoryEvent = (
     | TaskStage
     | LLMRequested
     | ToolResult
+    | ToolIntent
     | TaskCancelRequested
     | TaskCompleted
     | TaskFailed
@@ -287,6 +376,8 @@ HistoryEvent = (
 """The events of a task's own history (``victoria.task.<s>.<id>.<kind>``): all but model results."""
 
 TERMINAL_EVENTS: Final = (TaskCompleted, TaskFailed, TaskCancelled)
+RESULT_EVENTS: Final = (LLMResult, ToolClaim, ToolOutcome)
+"""Events stored beside a task's own history (``<kind>.<id>`` subjects), by its executors."""
 
 
 # --- service events: victoria.svc.<name>.<instance>.<kind>, heartbeats -----------------------------

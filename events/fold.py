@@ -106,6 +106,8 @@ class TaskHistory:
         "step",
         "submitted",
         "task_id",
+        "tool_intents",
+        "tool_outcomes",
         "tool_results",
         "updated_at",
     )
@@ -133,6 +135,8 @@ class TaskHistory:
         self.llm_requests: dict[str, contracts.LLMRequested] = {} if memo else _NOTHING
         self.llm_results: dict[str, contracts.LLMResult] = {} if memo else _NOTHING
         self.tool_results: dict[str, contracts.ToolResult] = {} if memo else _NOTHING
+        self.tool_intents: dict[str, contracts.ToolIntent] = {} if memo else _NOTHING
+        self.tool_outcomes: dict[str, contracts.ToolOutcome] = {} if memo else _NOTHING
         self.stages_seen: set[str] = set() if memo else _NO_STAGES
         self.last_seq = 0
         self.own_seq = 0
@@ -150,7 +154,7 @@ class TaskHistory:
             if seq <= self.last_seq:
                 return False
             self.last_seq = seq
-            if not isinstance(event, contracts.LLMResult):
+            if not isinstance(event, contracts.RESULT_EVENTS):
                 self.own_seq = seq
         if self.created_at is None:
             self.created_at = event.ts
@@ -188,6 +192,14 @@ class TaskHistory:
             case contracts.ToolResult():
                 if self.memo:
                     self.tool_results.setdefault(event.call_id, event)
+            case contracts.ToolIntent():
+                if self.memo:
+                    self.tool_intents.setdefault(event.call_id, event)
+            case contracts.ToolOutcome():
+                if self.memo:
+                    self.tool_outcomes.setdefault(event.call_id, event)
+            case contracts.ToolClaim():
+                pass  # the executor's; the outcome is what the task acts on
             case contracts.TaskCompleted() | contracts.TaskFailed() | contracts.TaskCancelled():
                 # After a cancel request only task_cancelled can be stored on a fenced history;
                 # another terminal event (an unfenced server) closes it without changing the status.
@@ -212,6 +224,9 @@ class TaskHistory:
                     self.stage, self.step = stage, step
                 if self.status == "queued":
                     self.status = "running"
+            case contracts.ToolIntent():
+                if self.status == "queued":
+                    self.status = "running"
             case contracts.TaskCancelRequested(reason=reason):
                 self.cancel_reason = reason
                 self.status, self.stage, self.error = "cancelled", "cancelled", reason
@@ -222,7 +237,13 @@ class TaskHistory:
                 self.status, self.stage, self.error, self.error_kind = "failed", "failed", error, kind
             case contracts.TaskCancelled(reason=reason):
                 self.status, self.stage, self.error = "cancelled", "cancelled", reason
-            case contracts.TaskSubmitted() | contracts.LLMResult() | contracts.ToolResult():
+            case (
+                contracts.TaskSubmitted()
+                | contracts.LLMResult()
+                | contracts.ToolResult()
+                | contracts.ToolClaim()
+                | contracts.ToolOutcome()
+            ):
                 pass  # what they hold is remembered (``_remember``); the status stays as it is
             case _:
                 assert_never(event)

@@ -61,15 +61,18 @@ TaskKind = Literal[
     "stage",
     "llm_request",
     "tool_result",
+    "tool_intent",
     "cancel",
     "completed",
     "failed",
     "cancelled",
 ]
 """The last token of an event of a task's own history."""
-ResultKind = Literal["llm_result"]
+ResultKind = Literal["llm_result", "tool_claim", "tool_outcome"]
 LLM_RESULT: Final[ResultKind] = "llm_result"
 """The token before the request id in a model result's subject."""
+RESULT_KINDS: Final[tuple[ResultKind, ...]] = ("llm_result", "tool_claim", "tool_outcome")
+"""Kinds stored beside a task's own history, each followed by the id of what it answers."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -133,6 +136,16 @@ def llm_result(task_id: str, request_id: str) -> str:
     return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.{LLM_RESULT}.{_check(request_id, 'request id')}"
 
 
+def tool_claim(task_id: str, call_id: str) -> str:
+    """Who took one tool call of one task (at most one is stored)."""
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.tool_claim.{_check(call_id, 'call id')}"
+
+
+def tool_outcome(task_id: str, call_id: str) -> str:
+    """What one tool call of one task did (at most one is stored)."""
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.tool_outcome.{_check(call_id, 'call id')}"
+
+
 def result_stored(task_id: str, request_id: str) -> str:
     """Where the runner says, once JetStream has stored it, the model's answer to one request: the
     asking attempt listens here, not on the stream's subject, whose core subscribers would also
@@ -162,7 +175,7 @@ ALL_TASK_EVENTS: Final = _family("task")
 def task_id_of(subject: str) -> str:
     """The task id in a task subject (``victoria.task.<shard>.<task_id>.<kind>[.<request_id>]``)."""
     parts = subject.split(".")
-    shape = len(parts) == 5 or (len(parts) == 6 and parts[4] == LLM_RESULT)
+    shape = len(parts) == 5 or (len(parts) == 6 and parts[4] in RESULT_KINDS)
     if not shape or parts[0] != PREFIX or parts[1] != "task" or not is_token(parts[3]):
         raise ValueError(f"not a task subject: {subject!r}")
     return parts[3]

@@ -38,6 +38,46 @@ class ListDirectoryArgs(ToolArgs, kw_only=True, frozen=True):
 class ReadFileArgs(ToolArgs, kw_only=True, frozen=True):
     path: str
     """A file, relative to the workspace."""
+    offset: int | None = None
+    """The first line to show (1-based); with it or ``limit`` the lines are numbered."""
+    limit: int | None = None
+    """How many lines to show."""
+
+
+class FindFilesArgs(ToolArgs, kw_only=True, frozen=True):
+    pattern: str
+    """A glob (``**`` for any folders), e.g. ``**/*.py``."""
+    path: str = "."
+    """The folder to look in."""
+
+
+class GrepSearchArgs(ToolArgs, kw_only=True, frozen=True):
+    pattern: str
+    """A regular expression (Python's syntax)."""
+    path: str = "."
+    glob: str | None = None
+    """Only files whose names match this glob."""
+    max_results: int | None = None
+
+
+class WriteFileArgs(ToolArgs, kw_only=True, frozen=True):
+    path: str
+    content: str
+    """The whole new content of the file."""
+
+
+class ApplyPatchArgs(ToolArgs, kw_only=True, frozen=True):
+    patch: str
+    """A unified diff: one or more files, new (``--- /dev/null``) and deleted (``+++ /dev/null``) ones."""
+
+
+class RunCommandArgs(ToolArgs, kw_only=True, frozen=True):
+    command: str
+    """Shell text, run with /bin/sh -c in the sandbox."""
+    cwd: str = "."
+    """A folder of the workspace to run it in."""
+    timeout_s: float | None = None
+    """Seconds it may take (60 unless given; at most VICTORIA_COMMAND_MAX_S)."""
 
 
 class FinishArgs(ToolArgs, kw_only=True, frozen=True):
@@ -62,8 +102,9 @@ class Tool:
     arg_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Other names models use for an argument: (argument, its other names)."""
     skill: tuple[str, str] = ("", "")
-    """What it does to files, in English and in Russian, for the capabilities answer ("tools that
-    list and read files", "инструменты просмотра и чтения файлов")."""
+    """What it does, in English and in Russian, for the capabilities answer: for a file tool the
+    verb ("tools that list and read files", "инструменты просмотра и чтения файлов"), for another
+    the whole phrase ("run commands in a sandbox")."""
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -108,6 +149,62 @@ READ_FILE: Final = Tool(
     arg_aliases=(("path", ("file", "value")),),
     skill=("read", "чтения"),
 )
+FIND_FILES: Final = Tool(
+    "find_files",
+    "Find files of the workspace whose paths match a glob (ignoring .git and what .gitignore ignores).",
+    FindFilesArgs,
+    "read",
+    rerun=True,
+    executor="veronica",
+    example={"pattern": "**/*.py"},
+    aliases=("glob", "find"),
+)
+GREP_SEARCH: Final = Tool(
+    "grep_search",
+    "Search the workspace's files for a regular expression; returns path:line: text lines.",
+    GrepSearchArgs,
+    "read",
+    rerun=True,
+    executor="veronica",
+    example={"pattern": "def main", "glob": "*.py"},
+    aliases=("grep", "search", "rg"),
+    arg_aliases=(("pattern", ("query", "regex")),),
+)
+WRITE_FILE: Final = Tool(
+    "write_file",
+    "Create or replace a file of the workspace with the given content.",
+    WriteFileArgs,
+    "write",
+    rerun=False,
+    executor="veronica",
+    example={"path": "notes.txt", "content": "..."},
+    aliases=("create_file", "save_file"),
+    arg_aliases=(("path", ("file",)), ("content", ("text", "data"))),
+)
+APPLY_PATCH: Final = Tool(
+    "apply_patch",
+    "Apply a unified diff to files of the workspace, all of it or nothing.",
+    ApplyPatchArgs,
+    "write",
+    rerun=False,
+    executor="veronica",
+    example={"patch": "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-old\n+new\n"},
+    aliases=("patch", "edit_file"),
+    arg_aliases=(("patch", ("diff",)),),
+)
+RUN_COMMAND: Final = Tool(
+    "run_command",
+    "Run a shell command in the workspace, in a sandbox without network; returns its exit code, "
+    "stdout and stderr.",
+    RunCommandArgs,
+    "execute",
+    rerun=False,
+    executor="veronica",
+    example={"command": "pytest -q"},
+    aliases=("shell", "bash", "run", "exec"),
+    arg_aliases=(("command", ("cmd", "script")),),
+    skill=("run commands in a sandbox", "запуска команд в песочнице"),
+)
 FINISH: Final = Tool(
     "finish",
     "Give the final answer for the user and end the task.",
@@ -120,7 +217,15 @@ FINISH: Final = Tool(
     arg_aliases=(("answer", ("final", "final_answer", "output", "result")),),
 )
 
-TOOLS: Final[tuple[Tool, ...]] = (LIST_DIRECTORY, READ_FILE)
+TOOLS: Final[tuple[Tool, ...]] = (
+    LIST_DIRECTORY,
+    READ_FILE,
+    FIND_FILES,
+    GREP_SEARCH,
+    WRITE_FILE,
+    APPLY_PATCH,
+    RUN_COMMAND,
+)
 """The tools that run, in the order the prompts name them."""
 BY_NAME: Final[dict[str, Tool]] = {tool.name: tool for tool in (*TOOLS, FINISH)}
 ANSWER_KEYS: Final = FINISH.names_for("answer")
@@ -140,4 +245,4 @@ def lookup(name: str) -> Tool | None:
 def by_op(op: str) -> Tool:
     """The file tool of one operation of Veronica's files request (``auto``, which no caller sends
     any more, lists)."""
-    return next((tool for tool in TOOLS if tool.op == op), LIST_DIRECTORY)
+    return next((tool for tool in TOOLS if tool.op is not None and tool.op == op), LIST_DIRECTORY)

@@ -273,6 +273,10 @@ def _steps(event: contracts.AnyTaskEvent) -> list[dict[str, Any]]:
         case contracts.ToolResult(tool=tool, args=args, ok=ok, output=output, error=error):
             title = f"{tool} {args.get('path', '')}".strip()
             return [_step("tool", title, (output if ok else f"error: {error}")[:4000])]
+        case contracts.ToolOutcome(tool=tool, ok=ok, output=output, error=error):
+            return [_step("tool", tool, (output if ok else f"error: {error}")[:4000])]
+        case contracts.ToolIntent() | contracts.ToolClaim():
+            return []
         case contracts.TaskCancelRequested(reason=reason):
             return [_step("cancel", "Cancel requested", reason)]
         case contracts.TaskCompleted(knowledge=knowledge):

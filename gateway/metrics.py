@@ -130,7 +130,14 @@ class Metrics:
                 for call in event.model_calls:  # counted when the task ends, each call once
                     self._model_call(call)
                 self._child(self.finished, event.kind).inc()
-            case contracts.TaskCancelRequested() | contracts.LLMResult() | contracts.ToolResult():
+            case (
+                contracts.TaskCancelRequested()
+                | contracts.LLMResult()
+                | contracts.ToolResult()
+                | contracts.ToolIntent()
+                | contracts.ToolClaim()
+                | contracts.ToolOutcome()
+            ):
                 pass
             case _:
                 assert_never(event)

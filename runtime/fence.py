@@ -38,7 +38,7 @@ from nats.js.errors import NotFoundError
 from victoria.errors import CancelRequested, FencingUnsupported, TaskLost
 from victoria.events import subjects
 from victoria.events.codec import encode, task_decoder
-from victoria.events.contracts import HistoryEvent, LLMResult, TaskCancelled, TaskCancelRequested
+from victoria.events.contracts import HistoryEvent, LLMResult, TaskCancelled, TaskCancelRequested, TaskEvent
 from victoria.runtime import credentials
 from victoria.runtime.protocol import (
     REFUSED_EXPECTATION,
@@ -101,28 +101,44 @@ async def append_fenced(
     return await publish(nc, subjects.task_event(event.task_id, event.kind), encode(event), all_headers)
 
 
-async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:
-    """Store the model's answer to one request: True, or False when an answer to that request is
-    stored already (each request's result subject takes one message, ever: expected sequence 0).
-
-    An answer is paid for: while the stream does not answer (a server of the cluster went away and
-    the stream elects a leader), it is published again, for up to ``RESULT_STORE_WAIT`` seconds.
-    Publishing again is safe: the expected sequence refuses a second copy, whoever stored the first.
-    """
+async def append_once(
+    nc: NATS,
+    subject: str,
+    event: TaskEvent,
+    *,
+    notice: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> bool:
+    """Store ``event`` on ``subject``, which takes one message ever (expected sequence 0): True, or
+    False when one is stored already (by whoever). Published again while the stream does not
+    answer, for up to ``RESULT_STORE_WAIT`` seconds (safe: the expectation refuses a second copy).
+    Once stored, the payload goes to ``notice`` too, for the attempt that waits for it."""
     all_headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
     if headers:
         all_headers.update(headers)
-    payload = encode(result)
-    subject = subjects.llm_result(result.task_id, result.request_id)
+    payload = encode(event)
     answer = await publish(
         nc, subject, payload, all_headers, wait=RESULT_STORE_WAIT, again_after_timeout=True
     )
     if answer.error_code in REFUSED_EXPECTATION or answer.duplicate:
         return False
     raise_for(answer)
-    # Stored: now tell the attempt that waits (an answer it acts on is always in the log).
-    await nc.publish(subjects.result_stored(result.task_id, result.request_id), payload)
+    if notice is not None:
+        await nc.publish(notice, payload)
     return True
+
+
+async def append_result(nc: NATS, result: LLMResult, *, headers: dict[str, str] | None = None) -> bool:
+    """Store the model's answer to one request: True, or False when an answer to that request is
+    stored already (``append_once``; an answer is paid for, so it is published again while the
+    stream does not answer)."""
+    return await append_once(
+        nc,
+        subjects.llm_result(result.task_id, result.request_id),
+        result,
+        notice=subjects.result_stored(result.task_id, result.request_id),
+        headers=headers,
+    )
 
 
 class TaskWriter:

@@ -19,6 +19,10 @@ applies. ``VICTORIA_MODELS_FILE`` names a TOML file that says more, per server::
     [server.caps."qwen3:30b"]      # ... and for one model of it
     answer = 4096
 
+and ``tools = false`` when the server does not take tool definitions (the agent then writes its
+tool calls as JSON in text), or per model, as a table instead: ``[server.tools]`` with
+``"llama3.2" = false``.
+
 When the file is given it wins over ``VICTORIA_LLM_URL``.
 """
 
@@ -59,6 +63,10 @@ class ModelServer:
     """Output caps by purpose for every model of this server, over ``VICTORIA_LLM_CAPS``."""
     model_caps: tuple[tuple[str, Caps], ...] = ()
     """Output caps by purpose for one model, over ``caps``."""
+    tools: bool | None = None
+    """Whether its models take tool definitions (the protocol's ``tools``); None: not said."""
+    model_tools: tuple[tuple[str, bool], ...] = ()
+    """The same for one model, over ``tools``."""
 
     def limit_for(self, model: str) -> int | None:
         return next((n for name, n in self.limits if name == model), self.parallel)
@@ -71,6 +79,10 @@ class ModelServer:
                 if found is not None:
                     return found
         return dict(self.caps).get(purpose)
+
+    def tools_for(self, model: str) -> bool | None:
+        """Whether the models file says ``model`` takes tool definitions here; None: it does not say."""
+        return next((said for name, said in self.model_tools if name == model), self.tools)
 
     @property
     def key(self) -> str:
@@ -131,6 +143,8 @@ def _server(entry: Any, default_api: Api, where: str) -> ModelServer:
     limits = entry.get("limits", {})
     context = entry.get("context")
     caps, model_caps = _caps(entry.get("caps", {}), where)
+    tools = entry.get("tools")
+    model_tools = tools if isinstance(tools, dict) else {}
     if not isinstance(max_loaded, int) or max_loaded < 1:
         raise ValueError(f"{where}: max_loaded must be a positive integer")
     if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
@@ -143,6 +157,10 @@ def _server(entry: Any, default_api: Api, where: str) -> ModelServer:
         raise ValueError(f"{where}: limits must map model names to positive integers")
     if context is not None and (not isinstance(context, int) or context < 256):
         raise ValueError(f"{where}: context must be a number of tokens, 256 or more")
+    if not isinstance(tools, bool | dict | None) or not all(
+        isinstance(v, bool) for v in model_tools.values()
+    ):
+        raise ValueError(f"{where}: tools must be true or false, or a table of model names = true or false")
     return ModelServer(
         url=url.rstrip("/"),
         api="ollama" if api == "ollama" else "openai",
@@ -154,6 +172,8 @@ def _server(entry: Any, default_api: Api, where: str) -> ModelServer:
         context=context,
         caps=caps,
         model_caps=model_caps,
+        tools=tools if isinstance(tools, bool) else None,
+        model_tools=tuple((str(k), v) for k, v in model_tools.items()),
     )
 
 

@@ -29,9 +29,9 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
-from victoria.events import subjects
+from victoria.events import contracts, subjects
 from victoria.events.codec import task_decoder
-from victoria.events.contracts import AnyTaskEvent, LLMResult, ModelServerInfo
+from victoria.events.contracts import AnyTaskEvent, LLMResult, ModelServerInfo, ToolClaim, ToolOutcome
 from victoria.runtime.protocol import parse_ack_subject
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,44 @@ async def last_llm_result(js: JetStreamContext, task_id: str, request_id: str) -
         return None
     event = decode_task_event(raw.data or b"", raw.subject or "")
     return event if isinstance(event, LLMResult) else None
+
+
+async def last_tool_claim(js: JetStreamContext, task_id: str, call_id: str) -> ToolClaim | None:
+    """Who took one tool call of a task, or None (one direct get)."""
+    raw = await _last(js, task_id, subjects.tool_claim(task_id, call_id))
+    event = decode_task_event(raw.data or b"", raw.subject or "") if raw is not None else None
+    return event if isinstance(event, ToolClaim) else None
+
+
+async def last_tool_outcome(js: JetStreamContext, task_id: str, call_id: str) -> ToolOutcome | None:
+    """What one tool call of a task did, or None (one direct get)."""
+    raw = await _last(js, task_id, subjects.tool_outcome(task_id, call_id))
+    event = decode_task_event(raw.data or b"", raw.subject or "") if raw is not None else None
+    return event if isinstance(event, ToolOutcome) else None
+
+
+async def unwanted_after(js: JetStreamContext, task_id: str, seq: int) -> str | None:
+    """Why what the attempt stored at ``seq`` (a model request, a tool call) is wanted no more,
+    from what came after it in the task's own history (one direct get); None while it is wanted.
+
+    The attempt that stored it writes nothing more until its answer comes, so it is wanted while it
+    is the last event of the history, or when only a newer attempt's start follows it (that
+    attempt takes up what it finds waiting). Anything else after it means the task ended, was
+    cancelled, or went on without it."""
+    last = await last_history_event(js, task_id)
+    if last is None or last[0] <= seq:
+        return None
+    later_seq, later = last
+    if isinstance(later, contracts.TaskStarted):
+        return None
+    if isinstance(later, contracts.TERMINAL_EVENTS):
+        return "the task has ended"
+    if isinstance(later, contracts.TaskCancelRequested):
+        return "the task was cancelled"
+    if later is None:
+        return f"an unreadable event at sequence {later_seq} came after it"
+    tag = type(later).__struct_config__.tag
+    return f"it is superseded: {tag} at sequence {later_seq} came after it"
 
 
 async def last_history_event(js: JetStreamContext, task_id: str) -> tuple[int, AnyTaskEvent | None] | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "bwrap", "sandbox-exec", "none"]
 MODES: Final = ("auto", "bwrap", "sandbox-exec", "none")
+PR_SET_PDEATHSIG: Final = 1
 KILL_AFTER: Final = 2.0  # seconds between SIGTERM and SIGKILL
 READ_CHUNK: Final = 65536
 TRY_TIMEOUT: Final = 10.0  # seconds the trial command of ``find`` may take
@@ -189,6 +191,16 @@ def _rlimits(limits: Limits) -> list[tuple[int, int]]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGKILL when the executor dies, so that a command never
+    outlives a Veronica killed with -9 (bwrap's ``--die-with-parent`` takes it on from there)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class _Cgroup:
     """A ``pids`` cgroup of one command (cgroup v2 or v1), for a root executor, whom the kernel
     does not hold to RLIMIT_NPROC. None of this is needed, or tried, for other users."""
@@ -298,6 +310,7 @@ class Sandbox:
                     rlimits.append((resource.RLIMIT_NPROC, limits.processes + await _user_processes()))
 
             def before_exec() -> None:
+                _die_with_parent()
                 if cgroup is not None:
                     cgroup.enter()
                 for which, value in rlimits:

@@ -147,3 +147,12 @@ def pg_dsn() -> Iterator[str]:
     """A PostgreSQL database of this test's own, dropped after it."""
     with fresh_database() as dsn:
         yield dsn
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the test's workspace, with a secret in it: what no tool may reach."""
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "secret.txt").write_text("top secret\n", encoding="utf-8")
+    return out

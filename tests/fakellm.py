@@ -19,7 +19,10 @@ from typing import Any
 class FakeLLM:
     """Modes: ``normal``, ``tool`` (first step lists files), ``nonjson``, ``partial``, ``empty``,
     ``error``, ``long`` (every answer is 300 words), ``overflow`` (every call is refused as over
-    the context, as llama-cpp-python says it)."""
+    the context, as llama-cpp-python says it), ``tool_calls`` (a request with ``tools`` gets the
+    next reply of ``script``, native tool calls or text), ``no_tools`` (a request with ``tools``
+    is refused as Ollama refuses it for a model without tool support: 400, "... does not
+    support tools")."""
 
     def __init__(
         self,
@@ -60,10 +63,18 @@ class FakeLLM:
         mlx_lm.server, or llama-cpp-python without its interrupts)."""
         self.generating = 0
         self.gets_while_generating: list[str] = []
-        """The paths of the GETs that arrived while an answer streamed."""
+        """The GETs that arrived while an answer streamed: path and user agent (the monitor's
+        httpx, or the runner's aiohttp)."""
         self.stall_after: int | None = None
         """Pieces of an answer after which it stops for ``stall`` seconds."""
         self.stall = 0.0
+        self.script: list[list[dict[str, Any]] | str] = []
+        """Mode ``tool_calls``: the replies to requests with ``tools``, in order, each a list of
+        calls (``{"name": ..., "arguments": {...}}``) or a text; past its end, the usual answer."""
+        self.tool_ids = False
+        """Ollama's tool calls carry an ``id`` (Ollama 0.12.10 and later); OpenAI's always do."""
+        self.steps: list[dict[str, Any]] = []
+        """Mode ``steps``: the step replies, in order (the n-th step call gets the n-th; then finish)."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,7 +90,7 @@ class FakeLLM:
                     return
                 with fake.lock:
                     if fake.generating > 0:
-                        fake.gets_while_generating.append(self.path)
+                        fake.gets_while_generating.append(f"{self.path} ({self.headers.get('user-agent')})")
                 if fake.one_at_a_time:
                     with fake.serial:
                         self._get()
@@ -114,6 +125,15 @@ class FakeLLM:
                     )
                     self._send(400, {"error": {"message": message, "code": "context_length_exceeded"}})
                     return
+                if fake.mode == "no_tools" and body.get("tools"):
+                    with fake.lock:
+                        fake.requests.append(body)
+                    message = f"{body.get('model') or 'fake'} does not support tools"
+                    if self.path == "/api/chat":
+                        self._send(400, {"error": message})
+                    else:  # Ollama's OpenAI-compatible endpoint says it so
+                        self._send(400, {"error": {"message": message, "type": "api_error"}})
+                    return
                 if fake.one_at_a_time:
                     with fake.serial:
                         self._answer(body)
@@ -122,6 +142,14 @@ class FakeLLM:
 
             def _answer(self, body: dict[str, Any]) -> None:
                 content = fake.answer(body.get("messages") or [])
+                calls: list[dict[str, Any]] = []
+                if fake.mode == "tool_calls" and body.get("tools"):
+                    with fake.lock:
+                        reply = fake.script.pop(0) if fake.script else None
+                    if isinstance(reply, list):
+                        calls, content = reply, ""
+                    elif isinstance(reply, str):
+                        content = reply
                 key = json.dumps(body.get("messages"), sort_keys=True, ensure_ascii=False)
                 with fake.lock:
                     fake.calls[self.path] += 1
@@ -148,14 +176,14 @@ class FakeLLM:
                     return
                 model = body.get("model") or "fake"
                 cap = body.get("max_tokens") or (body.get("options") or {}).get("num_predict")
-                finish = "stop"
+                finish = "tool_calls" if calls else "stop"
                 if isinstance(cap, int) and len(content.split(" ")) > cap:  # a word is a token here
                     content, finish = " ".join(content.split(" ")[:cap]), "length"
                 if body.get("stream"):
                     with fake.lock:
                         fake.generating += 1
                     try:
-                        self._stream(model, content, finish)
+                        self._stream(model, content, finish, calls)
                     except (BrokenPipeError, ConnectionResetError):
                         with fake.lock:
                             fake.aborted += 1
@@ -164,26 +192,26 @@ class FakeLLM:
                             fake.generating -= 1
                     return
                 if self.path == "/api/chat":
+                    message: dict[str, Any] = {"role": "assistant", "content": content}
+                    if calls:
+                        message["tool_calls"] = [self._ollama_call(n, call) for n, call in enumerate(calls)]
                     out = {
                         "model": model,
-                        "message": {"role": "assistant", "content": content},
+                        "message": message,
                         "done": True,
-                        "done_reason": finish,
+                        "done_reason": "stop" if finish == "tool_calls" else finish,
                         "prompt_eval_count": 10,
                         "eval_count": 5,
                     }
                 else:
+                    message = {"role": "assistant", "content": content or (None if calls else "")}
+                    if calls:
+                        message["tool_calls"] = [self._openai_call(n, call) for n, call in enumerate(calls)]
                     out = {
                         "id": "chatcmpl-fake",
                         "object": "chat.completion",
                         "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": content},
-                                "finish_reason": finish,
-                            }
-                        ],
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5},
                     }
                 try:
@@ -192,8 +220,24 @@ class FakeLLM:
                     with fake.lock:
                         fake.aborted += 1
 
-            def _stream(self, model: str, content: str, finish: str) -> None:
-                """Chunked transfer: Ollama NDJSON or OpenAI server-sent events, a few words each."""
+            def _ollama_call(self, n: int, call: dict[str, Any]) -> dict[str, Any]:
+                function = {"index": n, "name": call["name"], "arguments": call["arguments"]}
+                return (
+                    {"id": f"call_fake{n}", "function": function} if fake.tool_ids else {"function": function}
+                )
+
+            def _openai_call(self, n: int, call: dict[str, Any]) -> dict[str, Any]:
+                arguments = json.dumps(call["arguments"])
+                return {
+                    "id": f"call-fake-{n}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": arguments},
+                }
+
+            def _stream(self, model: str, content: str, finish: str, calls: list[dict[str, Any]]) -> None:
+                """Chunked transfer: Ollama NDJSON or OpenAI server-sent events, a few words each. Tool
+                calls come as those servers send them: Ollama's each whole in a line of its own, OpenAI's
+                as ``delta.tool_calls`` pieces keyed by ``index``, the arguments' JSON split in three."""
                 ollama = self.path == "/api/chat"
                 self.send_response(200)
                 self.send_header("content-type", "application/x-ndjson" if ollama else "text/event-stream")
@@ -204,7 +248,30 @@ class FakeLLM:
                     " ".join(words[i : i + 3]) + (" " if i + 3 < len(words) else "")
                     for i in range(0, len(words), 3)
                 ]
-                for n, piece in enumerate(pieces or [""]):
+                for n, call in enumerate(calls):
+                    if ollama:
+                        message = {
+                            "role": "assistant",
+                            "content": "",
+                            "tool_calls": [self._ollama_call(n, call)],
+                        }
+                        self._chunk(json.dumps({"model": model, "message": message, "done": False}) + "\n")
+                        continue
+                    whole = self._openai_call(n, call)
+                    arguments = whole["function"]["arguments"]
+                    third = max(1, len(arguments) // 3 + 1)
+                    deltas = [{**whole, "index": n, "function": {"name": call["name"], "arguments": ""}}]
+                    deltas += [
+                        {"index": n, "function": {"arguments": arguments[i : i + third]}}
+                        for i in range(0, len(arguments), third)
+                    ]
+                    for delta in deltas:
+                        choice = {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
+                        line = {"object": "chat.completion.chunk", "model": model, "choices": [choice]}
+                        self._chunk("data: " + json.dumps(line) + "\n\n")
+                if calls and not content:
+                    pieces = [] if ollama else [""]  # OpenAI's last chunk carries its finish_reason
+                for n, piece in enumerate(pieces):
                     if n and fake.chunk_delay:
                         time.sleep(fake.chunk_delay)
                     if n and n == fake.stall_after:
@@ -235,7 +302,7 @@ class FakeLLM:
                         "model": model,
                         "message": {"role": "assistant", "content": ""},
                         "done": True,
-                        "done_reason": finish,
+                        "done_reason": "stop" if finish == "tool_calls" else finish,
                         "prompt_eval_count": 10,
                         "eval_count": 5,
                     }
@@ -312,6 +379,10 @@ class FakeLLM:
             return ""
         if self.mode == "tool" and not any(m.get("role") == "assistant" for m in messages):
             return '{"tool": "list_directory", "args": {"path": "."}}'
+        if self.mode == "steps":
+            done = sum(1 for m in messages if m.get("role") == "assistant")
+            if done < len(self.steps):
+                return json.dumps(self.steps[done], ensure_ascii=False)
         return json.dumps({"tool": "finish", "args": {"answer": f"Done: {goal}"}}, ensure_ascii=False)
 
     def prompts_text(self) -> str:

@@ -129,6 +129,50 @@ def test_a_minimal_event_decodes_with_defaults_for_missing_optional_fields() -> 
     assert event.deadline_s == 900.0
 
 
+def test_model_requests_and_results_stored_before_native_tool_calls_decode_without_tools() -> None:
+    request = task_decoder.decode(
+        b'{"type":"llm_requested","v":1,"ts":"2025-03-01T12:30:45Z","task_id":"t1","request_id":"step-1",'
+        b'"purpose":"step","messages":[{"role":"user","content":"hi","images":[]}],"json_mode":true}'
+    )
+    assert isinstance(request, contracts.LLMRequested)
+    assert request.tools == [] and request.messages == [contracts.ChatMessage("user", "hi")]
+    message = request.messages[0]
+    assert (message.tool_calls, message.tool_call_id, message.name) == ([], None, None)
+    result = task_decoder.decode(
+        b'{"type":"llm_result","v":1,"ts":"2025-03-01T12:30:46Z","task_id":"t1","request_id":"step-1",'
+        b'"ok":true,"content":"{\\"tool\\": \\"finish\\"}","model":"m"}'
+    )
+    assert isinstance(result, contracts.LLMResult)
+    assert (result.tool_calls, result.tools_refused) == ([], False)
+
+
+def test_a_request_with_tools_and_its_answer_of_tool_calls_round_trip() -> None:
+    call = contracts.ToolCallPart("call_1", "read_file", {"path": "a.txt"})
+    request = contracts.LLMRequested(
+        task_id="t1",
+        request_id="step-2",
+        purpose="step",
+        messages=[
+            contracts.ChatMessage("user", "read a.txt"),
+            contracts.ChatMessage("assistant", "", tool_calls=[call]),
+            contracts.ChatMessage("tool", "hello", tool_call_id="call_1", name="read_file"),
+        ],
+        tools=[{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}],
+        ts=TS,
+    )
+    result = contracts.LLMResult(
+        task_id="t1",
+        request_id="step-2",
+        ok=True,
+        tool_calls=[call, contracts.ToolCallPart("c2", "f")],
+        ts=TS,
+    )
+    refused = contracts.LLMResult(task_id="t1", request_id="step-2", ok=False, tools_refused=True, ts=TS)
+    for event in (request, result, refused):
+        assert task_decoder.decode(encode(event)) == event
+    assert msgspec.json.decode(encode(result))["tool_calls"][1] == {"id": "c2", "name": "f", "arguments": {}}
+
+
 def test_an_unknown_tag_is_a_decode_error() -> None:
     with pytest.raises(msgspec.ValidationError):
         task_decoder.decode(b'{"type":"task_exploded","task_id":"t1"}')

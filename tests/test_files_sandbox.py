@@ -52,14 +52,6 @@ def ws(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    out = tmp_path / "outside"
-    out.mkdir()
-    (out / "secret.txt").write_text("top secret\n", encoding="utf-8")
-    return out
-
-
 def test_listing_gives_names_sorted_case_insensitively_with_a_slash_on_directories(ws: Path) -> None:
     assert list_directory(ws) == ["A.md", "b.txt", "c.py", "docs/", "Zeta/"]
 
@@ -192,7 +184,10 @@ def test_reading_gives_the_text_of_the_file(ws: Path) -> None:
 def test_reading_truncates_at_max_bytes_and_says_so(ws: Path) -> None:
     (ws / "big.txt").write_bytes(b"x" * 100)
     text = read_file(ws, "big.txt", max_bytes=10)
-    assert text == "[truncated: the file has 100 bytes; only the first 10 are shown]\n" + "x" * 10
+    assert text == (
+        "[truncated: the file has 100 bytes; only line 1 is shown, cut at 10 bytes; read on with offset=2]\n"
+        "     1\t" + "x" * 10
+    )
 
 
 def test_a_file_of_exactly_max_bytes_is_not_marked_truncated(ws: Path) -> None:
@@ -323,14 +318,18 @@ def test_a_huge_file_is_read_only_up_to_the_limit_and_the_note_gives_its_size(ws
     text = read_file(ws, "huge.log")
     assert time.monotonic() - started < 2.0
     note, _, body = text.partition("\n")
-    assert note == f"[truncated: the file has {size} bytes; only the first {MAX_READ_BYTES} are shown]"
-    assert body.startswith("line of text\n") and len(body.encode()) == MAX_READ_BYTES
+    shown = len(body.splitlines())  # numbered whole lines, as many as fit in MAX_READ_BYTES
+    assert note == (
+        f"[truncated: the file has {size} bytes; only lines 1-{shown} are shown; read on with offset={shown + 1}]"
+    )
+    assert body.startswith("     1\tline of text\n     2\tline of text\n")
+    assert MAX_READ_BYTES - 20 < len(body.encode()) + 1 <= MAX_READ_BYTES
 
 
 def test_a_cut_never_splits_a_character_into_a_replacement_sign(ws: Path) -> None:
     (ws / "ru.txt").write_text("я" * 100, encoding="utf-8")  # two bytes each
     text = read_file(ws, "ru.txt", max_bytes=11)
-    assert text.splitlines()[1] == "я" * 5
+    assert text.splitlines()[1] == "     1\t" + "я" * 5
 
 
 def test_a_huge_listing_starts_with_a_note_of_how_many_entries_were_left_out(tmp_path: Path) -> None:
@@ -597,9 +596,9 @@ async def test_a_malformed_files_request_gets_an_error_reply_and_veronica_keeps_
 
 
 class ToolCallingLLM(FakeLLM):
-    """Each step of a task calls the next tool of ``script``; then it finishes."""
+    """Each step of a task calls the next tool of ``reads``; then it finishes."""
 
-    script: tuple[tuple[str, str], ...] = (
+    reads: tuple[tuple[str, str], ...] = (
         ("read_file", "zero"),
         ("read_file", "../../etc/passwd"),
         ("read_file", "logo.png"),
@@ -612,8 +611,8 @@ class ToolCallingLLM(FakeLLM):
         if "carrying out a plan" not in system:
             return super().answer(messages)
         done = sum(1 for m in messages if m.get("role") == "assistant")
-        if done < len(self.script):
-            tool, path = self.script[done]
+        if done < len(self.reads):
+            tool, path = self.reads[done]
             return json.dumps({"tool": tool, "args": {"path": path}})
         return json.dumps({"tool": "finish", "args": {"answer": "Looked at the files."}})
 
@@ -641,7 +640,7 @@ def test_refusals_and_cuts_reach_the_model_and_the_task_output_as_notes_not_cras
         assert "refused: 'zero' is a character device file, not a regular file" in prompts
         assert "refused: '../../etc/passwd' is outside the workspace" in prompts
         assert "'logo.png' is a binary file (PNG image) of 108 bytes; its content is not shown." in prompts
-        assert f"[truncated: the file has {3 * 1024**3} bytes; only the first {MAX_READ_BYTES}" in prompts
+        assert f"[truncated: the file has {3 * 1024**3} bytes; only lines 1-" in prompts
         assert "characters of this result are shown]" in prompts  # the agent's own cut, noted too
         assert f"[{MAX_LIST} of {MAX_LIST + 50} entries shown; 50 left out." in prompts
         assert "root:" not in prompts

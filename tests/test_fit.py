@@ -9,7 +9,7 @@ import pytest
 
 from victoria.actors.llm_runner import fit, protocols, traits
 from victoria.errors import LLMContextError, LLMProtocolError
-from victoria.events.contracts import ChatMessage
+from victoria.events.contracts import ChatMessage, ToolCallPart
 from victoria.runtime import modelservers
 
 
@@ -177,3 +177,48 @@ def test_caps_are_read_per_purpose_server_and_model(tmp_path: Path) -> None:
     assert server.cap_for("big", "plan") == 99
     assert server.cap_for("small", "plan") == 9
     assert server.cap_for("small", "step") is None
+
+
+def test_the_models_file_says_which_servers_and_models_take_tools(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[[server]]\nurl = "http://a:1"\ntools = false\n'
+        '[[server]]\nurl = "http://b:2"\n[server.tools]\n"plain" = false\n"qwen3:8b" = true\n'
+        '[[server]]\nurl = "http://c:3"\n'
+    )
+    a, b, c = modelservers.load_file(path, "openai")
+    assert a.tools_for("anything") is False
+    assert (b.tools_for("plain"), b.tools_for("qwen3:8b"), b.tools_for("other")) == (False, True, None)
+    assert c.tools_for("anything") is None
+    path.write_text('[[server]]\nurl = "http://a:1"\ntools = "no"\n')
+    with pytest.raises(ValueError, match="server 1: tools must be true or false"):
+        modelservers.load_file(path, "openai")
+
+
+def test_a_tool_call_is_left_out_only_with_its_results_and_a_cut_result_keeps_its_call_id() -> None:
+    messages = [ChatMessage("system", "s"), ChatMessage("user", "Goal: read")]
+    for n in range(12):
+        messages += [
+            ChatMessage("assistant", "", tool_calls=[ToolCallPart(f"c{n}", "read_file", {"path": str(n)})]),
+            ChatMessage("tool", "r" * 3000, tool_call_id=f"c{n}", name="read_file"),
+        ]
+    fitted = fit.fit(messages, context=1500, cap=256, estimator=fit.Estimator())
+    assert "oldest messages left out" in str(fitted.trimmed) and "long messages cut" in str(fitted.trimmed)
+    assert fitted.messages[-1].tool_call_id == "c11"
+    called: set[str] = set()
+    for message in fitted.messages:
+        if message.role == "tool":  # every result follows the call it answers, and says which it is
+            assert message.tool_call_id in called and message.name == "read_file"
+        called = {call.id for call in message.tool_calls} if message.tool_calls else called
+    answered = {m.tool_call_id for m in fitted.messages if m.role == "tool"}
+    assert answered == {call.id for m in fitted.messages for call in m.tool_calls}
+
+
+def test_the_tool_table_counts_in_the_estimate() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "description": "d" * 3000, "parameters": {}}}]
+    messages = [ChatMessage("user", "hi")]
+    extra = fit.tool_tokens(tools)
+    assert extra >= 1000 and fit.tool_tokens([]) == 0
+    assert fit.Estimator().tokens(messages, extra) > fit.Estimator().tokens(messages) + 900
+    with pytest.raises(LLMContextError):
+        fit.fit(messages, context=1000, cap=256, estimator=fit.Estimator(), extra=extra)

@@ -1,9 +1,12 @@
 """What real model servers do, played by the fake one: output caps, a stream that stalls or runs
-past its deadline, a server that answers one request at a time, a context window, no server."""
+past its deadline, a server that answers one request at a time, a context window, no server,
+native tool calls and a server without them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,8 @@ import pytest
 
 from tests.fakellm import FakeLLM
 from tests.system import System, free_port, run_victoria, stream_messages, victoria_up
+from victoria.events.contracts import ChatMessage, LLMRequested, LLMResult
+from victoria.runtime import connection, publish, reads
 
 pytestmark = pytest.mark.e2e
 
@@ -142,7 +147,7 @@ def test_a_request_is_fitted_to_the_context_the_models_file_gives(
     tmp_path: Path, fake_llm: FakeLLM, workspace: Path, mode: FakeLLM
 ) -> None:
     models = tmp_path / "models.toml"
-    models.write_text(f'[[server]]\nurl = "{fake_llm.url}"\ncontext = 700\n')
+    models.write_text(f'[[server]]\nurl = "{fake_llm.url}"\ncontext = 1500\n')
     caps = "understand=100,plan=100,step=100,answer=100"
     env = {"VICTORIA_MODELS_FILE": str(models), "VICTORIA_LLM_CAPS": caps}
     with victoria_up(tmp_path / "data", fake_llm, workspace, **env).start() as system:
@@ -151,15 +156,15 @@ def test_a_request_is_fitted_to_the_context_the_models_file_gives(
         body = agent(system, "And now?", chat_history=history)
         assert body["status"] == "completed", body
         first = mode.requests[before]
-        assert first["options"]["num_ctx"] == 700
+        assert first["options"]["num_ctx"] == 1500
         text = "\n".join(m["content"] for m in first["messages"])
         assert "And now?" in text and "earlier messages left out to fit the model's context" in text
-        assert len(text) < 2100
-        assert "to fit 700 tokens" in str(results(system, body["task_id"])[0]["trimmed"])
-        too_long = agent(system, "y" * 5000)
+        assert len(text) < 4500
+        assert "to fit 1500 tokens" in str(results(system, body["task_id"])[0]["trimmed"])
+        too_long = agent(system, "y" * 12000)
         assert too_long["status"] == "failed"
         assert too_long["error_kind"] == "llm_context"
-        assert "the model's context holds 700" in too_long["error"]
+        assert "the model's context holds 1500" in too_long["error"]
 
 
 def test_the_servers_own_context_overflow_becomes_a_clear_task_error(
@@ -189,3 +194,108 @@ def test_with_no_model_server_victoria_run_says_none_answers_and_how_to_point_at
         assert "VICTORIA_LLM_URL" in waiting[0]
         assert not [line for line in lines if "loaded:" in line]
         assert len(waiting) == 1, done.stdout  # said once, not at every try
+
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name} in the workspace",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}},
+                "required": ["path"],
+            },
+        },
+    }
+    for name in ("read_file", "list_directory")
+]
+
+
+def ask_runner(system: System, request: LLMRequested, timeout: float = 30.0) -> LLMResult:
+    """Store a model request as an agent would, and wait for the runner's stored answer."""
+
+    async def ask() -> LLMResult:
+        nc = await connection.connect(system.bus_url(), name="model-calls-test")
+        try:
+            await publish.append(nc, request, key=f"llm_req:{request.request_id}")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while (
+                answer := await reads.last_llm_result(nc.jetstream(), request.task_id, request.request_id)
+            ) is None:
+                assert loop.time() < deadline, (
+                    f"no answer to {request.request_id} within {timeout}s\n{system.log()}"
+                )
+                await asyncio.sleep(0.1)
+            return answer
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def with_tools(request_id: str, messages: list[ChatMessage], *, model: str = "fake") -> LLMRequested:
+    return LLMRequested(
+        task_id=uuid.uuid4().hex,
+        request_id=request_id,
+        purpose="step",
+        messages=messages,
+        model=model,
+        tools=TOOLS,
+    )
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_native_tool_calls_arrive_in_the_result_and_a_server_without_tools_says_so_once(
+    tmp_path: Path, fake: FakeLLM, workspace: Path, api: str
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(f'[[server]]\nurl = "{fake.url}"\napi = "{api}"\n[server.tools]\n"plain" = false\n')
+    with victoria_up(tmp_path / "data", fake, workspace, VICTORIA_MODELS_FILE=str(models)).start() as system:
+        fake.mode = "tool_calls"
+        fake.script = [
+            [
+                {"name": "read_file", "arguments": {"path": "alpha.txt"}},
+                {"name": "list_directory", "arguments": {"path": "docs"}},
+            ],
+            "Two files, read.",
+        ]
+        goal = [ChatMessage("user", "Read alpha.txt and list docs")]
+        first = ask_runner(system, with_tools("step-1", goal))
+        assert first.ok, first.error
+        assert [(call.name, call.arguments) for call in first.tool_calls] == [
+            ("read_file", {"path": "alpha.txt"}),
+            ("list_directory", {"path": "docs"}),
+        ]
+        ids = [call.id for call in first.tool_calls]
+        # OpenAI's ids are the server's; the fake, as Ollama before 0.12.10, gives none
+        assert ids == (
+            ["call-fake-0", "call-fake-1"] if api == "openai" else ["step-1-call_0", "step-1-call_1"]
+        )
+        assert fake.requests[-1]["tools"] == TOOLS and fake.requests[-1]["stream"] is True
+        # Each result goes back as a tool message for its call; a reply with no call is the answer.
+        results = [
+            ChatMessage("tool", "alpha.txt contents", tool_call_id=ids[0], name="read_file"),
+            ChatMessage("tool", "guide.md", tool_call_id=ids[1], name="list_directory"),
+        ]
+        called = ChatMessage("assistant", first.content, tool_calls=first.tool_calls)
+        second = ask_runner(system, with_tools("step-2", [*goal, called, *results]))
+        assert (second.ok, second.content, second.tool_calls) == (True, "Two files, read.", [])
+        sent = fake.requests[-1]["messages"]
+        arguments = sent[1]["tool_calls"][0]["function"]["arguments"]
+        assert arguments == ('{"path":"alpha.txt"}' if api == "openai" else {"path": "alpha.txt"})
+        assert sent[2]["role"] == "tool" and sent[2]["tool_call_id"] == ids[0]
+        assert sent[2].get("tool_name") == (None if api == "openai" else "read_file")
+
+        fake.mode = "no_tools"
+        before = len(fake.requests)
+        refused = ask_runner(system, with_tools("step-1", goal))
+        assert (refused.ok, refused.tools_refused, refused.error_kind) == (False, True, "http_status")
+        assert "does not support tools" in str(refused.error)
+        assert len(fake.requests) - before == 1  # refused once, not asked again
+        plain = ask_runner(system, with_tools("step-1", goal, model="plain"))
+        assert (plain.ok, plain.tools_refused) == (False, True)
+        assert "tools = false" in str(plain.error)
+        assert len(fake.requests) - before == 1  # the models file said so: not sent at all

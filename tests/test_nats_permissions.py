@@ -54,7 +54,7 @@ from victoria.runtime.natsserver import EmbeddedNats, config_path, find_binary
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("strict_loop")]
 
 NOT_SUPERVISOR: Final = tuple(role for role in credentials.ROLES if role != "supervisor")
-WORK_CONSUMERS: Final = ("victoria", "llm-runner", "projector")
+WORK_CONSUMERS: Final = ("victoria", "llm-runner", "projector", "veronica")
 """The durable work consumers, one per task stream, each named after the role whose actor makes it
 and alone pulls from it."""
 
@@ -116,6 +116,7 @@ READS: Final[dict[str, dict[str, set[str]]]] = {
         # and the Telegram bot's last heartbeat: a direct get of its subjects only
     },
     "victoria": {TASKS: {"named", "direct", "direct_last"}, SESSIONS: {"get"}},
+    "veronica": {TASKS: {"direct_last"}},  # a task's history before a tool call
     "monitor": {
         subjects.HEARTBEAT_STREAM: {"nameless"},
         subjects.SERVICE_STREAM: {"direct_last"},
@@ -127,7 +128,7 @@ READS: Final[dict[str, dict[str, set[str]]]] = {
         subjects.IMAGES_STREAM: {"nameless", "get"},
     },
 }
-"""Besides its own work consumer. Veronica, the projector and the observer read no stream."""
+"""Besides its own work consumer. The projector and the observer read no stream."""
 
 WRITES: Final[list[tuple[str, str, set[str]]]] = [
     # (what, a subject of it, the roles but the supervisor that may publish it)
@@ -137,7 +138,9 @@ WRITES: Final[list[tuple[str, str, set[str]]]] = [
         for writer in ["gateway" if kind in ("submitted", "cancel") else "victoria"]
     ),
     ("append a model result", subjects.llm_result(TASK_ID, "plan"), {"llm-runner"}),
-    ("say a model result is stored", subjects.result_stored(TASK_ID, "plan"), {"llm-runner"}),
+    ("say a model result is stored", subjects.result_stored(TASK_ID, "plan"), {"llm-runner", "veronica"}),
+    ("claim a tool call", subjects.tool_claim(TASK_ID, "call-1"), {"veronica", "victoria"}),
+    ("append a tool call's outcome", subjects.tool_outcome(TASK_ID, "call-1"), {"veronica", "victoria"}),
     ("publish a task's model tokens", subjects.tokens(TASK_ID), {"llm-runner"}),
     ("publish that a task's model call waits", subjects.progress(TASK_ID), {"llm-runner"}),
     ("publish a service event", subjects.service_event("permissions-test", "x", "down"), {"monitor"}),

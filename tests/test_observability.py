@@ -55,7 +55,7 @@ def test_one_task_is_one_trace_across_every_process(
     assert spans
     names = {(s.service, s.name) for s in by_id.values()}
     assert {("victoria", "task"), ("victoria", "understanding"), ("victoria", "planning")} <= names
-    assert ("victoria", "step 1") in names and ("veronica", "files list") in names
+    assert ("victoria", "step 1") in names and ("veronica", "tool list_directory") in names
     chats = [s for s in by_id.values() if s.service == "llm-runner"]
     assert len(chats) == 4
     for chat in chats:

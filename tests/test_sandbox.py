@@ -301,7 +301,10 @@ def test_none_runs_commands_unsandboxed_and_forces_approval_of_every_command(wor
     assert not box.isolated and "approval" in box.describe()
     assert sandbox.approval_effects(frozenset(), "none") == {"execute"}
     assert sandbox.approval_effects(frozenset({"write"}), "auto") == {"write"}
-    assert Config.from_env({"VICTORIA_SANDBOX": "none"}).sandbox == "none"
+    config = Config.from_env({"VICTORIA_SANDBOX": "none", "VICTORIA_WORKSPACE": str(workspace)})
+    with pytest.raises(ToolError, match="only with a person's approval"):
+        asyncio.run(Commands(config).run("echo plain"))  # the model's command, no approval
+    assert asyncio.run(Commands(config).run("echo plain", approved=True)).stdout == "plain\n"
 
 
 def test_run_command_holds_cwd_and_timeout_to_the_rules(workspace: Path) -> None:

@@ -113,7 +113,8 @@ def test_every_task_event_knows_its_kind_and_no_two_share_one() -> None:
     kinds = [cls.kind for cls in _task_event_classes()]
     assert len(set(kinds)) == len(kinds)
     history = set(typing.get_args(subjects.TaskKind))
-    assert {k for k in kinds if k != subjects.LLM_RESULT} == history
+    assert {k for k in kinds if k not in subjects.RESULT_KINDS} == history
+    assert {cls.kind for cls in contracts.RESULT_EVENTS} == set(subjects.RESULT_KINDS)
 
 
 def test_every_match_over_events_ends_in_assert_never() -> None:

@@ -336,7 +336,7 @@ async def _sandbox(args: argparse.Namespace, config: Config) -> int:
     if not shell:
         print((await commands.ready()).describe())
         return 0
-    outcome = await commands.run(shell, cwd=args.cwd, timeout_s=args.timeout)
+    outcome = await commands.run(shell, cwd=args.cwd, timeout_s=args.timeout, approved=True)
     sys.stdout.write(outcome.stdout)
     sys.stderr.write(outcome.stderr)
     ended = outcome.reason or f"exit {outcome.exit_code}"

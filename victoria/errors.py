@@ -16,6 +16,7 @@
     │   ├── LLMUnavailable(ConnectionError)      the model server refused or is unreachable
     │   ├── LLMTimeout(TimeoutError)       the call passed its deadline
     │   ├── LLMHTTPError                   the model server answered with an HTTP error status
+    │   │   └── LLMToolsRefused            ... saying it (or the model) does not take tools
     │   ├── LLMProtocolError               the answer was not in the protocol's shape
     │   ├── LLMContextError                the request does not fit the model's context window
     │   └── ImageMissing                   an image of the request is no longer stored
@@ -121,6 +122,11 @@ class LLMHTTPError(LLMError):
     def __init__(self, message: str, *, url: str | None = None, status: int = 0) -> None:
         super().__init__(message, url=url)
         self.status = status
+
+
+class LLMToolsRefused(LLMHTTPError):
+    """The request carried tools, and the server or model does not take them (its error says so,
+    or the models file's ``tools = false``): asked without them, in text, it may answer."""
 
 
 class LLMProtocolError(LLMError):

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 import nats.errors
@@ -30,7 +30,7 @@ from victoria.errors import CancelRequested, TaskAborted, TaskLost
 from victoria.events import contracts, subjects, tools
 from victoria.events.codec import encode, files_reply_decoder, service_decoder
 from victoria.events.fold import TaskHistory, stage_key
-from victoria.runtime import publish, reads, tracing
+from victoria.runtime import fence, publish, reads, tracing
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
@@ -55,6 +55,8 @@ class Victoria(Actor):
         self.cancel_reasons: dict[str, str] = {}
         self.waiters: dict[tuple[str, str], set[asyncio.Future[contracts.LLMResult]]] = {}
         """(task id, request id) -> the attempts waiting for that model result."""
+        self.tool_waiters: dict[tuple[str, str], set[asyncio.Future[contracts.ToolOutcome]]] = {}
+        """(task id, call id) -> the attempts waiting for that tool call's outcome."""
         self._subs: list[Subscription] = []
         self.veronica: dict[str, str | None] = {}
         """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
@@ -83,6 +85,10 @@ class Victoria(Actor):
             for future in self.waiters.get((event.task_id, event.request_id), ()):
                 if not future.done():
                     future.set_result(event)
+        elif isinstance(event, contracts.ToolOutcome):
+            for outcome in self.tool_waiters.get((event.task_id, event.call_id), ()):
+                if not outcome.done():
+                    outcome.set_result(event)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -553,6 +559,118 @@ class _Context:
                 stored.args,
                 tool,
                 args,
+                call_id,
+                version,
+            )
+            cid = f"{call_id}-v{version}"
+
+    async def tool(self, call_id: str, tool: str, args: dict[str, Any]) -> contracts.ToolOutcome:
+        """One tool call of Veronica's, durably: its intent stored in the history, its outcome
+        waited for (``actors/veronica/executor.py``). Taken from the history when it holds it. A
+        call nobody took within ``delegate_timeout`` is given up (claimed by Victoria, so that it
+        never runs after), and its outcome says so."""
+        spec = tools.BY_NAME[tool]
+        asked = workflow.tool_fingerprint(tool, args)
+        call_id = self._same_intent(call_id, asked)
+        known = self.history.tool_outcomes.get(call_id)
+        if known is not None:
+            return known
+        key = (self.task.task_id, call_id)
+        future: asyncio.Future[contracts.ToolOutcome] = asyncio.get_running_loop().create_future()
+        waiting = self.actor.tool_waiters.setdefault(key, set())
+        waiting.add(future)
+        listening = await self.actor.nc.subscribe(
+            subjects.result_stored(self.task.task_id, call_id), cb=self.actor.on_result
+        )
+        started = time.monotonic()
+        try:
+            await self.flush_markers()
+            if call_id not in self.history.tool_intents:
+                intent = contracts.ToolIntent(
+                    task_id=self.task.task_id,
+                    call_id=call_id,
+                    tool=tool,
+                    args=args,
+                    effect=spec.effect,
+                    rerun=spec.rerun,
+                    workspace=self.task.workspace,
+                    fingerprint=asked,
+                )
+                await self.writer.append(intent, key=f"tool_intent:{call_id}", headers=self._headers())
+                self.history.apply(intent)
+            outcome = await self._outcome_of(call_id, tool, future)
+        finally:
+            waiting.discard(future)
+            if not waiting:
+                self.actor.tool_waiters.pop(key, None)
+            with contextlib.suppress(nats.errors.Error):
+                await listening.unsubscribe()
+        log.log(
+            logging.DEBUG if outcome.ok else logging.INFO,
+            "task %s %s %s: %s in %.3fs",
+            self.task.task_id,
+            call_id,
+            tool,
+            "ok" if outcome.ok else outcome.error,
+            time.monotonic() - started,
+        )
+        self.history.apply(outcome)
+        return outcome
+
+    async def _outcome_of(
+        self, call_id: str, tool: str, future: asyncio.Future[contracts.ToolOutcome]
+    ) -> contracts.ToolOutcome:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.delegate_timeout
+        claimed = False
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), RESULT_RECHECK)
+            except TimeoutError:
+                pass
+            stored = await reads.last_tool_outcome(self.actor.js, self.task.task_id, call_id)
+            if stored is not None:
+                return stored
+            if claimed or loop.time() < give_up_at:
+                continue
+            if await reads.last_tool_claim(self.actor.js, self.task.task_id, call_id) is not None:
+                claimed = True  # Veronica runs it: its outcome comes (the task's deadline bounds it)
+                continue
+            mine = contracts.ToolClaim(
+                task_id=self.task.task_id, call_id=call_id, by="victoria", instance=self.actor.instance
+            )
+            if not await fence.append_once(
+                self.actor.nc, subjects.tool_claim(self.task.task_id, call_id), mine
+            ):
+                claimed = True  # she took it just now
+                continue
+            error = f"not run: Veronica did not take it within {self.delegate_timeout:g}s"
+            down = self.actor.veronica_down()
+            if down is not None:
+                error += f" (Veronica is down: {down})"
+            given_up = contracts.ToolOutcome(
+                task_id=self.task.task_id, call_id=call_id, tool=tool, ok=False, error=error,
+                instance=self.actor.instance,
+            )  # fmt: skip
+            await fence.append_once(
+                self.actor.nc, subjects.tool_outcome(self.task.task_id, call_id), given_up
+            )
+            return given_up
+
+    def _same_intent(self, call_id: str, asked: str) -> str:
+        """As ``_same_question``, for a tool call: a stored outcome of another call is not taken."""
+        cid, version = call_id, 1
+        while True:
+            stored = self.history.tool_intents.get(cid)
+            if stored is None or stored.fingerprint == asked:
+                return cid
+            version += 1
+            log.warning(
+                "task %s: the stored call %s was %s %s, not this one; calling again as %s-v%d",
+                self.task.task_id,
+                cid,
+                stored.tool,
+                stored.args,
                 call_id,
                 version,
             )

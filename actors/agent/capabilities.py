@@ -44,14 +44,18 @@ def answer(lang: Literal["ru", "en"]) -> str:
         return (
             "Я Victoria: умею "
             + REGISTRY[0].ru
-            + f" с инструментами {_both([tool.skill[1] for tool in TOOLS], 'и')} файлов, а также "
+            + f" с инструментами {_both([tool.skill[1] for tool in TOOLS if tool.op], 'и')} файлов"
+            + "".join(f" и {tool.skill[1]}" for tool in TOOLS if not tool.op and tool.skill[1])
+            + ", а также "
             + REGISTRY[1].ru
             + ". Каждая задача хранится в журнале событий, поэтому переживает сбои и перезапуски."
         )
     return (
         "I am Victoria: I "
         + REGISTRY[0].en
-        + f" with tools that {_both([tool.skill[0] for tool in TOOLS], 'and')} files, and I "
+        + f" with tools that {_both([tool.skill[0] for tool in TOOLS if tool.op], 'and')} files"
+        + "".join(f" and {tool.skill[0]}" for tool in TOOLS if not tool.op and tool.skill[0])
+        + ", and I "
         + REGISTRY[1].en
         + ". Every task is kept in an event log, so it survives crashes and restarts."
     )

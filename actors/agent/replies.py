@@ -146,7 +146,9 @@ def _call(tool: Tool, args: dict[str, Any]) -> ToolCall | None:
                 return None
             out[name] = value
         else:
-            out[name] = str(value or defaults[n - required])
+            value = value if value not in (None, "") else defaults[n - required]
+            if value is not None:
+                out[name] = value  # its type is checked against the tool's schema (workflow)
     return ToolCall(tool.name, out)
 
 

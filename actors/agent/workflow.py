@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -31,14 +31,21 @@ from victoria.events.contracts import (
     LLMResult,
     Purpose,
     TaskSubmitted,
+    ToolOutcome,
     ToolResult,
     VerboseStep,
 )
 
-VERSION: Final = 4
+VERSION: Final = 5
 """The workflow's version, stored with each model request. 1: before requests carried it. 3: the
 understand step answers in JSON and may ask back; earlier turns and images are in the prompts. 4: the
-task's expert's prompt leads the system prompts."""
+task's expert's prompt leads the system prompts. 5: the steps' tool calls are durable calls of
+Veronica's (``tool_intent``, ``tool_outcome``), ``run_command`` among the tools."""
+
+
+def tool_fingerprint(tool: str, args: dict[str, Any]) -> str:
+    """What a tool call does, as 32 hex digits: the same on every attempt for the same call."""
+    return hashlib.blake2b(msgspec.json.encode([tool, args], order="sorted"), digest_size=16).hexdigest()
 
 
 def fingerprint(messages: list[ChatMessage], *, model: str | None, json_mode: bool) -> str:
@@ -64,6 +71,10 @@ class TaskContext(Protocol):
     ) -> LLMResult: ...
 
     async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult: ...
+
+    async def tool(self, call_id: str, tool: str, args: dict[str, Any]) -> ToolOutcome:
+        """One tool call, durably: at most once for a call that must not run again."""
+        ...
 
     def understood(self, text: str) -> None:
         """What the goal was understood to ask: the next model request stored carries it, for the
@@ -298,21 +309,46 @@ async def agent_run(ctx: TaskContext) -> Outcome:
             return done(action.answer.strip() or best_effort(understanding.text, plan, observations))
         assert isinstance(action, ToolCall)
         steps.append(VerboseStep(step=step, thought=action.thought, tool=action.tool, input=action.args))
-        op = tools.BY_NAME[action.tool].op or "read"
-        path = str(action.args.get("path") or ".")
-        result = await ctx.files(
-            f"step-{step}",
-            FilesRequest(op=op, path=path, goal=task.goal, task_id=task.task_id, workspace=task.workspace),
-            timeout=ctx.delegate_timeout,
-        )
-        observation = result.output if result.ok else f"error: {result.error}"
-        observations.append(f"{action.tool}({path}):\n{observation}")
+        call = _call_text(action.tool, action.args)
+        checked = checked_args(action.tool, action.args)
+        if isinstance(checked, str):  # a bad call is a tool error the model reads, not a crash
+            observation = f"error: {checked}"
+        else:
+            outcome = await ctx.tool(f"call-{step}", action.tool, checked)
+            observation = outcome.output if outcome.ok else f"error: {outcome.error}"
+            if not outcome.ok and outcome.output:
+                observation += "\n" + outcome.output
+        observations.append(f"{call}:\n{observation}")
         transcript = [
             *transcript,
             ChatMessage("assistant", reply),
-            ChatMessage("user", f"Result of {action.tool}({path}):\n{clipped(observation)}"),
+            ChatMessage("user", f"Result of {call}:\n{clipped(observation)}"),
         ]
     return done(best_effort(understanding.text, plan, observations))
+
+
+def checked_args(tool: str, args: dict[str, Any]) -> dict[str, Any] | str:
+    """The call's arguments held to the tool's schema (msgspec), as JSON values; or what is wrong."""
+    spec = tools.BY_NAME.get(tool)
+    if spec is None:
+        return f"there is no tool {tool!r}; the tools are {', '.join(t.name for t in tools.TOOLS)}"
+    try:
+        value = msgspec.convert(args, spec.args, strict=False)
+    except msgspec.ValidationError as exc:
+        return f"bad arguments for {tool}: {exc}"
+    out: dict[str, Any] = msgspec.to_builtins(value)
+    return {key: item for key, item in out.items() if item is not None}
+
+
+def _call_text(tool: str, args: dict[str, Any]) -> str:
+    """``read_file(README.md)``, ``run_command(pytest -q)``: a call as the transcript shows it."""
+    shown = (
+        args.get("command")
+        or args.get("pattern")
+        or args.get("path")
+        or ("patch" if tool == tools.APPLY_PATCH.name else ".")
+    )
+    return f"{tool}({shown})"
 
 
 OBSERVATION_CHARS: Final = 8000  # characters of a tool's result the model is shown

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from typing import Any, ClassVar, Final, assert_never
+from typing import Any, ClassVar, Final
 
 import aiohttp
 import msgspec
@@ -36,6 +36,7 @@ from victoria.errors import (
     LLMHTTPError,
     LLMProtocolError,
     LLMTimeout,
+    LLMToolsRefused,
     LLMUnavailable,
 )
 from victoria.events import contracts, subjects
@@ -360,30 +361,7 @@ class LLMRunner(Actor):
     async def _read_unwanted(self, event: contracts.LLMRequested, seq: int) -> str | None:
         """What came after the request (stored at ``seq``) in the task's history, if it makes the
         request unwanted (one direct get)."""
-        last = await reads.last_history_event(self.js, event.task_id)
-        if last is None or last[0] <= seq:
-            return None
-        later_seq, later = last
-        match later:
-            case contracts.TaskStarted():
-                return None
-            case contracts.TaskCompleted() | contracts.TaskFailed() | contracts.TaskCancelled():
-                return "the task has ended"
-            case contracts.TaskCancelRequested():
-                return "the task was cancelled"
-            case None:
-                return f"an unreadable event at sequence {later_seq} came after it"
-            case (
-                contracts.TaskSubmitted()
-                | contracts.TaskStage()
-                | contracts.LLMRequested()
-                | contracts.LLMResult()
-                | contracts.ToolResult()
-            ):
-                tag = type(later).__struct_config__.tag
-                return f"it is superseded: {tag} at sequence {later_seq} came after it"
-            case _:
-                assert_never(later)
+        return await reads.unwanted_after(self.js, event.task_id, seq)
 
     async def call(
         self, event: contracts.LLMRequested, parent: Context | None = None, *, lease: Lease | None = None
@@ -459,7 +437,9 @@ class LLMRunner(Actor):
                 self.registry.record(
                     lease.slot, model, ttft=ttft, duration=duration, tokens=completion.completion_tokens
                 )
-                self.registry.estimator(lease.slot, model).learn(sent.messages, completion.prompt_tokens)
+                self.registry.estimator(lease.slot, model).learn(
+                    sent.messages, completion.prompt_tokens, fit.tool_tokens(event.tools)
+                )
             span.set_attribute("gen_ai.response.model", completion.model)
             if completion.prompt_tokens is not None:
                 span.set_attribute("gen_ai.usage.input_tokens", completion.prompt_tokens)
@@ -507,6 +487,7 @@ class LLMRunner(Actor):
                 finish_reason=completion.finish_reason,
                 max_tokens=sent.max_tokens,
                 trimmed=sent.trimmed,
+                tool_calls=list(completion.tool_calls),
             )
         finally:
             span.end()
@@ -527,7 +508,11 @@ class LLMRunner(Actor):
         await self.registry.model_traits(slot, model)
         context = self.registry.context_for(slot, model)
         return fit.fit(
-            event.messages, context=context, cap=cap, estimator=self.registry.estimator(slot, model)
+            event.messages,
+            context=context,
+            cap=cap,
+            estimator=self.registry.estimator(slot, model),
+            extra=fit.tool_tokens(event.tools),
         )
 
     async def _call_until_reachable(
@@ -559,6 +544,12 @@ class LLMRunner(Actor):
             if self.registry is not None:
                 await self.registry.known(slot)
             model = self._model_there(event, model, slot, url)
+            if event.tools and slot.spec.tools_for(model) is False:
+                raise LLMToolsRefused(
+                    f"model server {slot.spec.url} does not take tools for {model} (tools = false in "
+                    "the models file): ask without them",
+                    url=url,
+                )
             keep_alive = self.registry.keep_alive(slot, model) if self.registry is not None else None
             fitted = await self._fitted(event, model, slot)
             sent.messages, sent.max_tokens, sent.trimmed = fitted.messages, fitted.max_tokens, fitted.trimmed
@@ -573,6 +564,7 @@ class LLMRunner(Actor):
                 keep_alive=keep_alive,
                 max_tokens=fitted.max_tokens,
                 num_ctx=slot.spec.context if api == "ollama" else None,
+                tools=event.tools,
             )
             streaming = self.registry is not None
             if self.registry is not None:  # from here the server works on it: nothing else is sent there
@@ -583,18 +575,27 @@ class LLMRunner(Actor):
                         unreachable.clear()
                         if response.status >= 400:
                             text = (await response.content.read(600)).decode("utf-8", "replace")
+                            if event.tools and traits.refuses_tools(text):  # llama-server says so with a 500
+                                raise LLMToolsRefused(
+                                    f"model server at {url} does not take tools for {model} (HTTP "
+                                    f"{response.status}: {text[:300]}): ask without them",
+                                    url=url,
+                                    status=response.status,
+                                )
                             if not refitted and self._learned_context(slot, model, text, fitted):
                                 refitted = True
                                 continue
                             raise self._http_error(url, response.status, text, fitted)
-                        reader = protocols.StreamReader(api, model)
+                        reader = protocols.StreamReader(api, model, request_id=event.request_id)
                         try:
                             async for raw in response.content:
+                                calls = reader.tool_pieces
                                 piece = reader.feed(raw.decode("utf-8", "replace"))
-                                if piece:
+                                if piece or reader.tool_pieces > calls:  # a tool call's pieces count too
                                     quiet.reschedule(loop.time() + idle)
                                     if self.registry is not None:
                                         self.registry.progressed(slot)
+                                if piece:
                                     await tokens.add(piece)
                         except (LLMProtocolError, ValueError) as exc:  # ValueError: a line over read_bufsize
                             raise LLMProtocolError(f"{url}: {exc}", url=url) from None
@@ -746,6 +747,7 @@ class LLMRunner(Actor):
             url=error.url,
             duration_s=round(time.monotonic() - started, 4),
             instance=self.instance,
+            tools_refused=isinstance(error, LLMToolsRefused),
         )
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+import msgspec
 
 from victoria.errors import LLMContextError
 from victoria.events.contracts import ChatMessage
@@ -32,25 +34,37 @@ class Estimator:
     def __init__(self) -> None:
         self._ratios: deque[float] = deque(maxlen=20)
 
-    def raw(self, messages: list[ChatMessage]) -> int:
-        total = PROMPT_OVERHEAD
+    def raw(self, messages: list[ChatMessage], extra: int = 0) -> int:
+        """``extra``: tokens of the request beside its messages (its tool table, ``tool_tokens``)."""
+        total = PROMPT_OVERHEAD + extra
         for message in messages:
-            text = message.content
-            ascii_chars = sum(1 for ch in text if ch < "\x80")
-            total += (
-                MESSAGE_OVERHEAD + ascii_chars // 3 + (len(text) - ascii_chars) + 768 * len(message.images)
-            )
+            total += MESSAGE_OVERHEAD + text_tokens(message.content) + 768 * len(message.images)
+            if message.tool_calls:
+                total += text_tokens(_encode(message.tool_calls).decode())
         return total
 
-    def tokens(self, messages: list[ChatMessage]) -> int:
+    def tokens(self, messages: list[ChatMessage], extra: int = 0) -> int:
         """The estimate, scaled by the largest recent ratio of counted to estimated (at least 0.5)."""
         scale = max(self._ratios, default=1.0)
-        return int(self.raw(messages) * max(0.5, scale)) + 1
+        return int(self.raw(messages, extra) * max(0.5, scale)) + 1
 
-    def learn(self, messages: list[ChatMessage], counted: int | None) -> None:
-        """The server counted ``counted`` prompt tokens for ``messages``."""
+    def learn(self, messages: list[ChatMessage], counted: int | None, extra: int = 0) -> None:
+        """The server counted ``counted`` prompt tokens for ``messages`` (and ``extra``)."""
         if counted and counted > 0:
-            self._ratios.append(min(3.0, counted / self.raw(messages)))
+            self._ratios.append(min(3.0, counted / self.raw(messages, extra)))
+
+
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def text_tokens(text: str) -> int:
+    ascii_chars = sum(1 for ch in text if ch < "\x80")
+    return ascii_chars // 3 + (len(text) - ascii_chars)
+
+
+def tool_tokens(tools: list[dict[str, Any]]) -> int:
+    """Tokens of a request's tool table (the server puts it in the prompt), estimated from its JSON."""
+    return text_tokens(_encode(tools).decode()) if tools else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +78,15 @@ class Fitted:
     """The prompt's estimate after fitting."""
 
 
-def fit(messages: list[ChatMessage], *, context: int | None, cap: int, estimator: Estimator) -> Fitted:
+def fit(
+    messages: list[ChatMessage], *, context: int | None, cap: int, estimator: Estimator, extra: int = 0
+) -> Fitted:
     """``messages`` fitted to ``context`` tokens with room for ``cap`` more (None: not known,
-    nothing is changed)."""
+    nothing is changed); ``extra`` tokens of the request are not in its messages (its tool table).
+    An assistant message that called tools is left out only with the results that answer it."""
     if context is None:
-        return Fitted(messages, cap, None, estimator.tokens(messages))
-    need = estimator.tokens(messages)
+        return Fitted(messages, cap, None, estimator.tokens(messages, extra))
+    need = estimator.tokens(messages, extra)
     if need + cap <= context:
         return Fitted(messages, cap, None, need)
     room = max(min(cap, MIN_OUTPUT), context - need)
@@ -80,7 +97,7 @@ def fit(messages: list[ChatMessage], *, context: int | None, cap: int, estimator
     kept = _kept(work)
     cuts = 0
     # The longest messages that may be cut (tool outputs, earlier answers), longest first.
-    while estimator.tokens(work) > budget:
+    while estimator.tokens(work, extra) > budget:
         longest = max(
             (i for i in range(len(work)) if i not in kept and len(work[i].content) > KEEP_CHARS * 2),
             key=lambda i: len(work[i].content),
@@ -92,17 +109,23 @@ def fit(messages: list[ChatMessage], *, context: int | None, cap: int, estimator
         cuts += 1
     # Then the oldest turns, one at a time, between the kept head and the last message.
     dropped = 0
-    while estimator.tokens(work) > budget:
+    while estimator.tokens(work, extra) > budget:
         oldest = next((i for i in range(len(work) - 1) if i not in kept and i != len(work) - 1), None)
         if oldest is None:
             break
-        del work[oldest]
+        end = oldest + 1
+        if work[oldest].tool_calls:  # its results go with it: a result without its call is refused
+            while end < len(work) and work[end].role == "tool":
+                end += 1
+            if end >= len(work):
+                break  # the last message is one of them
+        del work[oldest:end]
         kept = _kept(work)
-        dropped += 1
+        dropped += end - oldest
     if dropped:
         head = max(kept) + 1 if kept else 0
         work.insert(head, ChatMessage("user", LEFT_OUT.format(n=dropped)))
-    need = estimator.tokens(work)
+    need = estimator.tokens(work, extra)
     if need + MIN_OUTPUT > context:
         raise LLMContextError(
             f"the request needs about {need} tokens and its answer at least {MIN_OUTPUT}, "
@@ -132,6 +155,6 @@ def _cut(message: ChatMessage) -> ChatMessage:
     text = message.content
     half = KEEP_CHARS // 2
     left_out = len(text) - 2 * half
-    return ChatMessage(
-        message.role, text[:half] + CUT_NOTE.format(n=left_out) + "\n" + text[-half:], message.images
+    return msgspec.structs.replace(
+        message, content=text[:half] + CUT_NOTE.format(n=left_out) + "\n" + text[-half:]
     )

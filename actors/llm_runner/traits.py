@@ -15,6 +15,11 @@
 - Any other OpenAI-compatible server (``mlx_lm.server``, ...): nothing known; it may answer
   nothing else while it generates (mlx_lm.server has one thread).
 
+Tools: a server that does not take a request's ``tools`` says so in its error (``refuses_tools``),
+except llama-cpp-python, which puts them in the chat template and answers in text (its
+``chatml-function-calling`` and ``functionary`` chat formats aside): say ``tools = false`` for it
+in the models file.
+
 Pure code except ``discover``, which takes the HTTP getter.
 """
 
@@ -133,3 +138,17 @@ def is_overflow(text: str) -> bool:
     return "context" in lowered and any(
         word in lowered for word in ("exceed", "maximum context", "too long", "context_length")
     )
+
+
+_NO_TOOLS: Final = (
+    "does not support tools",  # Ollama, 400: "<model> does not support tools"
+    "tools param requires --jinja",  # llama-server started with --no-jinja (or before jinja by default), 500
+    "cannot use tools with stream",  # llama-server before streamed tool calls (early 2025), 500
+    "tool choice requires --enable-auto-tool-choice",  # vLLM without a tool parser, 400
+)
+
+
+def refuses_tools(text: str) -> bool:
+    """The server's error says it (or the model) does not take a request's ``tools``."""
+    lowered = text.lower()
+    return any(sign in lowered for sign in _NO_TOOLS)

@@ -248,8 +248,10 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: contracts.AnyTaskEve
                     output,
                     at,
                 )
-        case contracts.ToolResult():
-            pass  # a tool's result has no table of its own
+        case (
+            contracts.ToolResult() | contracts.ToolIntent() | contracts.ToolClaim() | contracts.ToolOutcome()
+        ):
+            pass  # a tool's call has no table of its own
         case _:
             assert_never(event)
 

@@ -1,4 +1,5 @@
-"""Veronica: the helper agent. Answers file requests from her workspace, with no model call."""
+"""Veronica: the helper agent. Answers file requests from her workspace, with no model call, and
+runs the tasks' tool calls, durably (``executor``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from victoria.actors.veronica import files
 from victoria.actors.veronica.commands import Commands
+from victoria.actors.veronica.executor import Executor
 from victoria.errors import SandboxUnavailable, ToolError
 from victoria.events import subjects, tools
 from victoria.events.codec import encode, files_request_decoder
@@ -24,6 +26,7 @@ from victoria.events.contracts import FilesReply, FilesRequest
 from victoria.runtime import tracing
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
+from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,28 @@ class Veronica(Actor):
         self._sub: Subscription | None = None
         self._busy = 0
         self.commands = Commands(config)
+        self.executor = Executor(nc, self.js, self.commands, instance=self.instance)
         self._finding: asyncio.Task[None] | None = None
+        self.consumers: list[WorkConsumer] = []
+        self._cancels: Subscription | None = None
 
     async def on_start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.VERONICA_FILES, queue="veronica", cb=self._on_request)
         self._finding = asyncio.create_task(self._find_sandbox())  # a trial command, off the start
+        self._cancels = await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel)
+        self.consumers = await self.consume_tasks(
+            durable="veronica",
+            kind="tool_intent",
+            concurrency=self.config.concurrency,
+            handler=self.executor.handle,
+        )
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            task_id = subjects.task_id_of(msg.subject)
+        except ValueError:
+            return
+        self.executor.cancel_task(task_id)
 
     async def _find_sandbox(self) -> None:
         with contextlib.suppress(SandboxUnavailable):  # logged, and in the heartbeat
@@ -51,13 +71,16 @@ class Veronica(Actor):
         return self.commands.health()
 
     async def on_stop(self) -> None:
+        await asyncio.gather(*(consumer.stop() for consumer in self.consumers))
+        if self._cancels is not None:
+            await self._cancels.unsubscribe()
         if self._finding is not None:
             self._finding.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
 
     def in_flight(self) -> int:
-        return self._busy
+        return self._busy + sum(len(runs) for runs in self.executor.running.values())
 
     async def _on_request(self, msg: Msg) -> None:
         self._busy += 1

@@ -78,9 +78,17 @@ class Commands:
         )
 
     async def run(
-        self, command: str, *, cwd: str = ".", timeout_s: float | None = None, workspace: Path | None = None
+        self,
+        command: str,
+        *,
+        cwd: str = ".",
+        timeout_s: float | None = None,
+        workspace: Path | None = None,
+        approved: bool = False,
     ) -> sandbox.Outcome:
-        """Run one command of the model's; a bad call is a ``ToolError`` the model can read."""
+        """Run one command of the model's; a bad call is a ``ToolError`` the model can read.
+        Without a sandbox (``VICTORIA_SANDBOX=none``) only an ``approved`` command runs (a
+        person's yes; ``victoria sandbox`` is a person at the command line)."""
         if not command.strip():
             raise ToolError("command is empty")
         limits = self.limits(timeout_s)
@@ -89,6 +97,11 @@ class Commands:
         if not await asyncio.to_thread(where.is_dir):
             raise ToolError(f"cwd {cwd!r} is not a directory of the workspace")
         found = await self.ready()
+        if not found.isolated and not approved:
+            raise ToolError(
+                "commands run without a sandbox (VICTORIA_SANDBOX=none) only with a person's approval, "
+                "and this call has none"
+            )
         if workspace is not None and workspace != found.policy.workspace:
             found = dataclasses.replace(found, policy=policy(self.config, workspace))
         return await found.run(command, cwd=where, limits=limits)

@@ -16,9 +16,17 @@ Paths
 What is read
     Regular files only. Directories, device files, named pipes and sockets are refused, e.g.
     ``refused: 'zero' is a character device file, not a regular file``, and are never read from.
-    Only the first ``MAX_READ_BYTES`` of a file are read (a file is never read whole into memory);
-    a longer file's text starts with a line ``[truncated: the file has N bytes; only the first M are
-    shown]``. Text is UTF-8; bytes that are not are shown as U+FFFD.
+    At most ``MAX_READ_BYTES`` of a file are shown (a file is never read whole into memory). Text
+    is UTF-8; bytes that are not are shown as U+FFFD.
+Line numbers
+    With ``offset`` (the first line, from 1) or ``limit`` (how many lines), or when the file has more
+    than ``MAX_READ_BYTES``, lines are numbered as ``cat -n`` numbers them (the number right-aligned
+    in 6 columns, a tab, the line without its ``\\n`` or ``\\r\\n``), whole lines only, as many as fit
+    in ``MAX_READ_BYTES`` of text. When the rest did not fit, the text starts with a line
+    ``[truncated: the file has N bytes; only lines 1-812 are shown; read on with offset=813]``; a
+    line longer than that is shown alone, cut (``only line 7 is shown, cut at 65536 bytes``). At
+    most ``MAX_SEEK_BYTES`` are read past to reach an offset; an offset past the last line is a
+    note saying how many lines there are.
 Binary files
     A file whose first ``BINARY_SAMPLE`` bytes hold a NUL byte, or in which more than a tenth of the
     characters (and at least ``MIN_UNDECODABLE``) are not UTF-8, is binary: the result says so, with
@@ -50,7 +58,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from victoria.errors import OutsideWorkspace, ToolError
 from victoria.events.tools import LIST_DIRECTORY
@@ -58,6 +66,7 @@ from victoria.events.tools import LIST_DIRECTORY
 MAX_LIST: Final = 200  # entries in a listing
 MAX_SCAN: Final = 100_000  # entries of a directory looked at, at most
 MAX_READ_BYTES: Final = 64 * 1024  # bytes of a file read, at most
+MAX_SEEK_BYTES: Final = 256 * 1024 * 1024  # bytes of a file read past to reach an offset, at most
 MAX_PATH_CHARS: Final = 1024  # characters in a requested path
 MAX_NAME_BYTES: Final = 255  # bytes in one name of a path (NAME_MAX)
 BINARY_SAMPLE: Final = 8 * 1024  # bytes looked at to tell a binary file
@@ -147,28 +156,106 @@ def scan_directory(workspace: Path, relative: str = ".", limit: int | None = Non
     return Listing(names[: asked or MAX_LIST], len(names), complete, noted=asked is None)
 
 
-def read_file(workspace: Path, relative: str, max_bytes: int = MAX_READ_BYTES) -> str:
+def read_file(
+    workspace: Path,
+    relative: str,
+    max_bytes: int = MAX_READ_BYTES,
+    *,
+    offset: int | None = None,
+    limit: int | None = None,
+) -> str:
     """The text of a regular file of the workspace, its first ``max_bytes`` at most, or a note
-    saying that it is binary."""
+    saying that it is binary. With ``offset`` (first line, from 1) or ``limit`` (lines), or when the
+    file has more than ``max_bytes``, its lines numbered (``cat -n``), starting at ``offset``."""
+    first = _line_number("offset", offset)
+    count = _line_number("limit", limit)
     root = _root(workspace)
     path = _resolve(root, relative)
     fd = _open(root, path, relative, directory=False)
     try:
         size = os.fstat(fd).st_size
         data = _read_at_most(fd, max_bytes + 1)
+        total = max(size, len(data))
+        if _is_binary(data[:BINARY_SAMPLE]):
+            return _binary_note(relative, data, total)
+        if offset is None and limit is None and len(data) <= max_bytes:
+            return data.decode("utf-8", "replace")
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "rb", buffering=1 << 16, closefd=False) as reader:
+            return _numbered(reader, relative, total, first or 1, count, max_bytes)
     except OSError as exc:
         raise ToolError(f"{relative!r} cannot be read: {_reason(exc)}") from None
     finally:
         os.close(fd)
-    total = max(size, len(data))
-    if _is_binary(data[:BINARY_SAMPLE]):
-        return _binary_note(relative, data, total)
-    truncated = len(data) > max_bytes
-    # A multi-byte character cut at the end of what was read is left out, not shown as U+FFFD.
-    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data[:max_bytes], final=not truncated)
-    if truncated:
-        return f"[truncated: the file has {total} bytes; only the first {max_bytes} are shown]\n{text}"
-    return text
+
+
+def _line_number(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ToolError(f"{name} must be a whole number of lines, 1 or more (not {value!r})")
+    return value
+
+
+def _numbered(
+    reader: BinaryIO, relative: str, total: int, first: int, count: int | None, max_bytes: int
+) -> str:
+    """Lines ``first`` on (``count`` of them at most) as ``cat -n`` shows them, whole lines only,
+    as many as fit in ``max_bytes`` of text; a note first when the rest did not fit."""
+    shown: list[str] = []
+    used = 0
+    number = 0
+    while count is None or len(shown) < count:
+        if number + 1 < first:
+            if not _skip_line(reader, relative, first):
+                break
+            number += 1
+            continue
+        line = reader.readline(max_bytes + 1)
+        if not line:
+            break
+        number += 1
+        long = len(line) > max_bytes
+        body = line[:max_bytes] if long else line.removesuffix(b"\n").removesuffix(b"\r")
+        # A multi-byte character cut at the end of a long line is left out, not shown as U+FFFD.
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(body, final=not long)
+        entry = f"{number:6d}\t{text}"
+        cost = len(entry.encode()) + 1
+        if shown and used + cost > max_bytes:
+            return _cut_note(total, first, number - 1) + "\n" + "\n".join(shown)
+        shown.append(entry)
+        used += cost
+        if long:  # it filled the text alone: the next read starts after it
+            return _cut_note(total, first, number, cut=max_bytes) + "\n" + "\n".join(shown)
+    if number < first:
+        lines = "1 line" if number == 1 else f"{number} lines"
+        return f"[{relative!r} has {lines}; offset={first} is past its end]"
+    return "\n".join(shown)
+
+
+def _skip_line(reader: BinaryIO, relative: str, first: int) -> bool:
+    """Reads past one line: False at the end of the file."""
+    chunk = b""
+    while True:
+        if reader.tell() > MAX_SEEK_BYTES:
+            raise ToolError(
+                f"offset={first} is too far into {relative!r}: at most the first {MAX_SEEK_BYTES} bytes "
+                "are read past to reach an offset"
+            )
+        part = reader.readline(1 << 16)
+        if not part:
+            return bool(chunk)
+        chunk = part
+        if part.endswith(b"\n"):
+            return True
+
+
+def _cut_note(total: int, first: int, last: int, *, cut: int = 0) -> str:
+    lines = f"line {last} is" if first == last else f"lines {first}-{last} are"
+    cut_at = f", cut at {cut} bytes" if cut else ""
+    return (
+        f"[truncated: the file has {total} bytes; only {lines} shown{cut_at}; read on with offset={last + 1}]"
+    )
 
 
 # --- checks ----------------------------------------------------------------------------------------
