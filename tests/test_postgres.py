@@ -73,6 +73,7 @@ def test_a_projects_workspace_is_the_workspace_of_its_tasks(
             ),
             what="projects loaded",
         )
+        system.pid_of("veronica")  # the files go to her: up, or the task falls back to the agent
         body = system.http.post(
             "/run", json={"goal": "List the files in the project root", "project_context": {"slug": "alpha"}}
         ).json()

@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
-from victoria.actors.veronica import edit, files, patch, search
+from victoria.actors.veronica import files
 from victoria.actors.veronica.commands import Commands
 from victoria.errors import ToolError
 from victoria.events import contracts, subjects, tools
@@ -217,6 +217,8 @@ async def _read_file(self: Executor, intent: contracts.ToolIntent, workspace: Pa
 
 
 async def _find_files(self: Executor, intent: contracts.ToolIntent, workspace: Path) -> contracts.ToolOutcome:
+    from victoria.actors.veronica import search  # pathspec: imported at the first search, not at start
+
     began = time.monotonic()
     found = await asyncio.to_thread(
         search.find_files, workspace, _str(intent, "pattern"), _str(intent, "path", ".")
@@ -227,6 +229,8 @@ async def _find_files(self: Executor, intent: contracts.ToolIntent, workspace: P
 async def _grep_search(
     self: Executor, intent: contracts.ToolIntent, workspace: Path
 ) -> contracts.ToolOutcome:
+    from victoria.actors.veronica import search
+
     began = time.monotonic()
     glob = intent.args.get("glob")
     found = await asyncio.to_thread(
@@ -241,6 +245,8 @@ async def _grep_search(
 
 
 async def _write_file(self: Executor, intent: contracts.ToolIntent, workspace: Path) -> contracts.ToolOutcome:
+    from victoria.actors.veronica import edit
+
     began = time.monotonic()
     done = await asyncio.to_thread(edit.write_file, workspace, _str(intent, "path"), _str(intent, "content"))
     outcome = self._outcome(intent, ok=True, output=done.text(), duration=time.monotonic() - began)
@@ -251,6 +257,8 @@ async def _write_file(self: Executor, intent: contracts.ToolIntent, workspace: P
 async def _apply_patch(
     self: Executor, intent: contracts.ToolIntent, workspace: Path
 ) -> contracts.ToolOutcome:
+    from victoria.actors.veronica import patch
+
     began = time.monotonic()
     done = await asyncio.to_thread(patch.apply_patch, workspace, _str(intent, "patch"))
     outcome = self._outcome(intent, ok=True, output=done.text(), duration=time.monotonic() - began)
