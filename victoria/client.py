@@ -181,6 +181,15 @@ def describe(event: dict[str, Any]) -> list[str]:
     if kind == "tool_result":
         path = event.get("args", {}).get("path", "")
         return [f"  {event.get('tool')} {path}: {'ok' if event.get('ok') else event.get('error')}"]
+    if kind == "tool_intent":  # its outcome's line follows
+        return []
+    if kind == "tool_outcome":
+        said = "ok" if event.get("ok") else str(event.get("error"))
+        if event.get("exit_code") is not None:
+            said += f" (exit {event['exit_code']})"
+        return [
+            f"  {event.get('tool')} {event.get('call_id')}: {said} in {float(event.get('duration_s') or 0):.2f}s"
+        ]
     if kind == "task_cancel_requested":
         return ["cancel requested"]
     if kind == "model_wait":  # not stored: the runner's word that a call waits for its model

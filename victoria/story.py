@@ -109,6 +109,17 @@ class _Story:
                 f"  model {outcome} in {float(event.get('duration_s') or 0):.2f}s "
                 f"({event.get('model') or '?'}{tokens})",
             )
+        elif kind == "tool_intent":
+            args = " ".join(f"{k}={str(v)[:80]}" for k, v in (event.get("args") or {}).items())
+            self.line(event, f"  tool {event.get('tool')} {args} ({event.get('effect')})")
+        elif kind == "tool_outcome":
+            result = "ok" if event.get("ok") else f"failed: {event.get('error')}"
+            if event.get("exit_code") is not None:
+                result += f" (exit {event['exit_code']})"
+            self.line(
+                event,
+                f"  tool {event.get('call_id')}: {result} in {float(event.get('duration_s') or 0):.2f}s",
+            )
         elif kind == "tool_result":
             args = " ".join(f"{k}={v}" for k, v in (event.get("args") or {}).items())
             result = "ok" if event.get("ok") else f"failed: {event.get('error')}"
