@@ -16,6 +16,12 @@ Control and counting, across every process that calls it:
   time, first come first served (as Ollama does with a big model), and a call for a model other
   than the loaded one first costs this long (a swap; ``swaps`` and ``loaded`` in the stats,
   ``/api/ps`` names the loaded model).
+- ``POST /config`` with ``{"reads": N, "read_path": "dir/{key}/{n}.txt", "read_key": REGEX}``: a
+  task whose first user message matches ``read_key`` (its group 1 is the task's key) gets, for its
+  first N step requests, a ``read_file`` call of ``read_path`` (``n`` from 0), then its final answer:
+  JSON in text, or the protocol's native ``tool_calls`` when the request has ``tools``. Each of its
+  chat requests is recorded on arrival (``GET /arrivals``: key, purpose, steps done, monotonic
+  seconds, whether it had ``tools``), so a benchmark can match them with the task's events. ``"reads": 0`` turns it off.
 
 Run alone: ``python -m bench.fakemodel --port 11434 [--delay 2]``.
 """
@@ -27,6 +33,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
+import time
 import urllib.request
 from collections import Counter
 from typing import Any, Final
@@ -34,7 +42,7 @@ from typing import Any, Final
 import msgspec
 
 from bench.loadgen import run_fast
-from victoria.events.tools import FINISH
+from victoria.events.tools import FINISH, READ_FILE
 
 MAX_HEAD: Final = 64 * 1024  # bytes of request line and headers
 MAX_BODY: Final = 16 * 1024 * 1024  # bytes of request body
@@ -74,6 +82,13 @@ class FakeModel:
         self.max_in_flight = 0
         self.aborted = 0
         self.streamed = 0
+        self.reads = 0
+        """Step requests of a keyed task answered with a read_file call before its final answer."""
+        self.read_path = "{key}/{n}.txt"
+        self.read_key: re.Pattern[str] | None = None
+        self.arrivals: list[tuple[str, str, int, float, bool]] = []
+        """(key, purpose, steps done, time.monotonic(), whether it had ``tools``) of every chat
+        request of a keyed task."""
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -99,6 +114,40 @@ class FakeModel:
         self.aborted = 0
         self.streamed = 0
         self.swaps = 0
+        self.arrivals.clear()
+
+    def scripted(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], arrived: float
+    ) -> tuple[str, list[dict[str, Any]]] | None:
+        """The reply (text, native calls) to a keyed task's request, or None for any other; its
+        arrival recorded. A step request is one whose system prompt is the step's or that has
+        ``tools``; its steps done are its assistant messages (one per step, either protocol)."""
+        if self.reads <= 0 or self.read_key is None:
+            return None
+        first = next((m for m in messages if m.get("role") == "user"), {})
+        found = self.read_key.search(str(first.get("content", "")))
+        if found is None:
+            return None
+        key = found.group(1)
+        system = str(next((m.get("content", "") for m in messages if m.get("role") == "system"), ""))
+        if "carrying out a plan" not in system and not tools:
+            purpose = "plan" if "numbered plan" in system else "understand"
+            self.arrivals.append((key, purpose, 0, arrived, bool(tools)))
+            return None
+        done = sum(1 for m in messages if m.get("role") == "assistant")
+        self.arrivals.append((key, "step", done, arrived, bool(tools)))
+        offered = {str((t.get("function") or {}).get("name")) for t in tools}
+        if done < self.reads:
+            args = {"path": self.read_path.format(key=key, n=done)}
+            if tools:
+                return "", [{"id": f"call_{done}", "name": READ_FILE.name, "arguments": args}]
+            return json.dumps({"tool": READ_FILE.name, "args": args}), []
+        final = f"Done: read {done} files of {key}"
+        if FINISH.name in offered:
+            return "", [{"id": f"call_{done}", "name": FINISH.name, "arguments": {"answer": final}}]
+        if tools:
+            return final, []
+        return json.dumps({"tool": FINISH.name, "args": {"answer": final}}), []
 
     def count(self, path: str, messages: list[dict[str, Any]]) -> None:
         self.calls += 1
@@ -151,6 +200,9 @@ class FakeModel:
             loaded = [{"name": self.loaded, "model": self.loaded}] if self.loaded else []
             await self._send(writer, 200, {"models": loaded})
             return True
+        if method == "GET" and path == "/arrivals":
+            await self._send(writer, 200, {"arrivals": self.arrivals, "clock": "monotonic"})
+            return True
         if method == "GET" and path == "/stats":
             await self._send(writer, 200, self.stats())
             return True
@@ -163,7 +215,11 @@ class FakeModel:
                 settings = _decode.decode(body or b"{}")
                 self.delay = float(settings.get("delay", self.delay))
                 self.load_time = float(settings.get("load_time", self.load_time))
-            except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+                self.reads = int(settings.get("reads", self.reads))
+                self.read_path = str(settings.get("read_path", self.read_path))
+                if settings.get("read_key"):
+                    self.read_key = re.compile(str(settings["read_key"]))
+            except (msgspec.DecodeError, AttributeError, TypeError, ValueError, re.error):
                 await self._send(writer, 400, {"error": 'expected {"delay": seconds, "load_time": seconds}'})
                 return True
             await self._send(writer, 200, self.stats())
@@ -174,14 +230,17 @@ class FakeModel:
         return True
 
     async def chat(self, writer: asyncio.StreamWriter, path: str, body: bytes) -> bool:
+        arrived = time.monotonic()
         try:
             request = _decode.decode(body or b"{}")
             messages = list(request.get("messages") or [])
+            tools = list(request.get("tools") or [])
         except (msgspec.DecodeError, AttributeError, TypeError):
             await self._send(writer, 400, {"error": "bad JSON"})
             return True
         self.count(path, messages)
-        content = answer(messages)
+        scripted = self.scripted(messages, tools, arrived)
+        content, calls = scripted if scripted is not None else (answer(messages), [])
         model = str(request.get("model") or "fake")
         stream = bool(request.get("stream"))
         self.in_flight += 1
@@ -194,9 +253,9 @@ class FakeModel:
                             self.swaps += 1
                         await asyncio.sleep(self.load_time)
                         self.loaded = model
-                    await self._reply(writer, path, model, content, stream=stream)
+                    await self._reply(writer, path, model, content, stream=stream, calls=calls)
                 return True
-            await self._reply(writer, path, model, content, stream=stream)
+            await self._reply(writer, path, model, content, stream=stream, calls=calls)
             return True
         except ConnectionError:
             self.aborted += 1
@@ -205,7 +264,11 @@ class FakeModel:
             self.in_flight -= 1
 
     @staticmethod
-    def _whole(path: str, model: str, content: str) -> dict[str, Any]:
+    def _whole(
+        path: str, model: str, content: str, calls: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        if calls:
+            return _whole_calls(path, model, calls)
         if path == "/api/chat":
             return {
                 "model": model,
@@ -223,15 +286,73 @@ class FakeModel:
         }
 
     async def _reply(
-        self, writer: asyncio.StreamWriter, path: str, model: str, content: str, *, stream: bool
+        self,
+        writer: asyncio.StreamWriter,
+        path: str,
+        model: str,
+        content: str,
+        *,
+        stream: bool,
+        calls: list[dict[str, Any]] | None = None,
     ) -> None:
         if stream:
             self.streamed += 1
+            if calls:
+                await self._stream_calls(writer, path, model, calls)
+                return
             await self._stream(writer, path, model, content)
             return
         if self.delay > 0:
             await asyncio.sleep(self.delay)
-        await self._send(writer, 200, self._whole(path, model, content))
+        await self._send(writer, 200, self._whole(path, model, content, calls))
+
+    async def _stream_calls(
+        self, writer: asyncio.StreamWriter, path: str, model: str, calls: list[dict[str, Any]]
+    ) -> None:
+        """Native tool calls, streamed as the servers send them: Ollama each call whole in a line
+        of its own, then its ``done`` line; OpenAI each call in one ``delta.tool_calls`` piece, then
+        a chunk with ``finish_reason: tool_calls``, the usage and ``[DONE]``."""
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+        ollama = path == "/api/chat"
+        media = "application/x-ndjson" if ollama else "text/event-stream"
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {media}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        lines: list[bytes] = []
+        if ollama:
+            for call in calls:
+                message = {"role": "assistant", "content": "", "tool_calls": [_ollama_call(call)]}
+                lines.append(_encode.encode({"model": model, "message": message, "done": False}) + b"\n")
+            final = {
+                "model": model,
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 10,
+                "eval_count": 5,
+            }
+            lines.append(_encode.encode(final) + b"\n")
+        else:
+            for n, call in enumerate(calls):
+                delta = {"tool_calls": [{"index": n, **_openai_call(call)}]}
+                chunk = {"id": "chatcmpl-fake", "model": model, "choices": [{"index": 0, "delta": delta}]}
+                lines.append(b"data: " + _encode.encode(chunk) + b"\n\n")
+            end = {
+                "id": "chatcmpl-fake",
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+            }
+            usage = {
+                "id": "chatcmpl-fake",
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            }
+            lines += [b"data: " + _encode.encode(end) + b"\n\n", b"data: " + _encode.encode(usage) + b"\n\n"]
+            lines.append(b"data: [DONE]\n\n")
+        writer.write(b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines) + b"0\r\n\r\n")
+        await writer.drain()
 
     async def _stream(self, writer: asyncio.StreamWriter, path: str, model: str, content: str) -> None:
         """Chunked NDJSON (Ollama) or server-sent events (OpenAI), the delay spread over the pieces."""
@@ -287,6 +408,40 @@ class FakeModel:
             % (status, REASONS.get(status, "OK").encode(), len(data), data)
         )
         await writer.drain()
+
+
+def _ollama_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A call in Ollama's shape (0.12.10 and later, which give it an id): arguments an object."""
+    return {"id": call["id"], "function": {"name": call["name"], "arguments": call["arguments"]}}
+
+
+def _openai_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A call in OpenAI's shape: arguments a JSON string."""
+    arguments = _encode.encode(call["arguments"]).decode()
+    return {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": arguments}}
+
+
+def _whole_calls(path: str, model: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """An answer not streamed that calls tools, in the protocol's shape."""
+    message: dict[str, Any]
+    if path == "/api/chat":
+        message = {"role": "assistant", "content": "", "tool_calls": [_ollama_call(c) for c in calls]}
+        return {
+            "model": model,
+            "message": message,
+            "done": True,
+            "done_reason": "stop",
+            "prompt_eval_count": 10,
+            "eval_count": 5,
+        }
+    message = {"role": "assistant", "content": None, "tool_calls": [_openai_call(c) for c in calls]}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
 
 
 async def serve(host: str, port: int, delay: float) -> None:

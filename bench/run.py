@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import psutil
 
-from bench import fakemodel, r1, w4, workloads
+from bench import fakemodel, r1, tools, w4, workloads
 from bench.loadgen import max_rate, run_fast, wrk_rate
 from bench.procs import (
     HOST,
@@ -75,13 +75,15 @@ class Sizes:
     w4_lone_duration: float = 25.0  # seconds model A's tasks keep coming
     w4_lone_workers: int = 4
     w4_lone_at: float = 2.0  # seconds in, the lone task for B is submitted
+    t1_tasks: int = tools.TASKS  # agent tasks at once, each of tools.CALLS read_file calls
+    t1_alone: int = tools.ALONE  # agent tasks one at a time, after them
 
 
 FULL: Final = Sizes(2000, 64, 3, 100, 128, 200, 2.0, 20.0, 50, 1.0, 3.0)
-QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0)
+QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0, t1_tasks=50, t1_alone=5)
 Driver = Callable[[int, int, str], dict[str, Any]]  # (tasks, clients, tag) -> W1 figures
-WORKLOADS: Final = ("W1", "W2", "W3", "W4", "R1")
-DEFAULT_WORKLOADS: Final = ("W1", "W2", "W3", "W4")
+WORKLOADS: Final = ("W1", "W2", "W3", "W4", "T1", "R1")
+DEFAULT_WORKLOADS: Final = ("W1", "W2", "W3", "W4", "T1")
 """What runs without ``--only``: R1 needs a real model server (``--real-model-url``)."""
 REAL_MODEL_ENV: Final = "BENCH_REAL_MODEL_URL"
 R1_SETTLE: Final = 3.0  # seconds after ready: the runner's first look at the server ends before tasks
@@ -517,8 +519,48 @@ class Run:
         up = self.procs.start("victoria-up-restart", victoria_argv(port, data_dir), env)
         out["ready_after_restart_s"] = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
         self.procs.stop(up)
+        if "T1" in self.only:
+            out["T1"] = self.run_t1()
         if "R1" in self.only:
             out["R1"] = self.run_r1()
+
+    def run_t1(self) -> dict[str, Any]:
+        """T1: Victoria of its own (new data dir, a workspace made by the bench, the instant fake
+        model, defaults otherwise): agent tasks of read_file calls (``bench.tools``)."""
+        port = free_port()
+        data_dir, workspace = self.work / "victoria-t1-data", self.work / "t1-workspace"
+        workspace.mkdir(parents=True, exist_ok=True)
+        env = clean_env(
+            {"VICTORIA_LLM_URL": self.fake_url, "VICTORIA_WORKSPACE": str(workspace), **self.victoria_env}
+        )
+        say("victoria-t1: victoria up, its workspace made by the bench")
+        up = self.procs.start("victoria-up-t1", victoria_argv(port, data_dir), env)
+        try:
+            ready = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
+            result = run_fast(
+                tools.run(
+                    port,
+                    workspace=workspace,
+                    fake_url=self.fake_url,
+                    nats_url=supervisor_url(data_dir),
+                    tasks=self.sizes.t1_tasks,
+                    alone=self.sizes.t1_alone,
+                    cpu=lambda: cpu_seconds(up.pid),
+                    say=say,
+                )
+            )
+        finally:
+            self.procs.stop(up)
+        result["ready_s"] = ready
+        load, alone = result["concurrent"], result["alone"]
+        say(
+            f"victoria-t1: {load['completed']}/{load['tasks']} completed in {load['wall_s']} s, "
+            f"{load['calls_measured']} calls; intent to next request p50 "
+            f"{load['intent_to_next_request'].get('p50_ms')} ms, p99 {load['intent_to_next_request'].get('p99_ms')} ms; "
+            f"overhead p50 {load['overhead']['p50_ms']} ms, p99 {load['overhead']['p99_ms']} ms; alone: overhead "
+            f"p50 {alone['overhead']['p50_ms']} ms, p99 {alone['overhead']['p99_ms']} ms"
+        )
+        return result
 
     def run_r1(self) -> dict[str, Any]:
         """R1: Victoria of its own (new data dir) on the real model server, through the recording
@@ -897,6 +939,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"< ack wait {ack_wait:g} s + {FEW_SECONDS:g} s",
         (done is not None and done < limit) if measured_w3 else None,
     )
+    t1 = _get(v, "T1", "concurrent", "overhead", "p50_ms")
+    add(
+        "T1 overhead of a tool call, p50",
+        t1,
+        f"< {tools.AIM_MS:g} ms",
+        None if t1 is None else t1 < tools.AIM_MS,
+    )
     for key, what, limit in R1_TARGETS:
         value = _get(v, "R1", key, "p50_ms")
         add(what, value, f"< {limit:g} ms", None if value is None else value < limit)
@@ -995,6 +1044,11 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         row("W3 tasks lost", ("W3", "lost"), f"0{met('W3 tasks lost')}"),
         row("W3 model calls repeated", ("W3", "model_calls_repeated"), f"0{met('W3 model calls repeated')}"),
+        row(
+            "T1 overhead of a tool call, p50, ms (tasks at once)",
+            ("T1", "concurrent", "overhead", "p50_ms"),
+            f"< {tools.AIM_MS:g} ms{met('T1 overhead of a tool call, p50')}",
+        ),
         row("Ready after start, s", ("ready_s",), f"< 3 s{met('Ready after `victoria up`')}", 2),
         row(
             "Resident memory at rest, MB",
@@ -1040,6 +1094,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"VICTORIA_MODEL_MAX_WAIT {v4['max_wait_s']:g} s plus its own calls = {lone['bound_s']} s; "
             f"showed waiting_for_model: {lone['showed_waiting_for_model']})."
         )
+    if _get(results, "victoria", "T1"):
+        notes.extend(tools.table(results["victoria"]["T1"]))
     if _get(results, "victoria", "R1"):
         notes.extend(r1_table(results["victoria"]["R1"], met))
     for layout in _get(results, "scale", "W1_scale") or []:

@@ -238,6 +238,8 @@ class ToolIntent(TaskEvent, tag="tool_intent", kw_only=True, frozen=True):
     """The task's project workspace, when it has one (else Veronica's ``VICTORIA_WORKSPACE``)."""
     fingerprint: str = ""
     """A hash of tool and arguments: a resumed attempt takes the stored outcome only for the same call."""
+    approved_by: str = ""
+    """Who approved it, when its effect needs a person's yes (``ApprovalDecided.by``)."""
 
 
 class ToolClaim(TaskEvent, tag="tool_claim", kw_only=True, frozen=True):
@@ -248,6 +250,10 @@ class ToolClaim(TaskEvent, tag="tool_claim", kw_only=True, frozen=True):
     call_id: str
     by: Literal["veronica", "victoria"] = "veronica"
     instance: str = ""
+    changes: list[FileChange] = []
+    """A write's files (``write_file``, ``apply_patch``): each one's SHA-256 as Veronica found it just
+    before she claimed the call, and as the write leaves it. A delivery after her death compares
+    the files with them: done, not done, or changed by someone else."""
 
 
 class FileChange(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -277,6 +283,35 @@ class ToolOutcome(TaskEvent, tag="tool_outcome", kw_only=True, frozen=True):
     """SHA-256 of ``output``."""
     changes: list[FileChange] = []
     instance: str = ""
+
+
+class ApprovalRequested(TaskEvent, tag="approval_requested", kw_only=True, frozen=True):
+    """A tool call that waits for a person's yes (its effect is in ``VICTORIA_APPROVAL``), stored in
+    the task's history before its intent. ``approval_id`` is the call's id; the decision is an
+    ``ApprovalDecided`` on the call's own subject. ``ts`` is when it was asked."""
+
+    kind: ClassVar[TaskKind] = "approval_request"
+    approval_id: str
+    tool: str
+    args: dict[str, Any] = {}
+    effect: ToolEffect = "execute"
+    timeout_s: float = 0.0
+    """Seconds from ``ts`` after which Victoria denies it herself ("timed out")."""
+
+
+Decision = Literal["approve", "deny"]
+
+
+class ApprovalDecided(TaskEvent, tag="approval_decided", kw_only=True, frozen=True):
+    """A person's answer to an ``ApprovalRequested``
+    (``victoria.task.<s>.<id>.approval.<approval_id>``, one message ever: the first decision holds).
+    ``by`` is the gateway token's name, or ``victoria`` when the wait timed out."""
+
+    kind: ClassVar[ResultKind] = "approval"
+    approval_id: str
+    decision: Decision
+    reason: str = ""
+    by: str = ""
 
 
 class TaskCancelRequested(TaskEvent, tag="task_cancel_requested", kw_only=True, frozen=True):
@@ -355,6 +390,8 @@ AnyTaskEvent = (
     | ToolIntent
     | ToolClaim
     | ToolOutcome
+    | ApprovalRequested
+    | ApprovalDecided
     | TaskCancelRequested
     | TaskCompleted
     | TaskFailed
@@ -368,6 +405,7 @@ HistoryEvent = (
     | LLMRequested
     | ToolResult
     | ToolIntent
+    | ApprovalRequested
     | TaskCancelRequested
     | TaskCompleted
     | TaskFailed
@@ -376,7 +414,7 @@ HistoryEvent = (
 """The events of a task's own history (``victoria.task.<s>.<id>.<kind>``): all but model results."""
 
 TERMINAL_EVENTS: Final = (TaskCompleted, TaskFailed, TaskCancelled)
-RESULT_EVENTS: Final = (LLMResult, ToolClaim, ToolOutcome)
+RESULT_EVENTS: Final = (LLMResult, ToolClaim, ToolOutcome, ApprovalDecided)
 """Events stored beside a task's own history (``<kind>.<id>`` subjects), by its executors."""
 
 

@@ -24,6 +24,17 @@ _NOTHING: Final[dict[str, Any]] = {}
 _NO_STAGES: Final[set[str]] = set()
 
 
+class PendingApproval(msgspec.Struct, kw_only=True):
+    """A tool call that waits for a person's decision (``POST /run/{task_id}/approvals/{id}``)."""
+
+    id: str
+    tool: str
+    arguments: dict[str, Any]
+    effect: str
+    requested_at: datetime
+    timeout_s: float
+
+
 class TaskStatus(msgspec.Struct, kw_only=True):
     """The public status object of ``GET /run/status/{task_id}``."""
 
@@ -55,6 +66,8 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     """Set while the task's model call waits for its model (another is loaded): ``model``,
     ``place`` among the calls waiting for it, ``since``; ``stage`` is then ``waiting_for_model``.
     Not an event: the gateway takes it from ``victoria.progress.<task_id>``."""
+    pending_approvals: list[PendingApproval] = []
+    """The tool calls that wait for a person's decision; ``stage`` is then ``waiting_for_approval``."""
 
 
 def knowledge_of(
@@ -87,6 +100,7 @@ class TaskHistory:
     """Everything known about one task, built by applying its events in stream order."""
 
     __slots__ = (
+        "approvals",
         "attempts",
         "cancel_reason",
         "closed",
@@ -138,6 +152,8 @@ class TaskHistory:
         self.tool_intents: dict[str, contracts.ToolIntent] = {} if memo else _NOTHING
         self.tool_outcomes: dict[str, contracts.ToolOutcome] = {} if memo else _NOTHING
         self.stages_seen: set[str] = set() if memo else _NO_STAGES
+        self.approvals: dict[str, Approval] | None = None
+        """The task's approvals, by id (made at its first: most tasks have none)."""
         self.last_seq = 0
         self.own_seq = 0
         """Stream sequence of the last event of the task's own history (all but model results):
@@ -205,10 +221,51 @@ class TaskHistory:
                 # another terminal event (an unfenced server) closes it without changing the status.
                 self.closed = True
                 self.attempts = max(self.attempts, event.attempts)
+            case contracts.ApprovalRequested():
+                if self.approvals is None:
+                    self.approvals = {}
+                known = self.approvals.setdefault(event.approval_id, Approval(event))
+                if known.requested is None:
+                    known.requested = event
+            case contracts.ApprovalDecided():
+                if self.approvals is None:
+                    self.approvals = {}
+                approval = self.approvals.setdefault(event.approval_id, Approval(None))
+                if approval.decided is None:
+                    approval.decided = event
             case contracts.TaskCancelRequested():
                 pass  # it decides the status (``_advance``), and holds nothing more
             case _:
                 assert_never(event)
+
+    def pending_approvals(self) -> list[PendingApproval]:
+        """The approvals asked for and not decided yet, oldest first."""
+        if not self.approvals or self.terminal:
+            return []
+        return [
+            PendingApproval(
+                id=asked.approval_id,
+                tool=asked.tool,
+                arguments=asked.args,
+                effect=asked.effect,
+                requested_at=asked.ts,
+                timeout_s=asked.timeout_s,
+            )
+            for approval in self.approvals.values()
+            if (asked := approval.requested) is not None and approval.decided is None
+        ]
+
+    @property
+    def shown_stage(self) -> str | None:
+        """The stage as readers are shown it: ``waiting_for_approval`` while a call waits for a
+        person (no event of Victoria's says so: the request does, until its decision)."""
+        if self.approvals and not self.terminal and any(a.decided is None for a in self.approvals.values()):
+            return "waiting_for_approval"
+        return self.stage
+
+    def decision(self, approval_id: str) -> contracts.ApprovalDecided | None:
+        approval = (self.approvals or {}).get(approval_id)
+        return approval.decided if approval is not None else None
 
     def _advance(self, event: contracts.AnyTaskEvent) -> None:
         """The status fields, while no terminal event or cancel request has decided them."""
@@ -224,7 +281,7 @@ class TaskHistory:
                     self.stage, self.step = stage, step
                 if self.status == "queued":
                     self.status = "running"
-            case contracts.ToolIntent():
+            case contracts.ToolIntent() | contracts.ApprovalRequested():
                 if self.status == "queued":
                     self.status = "running"
             case contracts.TaskCancelRequested(reason=reason):
@@ -243,6 +300,7 @@ class TaskHistory:
                 | contracts.ToolResult()
                 | contracts.ToolClaim()
                 | contracts.ToolOutcome()
+                | contracts.ApprovalDecided()
             ):
                 pass  # what they hold is remembered (``_remember``); the status stays as it is
             case _:
@@ -264,10 +322,11 @@ class TaskHistory:
 
     def view(self) -> TaskStatus:
         sub = self.submitted
+        pending = self.pending_approvals()
         return TaskStatus(
             task_id=self.task_id,
             status=self.status,
-            stage=self.stage,
+            stage=self.shown_stage,
             output=self.output,
             error=self.error,
             attempts=self.attempts,
@@ -288,7 +347,21 @@ class TaskHistory:
             max_steps_requested=sub.max_steps_requested if sub else None,
             project=sub.project if sub else None,
             expert=sub.expert if sub else None,
+            pending_approvals=pending,
         )
+
+
+class Approval:
+    """One approval of a task: what was asked (None: only its decision was read yet) and the
+    decision."""
+
+    __slots__ = ("decided", "requested")
+
+    def __init__(
+        self, requested: contracts.ApprovalRequested | None, decided: contracts.ApprovalDecided | None = None
+    ) -> None:
+        self.requested = requested
+        self.decided = decided
 
 
 def stage_key(stage: str, step: int | None) -> str:

@@ -17,6 +17,7 @@ subject                                 what travels on it                      
 ``victoria.log.<actor>.<level>``       log records as events                          LOGS
 ``victoria.tokens.<task_id>``          streamed model tokens, best effort             (none)
 ``victoria.result.<task_id>.<r>``       a model answer, once stored (to the asker)     (none)
+``victoria.decided.<task_id>.<a>``     a decision on an approval, once stored         (none)
 ``victoria.progress.<task_id>``        a model call waiting for its model             (none)
 =====================================  =============================================  ==========
 
@@ -62,16 +63,17 @@ TaskKind = Literal[
     "llm_request",
     "tool_result",
     "tool_intent",
+    "approval_request",
     "cancel",
     "completed",
     "failed",
     "cancelled",
 ]
 """The last token of an event of a task's own history."""
-ResultKind = Literal["llm_result", "tool_claim", "tool_outcome"]
+ResultKind = Literal["llm_result", "tool_claim", "tool_outcome", "approval"]
 LLM_RESULT: Final[ResultKind] = "llm_result"
 """The token before the request id in a model result's subject."""
-RESULT_KINDS: Final[tuple[ResultKind, ...]] = ("llm_result", "tool_claim", "tool_outcome")
+RESULT_KINDS: Final[tuple[ResultKind, ...]] = ("llm_result", "tool_claim", "tool_outcome", "approval")
 """Kinds stored beside a task's own history, each followed by the id of what it answers."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -144,6 +146,23 @@ def tool_claim(task_id: str, call_id: str) -> str:
 def tool_outcome(task_id: str, call_id: str) -> str:
     """What one tool call of one task did (at most one is stored)."""
     return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.tool_outcome.{_check(call_id, 'call id')}"
+
+
+def approval(task_id: str, approval_id: str) -> str:
+    """A person's decision on one tool call of one task that waits for it (at most one is stored)."""
+    return f"{PREFIX}.task.{shard_of(task_id)}.{task_id}.approval.{_check(approval_id, 'approval id')}"
+
+
+def shard_approvals(shard: int) -> str:
+    """Filter for every decision on an approval stored in one shard's stream."""
+    task_stream(shard)
+    return f"{PREFIX}.task.{shard}.*.approval.*"
+
+
+def approval_decided(task_id: str, approval_id: str) -> str:
+    """Where the gateway says, once stored, a decision on one approval (to the waiting attempt): a
+    family of its own, so that the gateway, which may publish here, cannot say a model result."""
+    return f"{PREFIX}.decided.{_check(task_id, 'task id')}.{_check(approval_id, 'approval id')}"
 
 
 def result_stored(task_id: str, request_id: str) -> str:

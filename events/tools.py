@@ -13,6 +13,11 @@ answer (``{"tool": "finish", "args": {"answer": "..."}}``), so it is declared he
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import itertools
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -102,9 +107,8 @@ class Tool:
     arg_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Other names models use for an argument: (argument, its other names)."""
     skill: tuple[str, str] = ("", "")
-    """What it does, in English and in Russian, for the capabilities answer: for a file tool the
-    verb ("tools that list and read files", "инструменты просмотра и чтения файлов"), for another
-    the whole phrase ("run commands in a sandbox")."""
+    """What it does, in English and in Russian, for the capabilities answer: a phrase that follows
+    "my tools ... let me" ("read files", "читать файлы")."""
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -134,7 +138,7 @@ LIST_DIRECTORY: Final = Tool(
     example={"path": "."},
     op="list",
     aliases=("list_dir", "ls", "list_files"),
-    skill=("list", "просмотра"),
+    skill=("list folders", "показывать папки"),
 )
 READ_FILE: Final = Tool(
     "read_file",
@@ -147,7 +151,7 @@ READ_FILE: Final = Tool(
     op="read",
     aliases=("cat", "open_file"),
     arg_aliases=(("path", ("file", "value")),),
-    skill=("read", "чтения"),
+    skill=("read files", "читать файлы"),
 )
 FIND_FILES: Final = Tool(
     "find_files",
@@ -158,6 +162,7 @@ FIND_FILES: Final = Tool(
     executor="veronica",
     example={"pattern": "**/*.py"},
     aliases=("glob", "find"),
+    skill=("find files by name", "искать файлы по имени"),
 )
 GREP_SEARCH: Final = Tool(
     "grep_search",
@@ -169,6 +174,7 @@ GREP_SEARCH: Final = Tool(
     example={"pattern": "def main", "glob": "*.py"},
     aliases=("grep", "search", "rg"),
     arg_aliases=(("pattern", ("query", "regex")),),
+    skill=("search the text of files", "искать по тексту файлов"),
 )
 WRITE_FILE: Final = Tool(
     "write_file",
@@ -180,6 +186,7 @@ WRITE_FILE: Final = Tool(
     example={"path": "notes.txt", "content": "..."},
     aliases=("create_file", "save_file"),
     arg_aliases=(("path", ("file",)), ("content", ("text", "data"))),
+    skill=("write files", "записывать файлы"),
 )
 APPLY_PATCH: Final = Tool(
     "apply_patch",
@@ -191,6 +198,7 @@ APPLY_PATCH: Final = Tool(
     example={"patch": "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-old\n+new\n"},
     aliases=("patch", "edit_file"),
     arg_aliases=(("patch", ("diff",)),),
+    skill=("apply patches", "применять патчи"),
 )
 RUN_COMMAND: Final = Tool(
     "run_command",
@@ -203,7 +211,7 @@ RUN_COMMAND: Final = Tool(
     example={"command": "pytest -q"},
     aliases=("shell", "bash", "run", "exec"),
     arg_aliases=(("command", ("cmd", "script")),),
-    skill=("run commands in a sandbox", "запуска команд в песочнице"),
+    skill=("run commands in a sandbox", "запускать команды в песочнице"),
 )
 FINISH: Final = Tool(
     "finish",
@@ -246,3 +254,56 @@ def by_op(op: str) -> Tool:
     """The file tool of one operation of Veronica's files request (``auto``, which no caller sends
     any more, lists)."""
     return next((tool for tool in TOOLS if tool.op is not None and tool.op == op), LIST_DIRECTORY)
+
+
+def specs() -> list[dict[str, Any]]:
+    """The tool table as the protocols' ``tools``: one OpenAI function spec per tool of ``TOOLS``
+    (``{"type": "function", "function": {"name", "description", "parameters"}}``, which Ollama's
+    ``/api/chat`` takes as it is), its parameters the JSON Schema of its arguments written out as
+    one object (no ``$ref``, no titles; an optional argument is its type, not a union with null).
+    ``finish`` is not among them: a reply without a tool call is the final answer."""
+    return [
+        {
+            "type": "function",
+            "function": {"name": tool.name, "description": tool.description, "parameters": _parameters(tool)},
+        }
+        for tool in TOOLS
+    ]
+
+
+def _parameters(tool: Tool) -> dict[str, Any]:
+    schema = tool.schema()
+    body: dict[str, Any] = dict(schema.get("$defs", {}).get(tool.args.__name__, schema))
+    body.pop("title", None)
+    properties: dict[str, Any] = {}
+    for name, prop in body.get("properties", {}).items():
+        options = prop.get("anyOf")
+        if isinstance(options, list):
+            kept = [option for option in options if option != {"type": "null"}]
+            if len(kept) == 1:
+                prop = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept[0]}
+        said = _field_docs(tool.args).get(name)
+        properties[name] = {**prop, "description": said} if said else prop
+    return {"type": "object", "properties": properties, "required": list(body.get("required", []))}
+
+
+@functools.cache
+def _field_docs(args: type[ToolArgs]) -> dict[str, str]:
+    """The docstrings under an argument class's fields (what the model is told of each argument);
+    none when the source is not at hand (a build without it)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(args)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for field, doc in itertools.pairwise(body):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)
+        ):
+            docs[field.target.id] = " ".join(doc.value.value.split()).replace("``", "")
+    return docs

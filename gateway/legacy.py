@@ -24,7 +24,7 @@ from victoria import __version__
 from victoria.events import contracts, subjects
 from victoria.events.codec import encode
 from victoria.events.fold import TaskHistory
-from victoria.gateway.answer_stream import AnswerStream
+from victoria.gateway.answer_stream import StepAnswers
 from victoria.gateway.backend import Backend, GatewayState
 from victoria.gateway.follow import Follower, Quiet, Stored, Tokens
 from victoria.gateway.http import json_response, read_body
@@ -277,6 +277,16 @@ def _steps(event: contracts.AnyTaskEvent) -> list[dict[str, Any]]:
             return [_step("tool", tool, (output if ok else f"error: {error}")[:4000])]
         case contracts.ToolIntent() | contracts.ToolClaim():
             return []
+        case contracts.ApprovalRequested(task_id=task_id, approval_id=approval_id, tool=tool, args=args):
+            shown = msgspec.json.encode(args).decode()[:2000]
+            waits = (
+                f"{tool} {shown} waits for a person's decision: victoria approve {task_id} {approval_id}, "
+                f"or victoria deny {task_id} {approval_id} --reason TEXT"
+            )
+            return [_step("approval", "Waiting for approval", waits)]
+        case contracts.ApprovalDecided(decision=decision, by=by, reason=reason):
+            said = f"{'Approved' if decision == 'approve' else 'Denied'} by {by or 'someone'}"
+            return [_step("approval", said, reason)]
         case contracts.TaskCancelRequested(reason=reason):
             return [_step("cancel", "Cancel requested", reason)]
         case contracts.TaskCompleted(knowledge=knowledge):
@@ -308,7 +318,7 @@ async def _legacy_events(backend: Backend, follower: Follower) -> AsyncIterator[
     correlation = history.submitted.correlation_id if history and history.submitted else None
     yield _line({"type": "start", "task_id": task_id, "correlation_id": correlation})
     end: dict[str, Any] = {"type": "end", "task_id": task_id, "correlation_id": correlation}
-    answers: dict[str, AnswerStream] = {}
+    answers = StepAnswers()
     said = False  # some of the answer went out as chunks
     try:
         async for item in follower.items():
@@ -317,13 +327,19 @@ async def _legacy_events(backend: Backend, follower: Follower) -> AsyncIterator[
             elif isinstance(item, Tokens):
                 chunk = _token_chunk.decode(item.data)
                 if chunk.purpose == "step":  # step replies carry the answer
-                    words = answers.setdefault(chunk.request_id, AnswerStream()).feed(chunk.text)
+                    words = answers.feed(chunk.request_id, chunk.text)
                     if words:
                         said = True
                         yield _line({"type": "chunk", "content": words})
             elif isinstance(item, Stored):
                 for line in _steps(item.event):
                     yield _line(line)
+                if isinstance(item.event, contracts.LLMRequested) and item.event.purpose == "step":
+                    # A native step reply is the answer itself; a JSON one holds it under a key.
+                    words = answers.requested(item.event.request_id, native=bool(item.event.tools))
+                    if words:
+                        said = True
+                        yield _line({"type": "chunk", "content": words})
                 if item.terminal:
                     # This gateway's own view folds the same event, perhaps a moment later.
                     await backend.views.wait_terminal(task_id, END_VIEW_WAIT)

@@ -137,6 +137,8 @@ class Metrics:
                 | contracts.ToolIntent()
                 | contracts.ToolClaim()
                 | contracts.ToolOutcome()
+                | contracts.ApprovalRequested()
+                | contracts.ApprovalDecided()
             ):
                 pass
             case _:

@@ -19,6 +19,7 @@ import msgspec
 
 from victoria import __version__
 from victoria.gateway.requests import (
+    ApprovalPath,
     TaskPath,
 )
 from victoria.gateway.routes import NAMED_UNIONS, OPERATIONS, UNAUTHORIZED, Answer, Operation
@@ -36,11 +37,16 @@ PROMETHEUS_TEXT: Final = "text/plain"
 def _types(op: Operation) -> list[Any]:
     found = [t for t in (op.body, op.query, op.headers) if t is not None]
     if "{" in op.path:
-        found.append(TaskPath)
+        found.append(_path_of(op))
     for answer in op.answers:
         found += answer.body if isinstance(answer.body, tuple) else [answer.body]
         found.append(answer.stream)
     return [t for t in found if t is not None]
+
+
+def _path_of(op: Operation) -> type[TaskPath]:
+    """The parameters of a route's path."""
+    return ApprovalPath if "{approval_id}" in op.path else TaskPath
 
 
 class _Schemas:
@@ -146,7 +152,7 @@ def _operation(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     }
     parameters: list[dict[str, Any]] = []
     if "{" in op.path:
-        parameters += schemas.parameters(TaskPath, "path")
+        parameters += schemas.parameters(_path_of(op), "path")
     if op.query is not None:
         parameters += schemas.parameters(op.query, "query")
     if op.headers is not None:
@@ -172,7 +178,7 @@ def document() -> dict[str, Any]:
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schemas)
     for op in OPERATIONS:  # parameters are described in place, not as components
-        for struct in (op.query, op.headers, TaskPath):
+        for struct in (op.query, op.headers, TaskPath, ApprovalPath):
             if struct is not None:
                 schemas.components.pop(struct.__name__, None)
     return {

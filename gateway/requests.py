@@ -331,3 +331,11 @@ class TaskPath(msgspec.Struct, kw_only=True):
     """The path of the routes about one task; an id that names no task is a 404."""
 
     task_id: Annotated[str, msgspec.Meta(description="The task's id, as POST /run answered it")]
+
+
+class ApprovalPath(TaskPath, kw_only=True):
+    """The path of the route about one approval of one task."""
+
+    approval_id: Annotated[
+        str, msgspec.Meta(description="The call's id, as `pending_approvals` of the task's status names it")
+    ]

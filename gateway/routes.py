@@ -19,7 +19,17 @@ import msgspec
 
 from victoria.events.contracts import AnyTaskEvent, TokenChunk
 from victoria.events.fold import TaskStatus
-from victoria.gateway import dashboard, history, legacy, operations, tasklist, tasklogs, tasks
+from victoria.gateway import (
+    approvals,
+    dashboard,
+    history,
+    legacy,
+    operations,
+    tasklist,
+    tasklogs,
+    tasks,
+    toolinfo,
+)
 from victoria.gateway.requests import (
     MAX_BODY,
     MAX_RUN_BODY,
@@ -49,6 +59,7 @@ from victoria.gateway.schemas import (
     TelegramBeat,
     TelegramHealth,
     TelegramRegistered,
+    ToolsPage,
 )
 
 NAMED_UNIONS: Final[dict[str, Any]] = {
@@ -292,6 +303,23 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "tasks",
     ),
     Operation(
+        "POST",
+        "/run/{task_id}/approvals/{approval_id}",
+        "Approve or deny a tool call that waits for a person",
+        approvals.decide,
+        (
+            Answer(200, "Decided: the call runs (approve), or the model hears the denial", approvals.Decided),
+            _BAD_JSON,
+            _too_large(MAX_BODY),
+            _INVALID,
+            Answer(404, "No task has this id, or the task no approval of this id", ErrorBody),
+            Answer(409, "Decided before (`already_decided`): the decision that holds", approvals.Decided),
+            _UNAVAILABLE,
+        ),
+        "tasks",
+        body=approvals.DecisionBody,
+    ),
+    Operation(
         "GET",
         "/run/{task_id}/events",
         "A task's events, from the first, then live",
@@ -336,6 +364,15 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             ),
         ),
         "operations",
+    ),
+    Operation(
+        "GET",
+        "/tools",
+        "The tools the model may call, and which wait for a person's yes",
+        toolinfo.tools,
+        (Answer(200, "Every tool, in the order the prompts name them", ToolsPage),),
+        "operations",
+        needs="state",
     ),
     Operation(
         "GET",

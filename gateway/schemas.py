@@ -359,3 +359,35 @@ class TaskLogs(msgspec.Struct, kw_only=True):
     next: int
     truncated: bool
     """True when the read stopped at its bound (records or messages scanned) before the stream's end."""
+
+
+# --- the tools the model may call (gateway/toolinfo.py) -------------------------------------------
+
+
+class ToolInfo(msgspec.Struct, kw_only=True):
+    """One tool of the table (``events/tools.py``), as ``GET /tools`` lists it."""
+
+    name: str
+    description: str
+    effect: Literal["read", "write", "execute", "external"]
+    """``read`` changes nothing; ``write`` changes files of the workspace; ``execute`` runs a
+    command; ``external`` reaches outside the system."""
+    rerun: bool
+    """It may simply run again when a crash left its outcome unknown."""
+    executor: str
+    """Who runs it: ``veronica`` or ``victoria``."""
+    source: str
+    """``builtin`` for the table's own tools; ``mcp:NAME`` for a tool of the MCP server NAME."""
+    needs_approval: bool
+    """Its effect is in ``VICTORIA_APPROVAL`` (or is ``execute`` while ``VICTORIA_SANDBOX=none``):
+    each call waits for a person's yes."""
+    schema: dict[str, Any]
+    """The JSON Schema of its arguments."""
+
+
+class ToolsPage(msgspec.Struct, kw_only=True):
+    """Every tool the model may call, in the order the prompts name them."""
+
+    tools: list[ToolInfo]
+    approvals_needed: list[str]
+    """The effects whose calls wait for a person's yes, sorted."""

@@ -72,7 +72,7 @@ def summary(history: TaskHistory) -> TaskSummary:
         task_id=history.task_id,
         goal=goal[:GOAL_SHOWN],
         status=history.status,
-        stage=history.stage,
+        stage=history.shown_stage,
         attempts=history.attempts,
         model=model,
         project=submitted.project if submitted is not None else None,

@@ -39,6 +39,7 @@ STATUS_KINDS: Final[tuple[subjects.TaskKind, ...]] = (
     "started",
     "stage",
     "llm_request",  # the first request of a stage (or of attempt 1) records its start
+    "approval_request",
     "cancel",
     "completed",
     "failed",
@@ -126,9 +127,12 @@ class TaskViews:
                     idle_heartbeat=2.0,
                     cb=self._on_event,
                     # Tool and model results change no status field; /metrics takes model calls
-                    # from the terminal event.
+                    # from the terminal event. A decision on an approval ends a wait.
                     config=jsapi.ConsumerConfig(
-                        filter_subjects=[subjects.shard_events_of_kind(shard, kind) for kind in STATUS_KINDS]
+                        filter_subjects=[
+                            *(subjects.shard_events_of_kind(shard, kind) for kind in STATUS_KINDS),
+                            subjects.shard_approvals(shard),
+                        ]
                     ),
                 )
             )

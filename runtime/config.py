@@ -512,6 +512,14 @@ class Config:
         "VICTORIA_SANDBOX is ``none``",
         shown="none",
     )
+    approval_timeout: float | None = _setting(
+        "VICTORIA_APPROVAL_TIMEOUT",
+        None,
+        _positive_float,
+        _SECONDS,
+        "seconds a tool call waits for a person's decision before it is denied (\"timed out\")",
+        shown="the task's deadline",
+    )
     delegate_timeout: float = _setting(
         "DELEGATE_VERONICA_TIMEOUT",
         DEFAULT_DELEGATE_TIMEOUT,
@@ -752,6 +760,12 @@ class Config:
     def servers(self) -> tuple[ModelServer, ...]:
         """The model servers, never empty."""
         return self.llm_servers or (ModelServer(url=self.llm_url, api=self.llm_api),)
+
+    @property
+    def approvals_needed(self) -> frozenset[str]:
+        """The effects whose calls wait for a person's yes: ``VICTORIA_APPROVAL``, and ``execute``
+        when commands run without a sandbox, on purpose (``VICTORIA_SANDBOX=none``)."""
+        return self.approval | {"execute"} if self.sandbox == "none" else self.approval
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:

@@ -31,7 +31,14 @@ from nats.js.errors import (
 
 from victoria.events import contracts, subjects
 from victoria.events.codec import task_decoder
-from victoria.events.contracts import AnyTaskEvent, LLMResult, ModelServerInfo, ToolClaim, ToolOutcome
+from victoria.events.contracts import (
+    AnyTaskEvent,
+    ApprovalDecided,
+    LLMResult,
+    ModelServerInfo,
+    ToolClaim,
+    ToolOutcome,
+)
 from victoria.runtime.protocol import parse_ack_subject
 
 log = logging.getLogger(__name__)
@@ -230,6 +237,13 @@ async def last_tool_outcome(js: JetStreamContext, task_id: str, call_id: str) ->
     raw = await _last(js, task_id, subjects.tool_outcome(task_id, call_id))
     event = decode_task_event(raw.data or b"", raw.subject or "") if raw is not None else None
     return event if isinstance(event, ToolOutcome) else None
+
+
+async def last_approval(js: JetStreamContext, task_id: str, approval_id: str) -> ApprovalDecided | None:
+    """The decision on one approval of a task, or None (one direct get)."""
+    raw = await _last(js, task_id, subjects.approval(task_id, approval_id))
+    event = decode_task_event(raw.data or b"", raw.subject or "") if raw is not None else None
+    return event if isinstance(event, ApprovalDecided) else None
 
 
 async def unwanted_after(js: JetStreamContext, task_id: str, seq: int) -> str | None:

@@ -73,6 +73,10 @@ class FakeLLM:
         calls (``{"name": ..., "arguments": {...}}``) or a text; past its end, the usual answer."""
         self.tool_ids = False
         """Ollama's tool calls carry an ``id`` (Ollama 0.12.10 and later); OpenAI's always do."""
+        self.tools_refusal = ""
+        """Set: a request with ``tools`` is refused with this text whatever the mode, as llama-server
+        refuses it when started without ``--jinja`` (500, ``{"error": {"code": 500, "message":
+        "tools param requires --jinja flag", "type": "server_error"}}``)."""
         self.steps: list[dict[str, Any]] = []
         """Mode ``steps``: the step replies, in order (the n-th step call gets the n-th; then finish)."""
         fake = self
@@ -133,6 +137,12 @@ class FakeLLM:
                         self._send(400, {"error": message})
                     else:  # Ollama's OpenAI-compatible endpoint says it so
                         self._send(400, {"error": {"message": message, "type": "api_error"}})
+                    return
+                if fake.tools_refusal and body.get("tools"):
+                    with fake.lock:
+                        fake.requests.append(body)
+                    refusal = {"code": 500, "message": fake.tools_refusal, "type": "server_error"}
+                    self._send(500, {"error": refusal})
                     return
                 if fake.one_at_a_time:
                     with fake.serial:

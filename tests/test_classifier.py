@@ -8,6 +8,7 @@ import pytest
 
 from victoria.actors.agent.capabilities import REGISTRY, answer
 from victoria.actors.agent.classifier import Route, classify, files_route, language
+from victoria.events.tools import TOOLS
 
 
 def test_listing_the_project_root_in_english_is_a_files_list_with_limit_8() -> None:
@@ -141,3 +142,9 @@ def test_the_answers_mention_the_registry_entries_they_are_built_from() -> None:
     assert REGISTRY[1].en in answer("en")
     assert REGISTRY[0].ru in answer("ru")
     assert REGISTRY[1].ru in answer("ru")
+
+
+def test_the_answers_name_every_tool_of_the_table_and_what_it_does() -> None:
+    for tool in TOOLS:
+        assert tool.name in answer("en") and tool.name in answer("ru")
+        assert tool.skill[0] in answer("en") and tool.skill[1] in answer("ru")

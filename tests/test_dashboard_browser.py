@@ -8,6 +8,7 @@ origin. ``VICTORIA_SCREENSHOTS=docs/images`` saves the README's screenshots ther
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -23,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.system import System, free_port
+from tests.fakellm import FakeLLM
+from tests.system import System, free_port, victoria_up
 
 # A slow model server: the words of an answer arrive one by one, visibly.
 pytestmark = [pytest.mark.e2e, pytest.mark.fake_llm(delay=0.3, chunk_delay=0.12)]
@@ -328,3 +330,111 @@ def test_a_task_whose_agent_was_killed_shows_both_attempts_and_the_crash_between
     assert "attempt 1 ended without a result" in page.inner_text("#timeline li.crash")
     assert page.locator("#timeline-strip .segment.crashed").count() == 1
     watched.check(system.url)
+
+
+# --- tool calls, and a person's approval ------------------------------------------------------------
+
+needs_bwrap = pytest.mark.skipif(
+    not os.path.exists("/usr/bin/bwrap") and not os.environ.get("CI"), reason="no bubblewrap"
+)
+
+
+def _command(text: str) -> dict[str, Any]:
+    return {"tool": "run_command", "args": {"command": text}}
+
+
+@pytest.fixture
+def tool_workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    (path / "notes.txt").write_text("first line\n<img src=x id=injected> second line\n", encoding="utf-8")
+    return path
+
+
+@needs_bwrap
+def test_the_task_page_shows_each_tool_call_with_its_arguments_outcome_and_duration(
+    tmp_path: Path, tool_workspace: Path, watched: Watched
+) -> None:
+    with FakeLLM(delay=0.05) as fake:
+        fake.mode = "steps"
+        fake.steps = [
+            {"tool": "read_file", "args": {"path": "notes.txt"}},
+            _command("echo hello from the sandbox; exit 3"),
+            {"tool": "read_file", "args": {"path": "../outside.txt"}},
+        ]
+        with victoria_up(tmp_path / "data", fake, tool_workspace).start() as system:
+            task_id = system.submit("Read the notes and run a command", task_type="agent")
+            assert system.wait_terminal(task_id, timeout=60)["status"] == "completed"
+            page = watched.page
+            page.goto(f"{system.url}/#/task/{task_id}")
+            page.wait_for_selector("#task-output")
+            rows = page.locator("#tool-rows tr")
+            expect(rows).to_have_count(3)
+            read, run, outside = (rows.nth(n) for n in range(3))
+            assert read.get_attribute("data-state") == "ok"
+            assert read.locator("td.tool strong").inner_text() == "read_file"
+            assert "path: notes.txt" in read.locator("td.args").inner_text()
+            assert "<img src=x id=injected>" in read.locator("td.outcome pre").inner_text()  # text
+            assert page.query_selector("#injected") is None
+            assert read.locator("td.approval").inner_text() == "not needed"
+            assert run.get_attribute("data-state") == "failed"
+            assert run.locator("td.tool .effect").inner_text() == "execute"
+            assert "command: echo hello from the sandbox; exit 3" in run.locator("td.args").inner_text()
+            assert "exit 3" in run.locator("td.outcome").inner_text()
+            assert "hello from the sandbox" in run.locator("td.outcome pre").inner_text()
+            assert outside.get_attribute("data-state") == "failed"
+            assert "outside" in outside.locator("td.outcome .tool-error").inner_text().lower()
+            for n in range(3):
+                assert re.fullmatch(r"\d+ ms|\d+\.\d s", rows.nth(n).locator("td.duration").inner_text())
+            timeline = page.locator("#timeline li.tool").all_inner_texts()
+            assert len(timeline) == 3 and "(exit 3)" in timeline[1], timeline
+            page.locator("#tool-rows").scroll_into_view_if_needed()
+            _screenshot(page, "dashboard-tools.png", tmp_path)
+            watched.check(system.url)
+
+
+def _decision_of(page: Page, call: str) -> str:
+    return page.inner_text(f"#tool-rows tr[data-call='{call}'] td.approval")
+
+
+@needs_bwrap
+def test_a_call_waiting_for_approval_is_approved_or_denied_with_a_reason_from_the_page(
+    tmp_path: Path, tool_workspace: Path, watched: Watched
+) -> None:
+    with FakeLLM(delay=0.05) as fake:
+        fake.mode = "steps"
+        fake.steps = [_command("echo approved >> runs.txt"), _command("echo denied >> runs.txt")]
+        up = victoria_up(tmp_path / "data", fake, tool_workspace, VICTORIA_APPROVAL="execute")
+        with up.start() as system:
+            task_id = system.submit("Run two commands", task_type="agent")
+            page = watched.page
+            page.goto(f"{system.url}/#/task/{task_id}")
+            waiting = "#tool-rows tr[data-state='waiting']"
+            page.wait_for_selector(f"{waiting} button.approve", timeout=30_000)
+            first = page.get_attribute(waiting, "data-call") or ""
+            assert "echo approved" in page.inner_text(f"{waiting} td.args")
+            expect(page.locator("#task-facts")).to_contain_text("waiting_for_approval")
+            [pending] = system.status(task_id)["pending_approvals"]
+            assert pending["id"] == first
+            page.click(f"{waiting} button.approve")
+            page.wait_for_selector(f"#tool-rows tr[data-call='{first}'][data-state='ok']", timeout=30_000)
+            assert _decision_of(page, first).startswith("approved by ") and "null" not in _decision_of(
+                page, first
+            )
+            page.wait_for_selector(f"{waiting} button.deny", timeout=30_000)
+            second = page.get_attribute(waiting, "data-call") or ""
+            assert second != first
+            page.click(f"{waiting} button.deny")
+            page.fill(f"#tool-rows tr[data-call='{second}'] input.reason", "not today")
+            page.locator("#tool-rows").scroll_into_view_if_needed()
+            _screenshot(page, "dashboard-approval.png", tmp_path)
+            page.click(f"#tool-rows tr[data-call='{second}'] button.deny-send")
+            page.wait_for_selector(f"#tool-rows tr[data-call='{second}'][data-state='denied']")
+            assert "denied by " in _decision_of(page, second) and "not today" in _decision_of(page, second)
+            assert system.wait_terminal(task_id, timeout=60)["status"] == "completed"
+            assert (tool_workspace / "runs.txt").read_text().split() == ["approved"]
+            assert "not today" in fake.prompts_text()
+            again = system.http.post(f"/run/{task_id}/approvals/{first}", json={"decision": "deny"})
+            assert again.status_code == 409 and again.json()["decision"] == "approve"
+            expect(page.locator("#tool-rows button.approve")).to_have_count(0)
+            watched.check(system.url)

@@ -334,6 +334,7 @@ def test_status_dict_is_plain_json_ready_data() -> None:
         "project",
         "expert",
         "model_wait",
+        "pending_approvals",
     }
     assert isinstance(d["knowledge"], dict)
 
@@ -445,3 +446,36 @@ def test_a_task_that_asks_back_shows_its_questions() -> None:
 
 def test_a_status_without_a_terminal_event_has_an_empty_knowledge_dict_but_its_context() -> None:
     assert fold("t1", [submitted()]).view().knowledge == {"project_context": None}
+
+
+def test_a_call_waiting_for_a_person_shows_in_the_status_until_its_decision_even_without_memo() -> None:
+    asked = contracts.ApprovalRequested(
+        task_id="t1", approval_id="call-1", tool="run_command", args={"command": "ls"}, ts=at(1)
+    )
+    h = TaskHistory("t1", memo=False)
+    for seq, event in enumerate([submitted(), asked], 1):
+        h.apply(event, seq)
+    view = h.view()
+    assert view.stage == "waiting_for_approval" and view.status == "running"
+    [pending] = view.pending_approvals
+    assert (pending.id, pending.tool, pending.arguments, pending.requested_at) == (
+        "call-1",
+        "run_command",
+        {"command": "ls"},
+        at(1),
+    )
+    decided = contracts.ApprovalDecided(task_id="t1", approval_id="call-1", decision="deny", by="alice")
+    h.apply(decided, 3)
+    assert h.view().pending_approvals == [] and h.view().stage != "waiting_for_approval"
+    assert h.decision("call-1") == decided
+    later = contracts.ApprovalDecided(task_id="t1", approval_id="call-1", decision="approve", by="bob")
+    h.apply(later, 4)
+    assert h.decision("call-1") == decided  # the first decision holds
+
+
+def test_a_decision_read_before_its_request_is_kept_and_nothing_waits() -> None:
+    h = TaskHistory("t1")
+    h.apply(submitted(), 1)
+    h.apply(contracts.ApprovalDecided(task_id="t1", approval_id="call-1", decision="approve"), 2)
+    h.apply(contracts.ApprovalRequested(task_id="t1", approval_id="call-1", tool="write_file"), 3)
+    assert h.view().pending_approvals == [] and h.decision("call-1") is not None

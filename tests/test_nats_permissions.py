@@ -107,7 +107,7 @@ def reading(way: str, stream: str) -> str:
 READS: Final[dict[str, dict[str, set[str]]]] = {
     # role: {stream: the ways it reads it}; nothing else, and no stream not named.
     "gateway": {
-        TASKS: {"nameless", "named"},  # ordered consumers (status, live events) and scans
+        TASKS: {"nameless", "named", "direct_last"},  # ordered consumers (status, live events), scans
         subjects.LOG_STREAM: {"named"},  # a task's logs
         IDEMPOTENCY: {"get"},
         SESSIONS: {"get"},
@@ -141,6 +141,8 @@ WRITES: Final[list[tuple[str, str, set[str]]]] = [
     ("say a model result is stored", subjects.result_stored(TASK_ID, "plan"), {"llm-runner", "veronica"}),
     ("claim a tool call", subjects.tool_claim(TASK_ID, "call-1"), {"veronica", "victoria"}),
     ("append a tool call's outcome", subjects.tool_outcome(TASK_ID, "call-1"), {"veronica", "victoria"}),
+    ("decide an approval", subjects.approval(TASK_ID, "call-1"), {"gateway", "victoria"}),
+    ("say an approval is decided", subjects.approval_decided(TASK_ID, "call-1"), {"gateway"}),
     ("publish a task's model tokens", subjects.tokens(TASK_ID), {"llm-runner"}),
     ("publish that a task's model call waits", subjects.progress(TASK_ID), {"llm-runner"}),
     ("publish a service event", subjects.service_event("permissions-test", "x", "down"), {"monitor"}),

@@ -55,7 +55,7 @@ def test_one_task_is_one_trace_across_every_process(
     assert spans
     names = {(s.service, s.name) for s in by_id.values()}
     assert {("victoria", "task"), ("victoria", "understanding"), ("victoria", "planning")} <= names
-    assert ("victoria", "step 1") in names and ("veronica", "tool list_directory") in names
+    assert ("victoria", "step 1") in names and ("veronica", "execute_tool list_directory") in names
     chats = [s for s in by_id.values() if s.service == "llm-runner"]
     assert len(chats) == 4
     for chat in chats:
@@ -64,6 +64,37 @@ def test_one_task_is_one_trace_across_every_process(
         assert chat.attributes["gen_ai.usage.output_tokens"] == 5
         assert chat.attributes["victoria.time_to_first_token_s"] >= 0
         assert by_id[chat.parent_id].service == "victoria"
+
+
+def test_a_tool_calls_span_follows_the_genai_conventions_and_belongs_to_the_tasks_trace(
+    traced: System, fake_llm: FakeLLM, receiver: OTLPReceiver
+) -> None:
+    fake_llm.mode = "tool"  # step 1 lists files through Veronica, step 2 finishes
+    try:
+        body = traced.run({"goal": "Look around once more", "task_type": "agent"})
+    finally:
+        fake_llm.mode = "normal"
+    assert body["status"] == "completed"
+    task_id, trace_id = body["task_id"], body["trace_id"]
+    [intent] = [
+        e
+        for e in stream_messages(traced.bus_url(), f"victoria.task.*.{task_id}.>")
+        if e["type"] == "tool_intent"
+    ]
+
+    def tool_spans() -> list[object] | None:
+        found = [s for s in receiver.trace(trace_id) if s.name.startswith("execute_tool ")]
+        return found or None
+
+    [span] = traced.wait_for(tool_spans, timeout=15, what="the tool call's span")
+    assert span.service == "veronica" and span.name == "execute_tool list_directory"
+    assert span.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert span.attributes["gen_ai.tool.name"] == "list_directory"
+    assert span.attributes["gen_ai.tool.call.id"] == intent["call_id"]
+    assert span.attributes["victoria.task_id"] == task_id
+    assert span.attributes["victoria.ok"] is True and "error.type" not in span.attributes
+    by_id = {s.span_id: s for s in receiver.trace(trace_id)}
+    assert span.parent_id in by_id and by_id[span.parent_id].service == "victoria"
 
 
 def test_tokens_stream_over_sse_before_the_task_completes(system: System, fake_llm: FakeLLM) -> None:

@@ -548,6 +548,76 @@ def test_write_file_refuses_a_folder_git_files_and_the_workspace_itself(ws: Path
     assert not (ws / ".git" / "hooks" / "pre-commit").exists()
 
 
+def test_a_prepared_write_has_the_hashes_before_and_after_and_writes_nothing_until_written(ws: Path) -> None:
+    (ws / "a.txt").write_bytes(b"old\n")
+    prepared = edit.prepare_write(ws, "a.txt", "new\n")
+    assert (prepared.before_sha256, prepared.after_sha256) == (sha(b"old\n"), sha(b"new\n"))
+    assert (ws / "a.txt").read_bytes() == b"old\n"
+    assert prepared.write() == WriteOutcome("a.txt", 4, sha(b"old\n"), sha(b"new\n"))
+    assert (ws / "a.txt").read_bytes() == b"new\n"
+    fresh = edit.prepare_write(ws, "deep/er/b.txt", "b\n")
+    assert fresh.before_sha256 is None and not (ws / "deep").exists()  # no folder made to look
+
+
+@pytest.mark.parametrize("theirs", [b"theirs\n", None], ids=["changed", "deleted"])
+def test_a_file_changed_after_the_write_was_computed_is_a_conflict_and_keeps_the_other_content(
+    ws: Path, theirs: bytes | None
+) -> None:
+    (ws / "a.txt").write_bytes(b"old\n")
+    prepared = edit.prepare_write(ws, "a.txt", "mine\n")
+    if theirs is None:
+        (ws / "a.txt").unlink()
+    else:
+        (ws / "a.txt").write_bytes(theirs)
+    with pytest.raises(ToolError, match=re.escape(f"'a.txt' was {edit.CONFLICT}")):
+        prepared.write()
+    assert os.listdir(ws) == ([] if theirs is None else ["a.txt"])  # no temporary file either
+    if theirs is not None:
+        assert (ws / "a.txt").read_bytes() == theirs
+
+
+def test_a_file_created_by_someone_else_after_the_write_found_none_is_not_overwritten(ws: Path) -> None:
+    prepared = edit.prepare_write(ws, "sub/a.txt", "mine\n")
+    (ws / "sub").mkdir()
+    (ws / "sub" / "a.txt").write_bytes(b"theirs\n")
+    with pytest.raises(ToolError, match=re.escape(f"'sub/a.txt' was {edit.CONFLICT}")):
+        prepared.write()
+    assert (ws / "sub" / "a.txt").read_bytes() == b"theirs\n"
+
+
+def test_the_hash_is_checked_right_before_the_rename_after_the_temporary_file_is_written(
+    ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone writes while the temporary file is being synced: the rename does not happen."""
+    (ws / "a.txt").write_bytes(b"old\n")
+    real = os.fsync
+    synced: list[int] = []
+
+    def someone_writes_meanwhile(fd: int) -> None:
+        real(fd)
+        if not synced:
+            (ws / "a.txt").write_bytes(b"theirs\n")
+        synced.append(fd)
+
+    monkeypatch.setattr(os, "fsync", someone_writes_meanwhile)
+    with pytest.raises(ToolError, match=re.escape(f"'a.txt' was {edit.CONFLICT}")):
+        write_file(ws, "a.txt", "mine\n")
+    assert synced and (ws / "a.txt").read_bytes() == b"theirs\n"
+    assert os.listdir(ws) == ["a.txt"]
+
+
+def test_current_sha256_is_the_files_hash_now_or_none_and_checks_the_path(ws: Path, outside: Path) -> None:
+    (ws / "a.txt").write_bytes(b"a\n")
+    (ws / "docs").mkdir()
+    assert edit.current_sha256(ws, "a.txt") == sha(b"a\n")
+    assert edit.current_sha256(ws, "missing.txt") is None
+    assert edit.current_sha256(ws, "no/such/folder.txt") is None
+    with pytest.raises(ToolError, match="is a directory"):
+        edit.current_sha256(ws, "docs")
+    with pytest.raises(OutsideWorkspace):
+        edit.current_sha256(ws, "../outside/secret.txt")
+
+
 def test_write_file_refuses_content_over_the_limit(ws: Path) -> None:
     with pytest.raises(ToolError, match=f"at most {MAX_WRITE_BYTES}"):
         write_file(ws, "big.txt", "x" * (MAX_WRITE_BYTES + 1))
@@ -749,11 +819,11 @@ def test_a_failed_write_puts_back_the_files_already_written(
     real = patch.replace_atomically
     writes: list[str] = []
 
-    def second_fails(fd: int, target: edit.Target, data: bytes, *, mode: int | None) -> None:
+    def second_fails(fd: int, target: edit.Target, data: bytes, **options: Any) -> None:
         writes.append(target.path)
         if len(writes) == 3:  # a new file, a.txt, then b.txt
             raise ToolError(f"{target.asked!r} cannot be written: no space left on device")
-        real(fd, target, data, mode=mode)
+        real(fd, target, data, **options)
 
     monkeypatch.setattr(patch, "replace_atomically", second_fails)
     with pytest.raises(ToolError, match=r"'b\.txt' cannot be written.*had been written and were put back"):
@@ -781,9 +851,49 @@ def test_a_file_changed_after_the_patch_read_it_is_not_overwritten(
         return state
 
     monkeypatch.setattr(patch._State, "read", staticmethod(read_then_someone_writes))
-    with pytest.raises(ToolError, match=re.escape("'a.txt' changed while the patch was being applied")):
+    with pytest.raises(ToolError, match=re.escape(f"'a.txt' was {edit.CONFLICT}; nothing was changed")):
         apply_patch(ws, "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-a\n+A\n")
     assert (ws / "a.txt").read_text(encoding="utf-8") == "changed by someone else\n"
+    assert os.listdir(ws) == ["a.txt"]  # no temporary file left
+
+
+def test_prepare_patch_gives_each_files_hashes_before_and_after_and_writes_nothing(ws: Path) -> None:
+    tree(ws, {"a.txt": "a\n", "gone.txt": "bye\n"})
+    prepared = patch.prepare_patch(
+        ws,
+        "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-a\n+A\n"
+        "--- /dev/null\n+++ b/new.txt\n@@ -0,0 +1 @@\n+new\n"
+        "--- a/gone.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-bye\n",
+    )
+    assert [(f.path, f.before_sha256, f.after_sha256) for f in prepared.files] == [
+        ("a.txt", sha(b"a\n"), sha(b"A\n")),
+        ("new.txt", None, sha(b"new\n")),
+        ("gone.txt", sha(b"bye\n"), None),
+    ]
+    assert sorted(os.listdir(ws)) == ["a.txt", "gone.txt"] and (ws / "a.txt").read_text() == "a\n"
+    assert prepared.write().files == prepared.files
+    assert sorted(os.listdir(ws)) == ["a.txt", "new.txt"] and (ws / "a.txt").read_text() == "A\n"
+
+
+@pytest.mark.parametrize(
+    ("someone", "patch_text"),
+    [
+        ("a.txt", "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-a\n+A\n"),
+        ("new.txt", "--- /dev/null\n+++ b/new.txt\n@@ -0,0 +1 @@\n+new\n"),
+        ("a.txt", "--- a/a.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-a\n"),
+    ],
+    ids=["modified", "created", "deleted"],
+)
+def test_a_patch_prepared_then_written_over_by_someone_else_is_a_conflict_and_keeps_their_file(
+    ws: Path, someone: str, patch_text: str
+) -> None:
+    (ws / "a.txt").write_text("a\n", encoding="utf-8")
+    prepared = patch.prepare_patch(ws, patch_text)
+    (ws / someone).write_text("theirs\n", encoding="utf-8")
+    with pytest.raises(ToolError, match=re.escape(f"{someone!r} was {edit.CONFLICT}")):
+        prepared.write()
+    assert (ws / someone).read_text(encoding="utf-8") == "theirs\n"
+    assert not [name for name in os.listdir(ws) if name.startswith(edit.TEMP_PREFIX)]
 
 
 lines_strategy = st.lists(st.sampled_from(["a", "b", "c", "", "  x", "d = 1", "é"]), max_size=30)

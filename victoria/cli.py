@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("task_id")
     cancel.add_argument("--url", default=None)
 
+    for verb, what in (("approve", "approve"), ("deny", "deny")):
+        decide = sub.add_parser(
+            verb,
+            help=f"{what} a tool call of a task that waits for a person (the only one waiting, "
+            "unless ID names it)",
+        )
+        decide.add_argument("task_id")
+        decide.add_argument("approval_id", nargs="?", default=None, metavar="ID")
+        decide.add_argument("--reason", default="", help="said to the model (and kept) with the decision")
+        decide.add_argument("--url", default=None)
+
     runs = sub.add_parser("runs", help="list tasks from the history (PostgreSQL), newest first")
     runs.add_argument("--url", default=None)
     runs.add_argument("--status", choices=("queued", "running", "completed", "failed", "cancelled"))
@@ -96,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--url", default=None)
     models.add_argument("--json", action="store_true")
+
+    tools = sub.add_parser(
+        "tools", help="the tools the model may call: effect, whether calls wait for approval, description"
+    )
+    tools.add_argument("--url", default=None, help="gateway URL (default VICTORIA_URL)")
+    tools.add_argument("--json", action="store_true", help="print GET /tools as it answers")
 
     from victoria import admin
 
@@ -237,6 +254,16 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
         target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
         return models_command.models(target, as_json=args.json)
+    if command == "tools":
+        from victoria import client
+
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
+        return client.tools(target, as_json=args.json)
+    if command in ("approve", "deny"):
+        from victoria import client
+
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
+        return client.decide(target, args.task_id, args.approval_id, command, args.reason)
     if command in ("run", "status", "cancel"):
         from victoria import client
 

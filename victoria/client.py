@@ -1,4 +1,4 @@
-"""``victoria run``, ``status`` and ``cancel``: small HTTP clients of the gateway."""
+"""``victoria run``, ``status``, ``cancel``, ``runs`` and ``tools``: small HTTP clients of the gateway."""
 
 from __future__ import annotations
 
@@ -222,6 +222,44 @@ def cancel(gateway: Gateway, task_id: str) -> int:
     return _show(gateway, "POST", f"/run/{task_id}/cancel", ok=(200, 202))
 
 
+def decide(gateway: Gateway, task_id: str, approval_id: str | None, decision: str, reason: str) -> int:
+    """``victoria approve`` / ``deny``: the decision on one call that waits; without ``approval_id``
+    the task's only waiting call (with several, they are listed and nothing is decided)."""
+    base = gateway.base
+    try:
+        with gateway.client() as http:
+            if approval_id is None:
+                found = http.get(f"{base}/run/status/{task_id}")
+                if found.status_code != 200:
+                    return _error(found)
+                pending = found.json().get("pending_approvals") or []
+                if len(pending) != 1:
+                    what = "no call waits" if not pending else f"{len(pending)} calls wait; name one"
+                    print(f"victoria: task {task_id}: {what}", file=sys.stderr)
+                    for call in pending:
+                        args = json.dumps(call["arguments"], ensure_ascii=False)
+                        print(f"  {call['id']}  {call['tool']} {args}", file=sys.stderr)
+                    return 1
+                approval_id = str(pending[0]["id"])
+            response = http.post(
+                f"{base}/run/{task_id}/approvals/{approval_id}", json={"decision": decision, "reason": reason}
+            )
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code == 409:
+        print(
+            f"victoria: {approval_id} was decided before: {body.get('decision')} by {body.get('by')}",
+            file=sys.stderr,
+        )
+        return 1
+    if response.status_code != 200:
+        return _error(response)
+    said = f": {body['reason']}" if body.get("reason") else ""
+    _print(f"{task_id} {approval_id}: {body['decision']} by {body['by']}{said}")
+    return 0
+
+
 def _show(gateway: Gateway, method: str, path: str, *, ok: tuple[int, ...]) -> int:
     """Print the JSON answer of one request; 0 when its status is one of ``ok``."""
     base = gateway.base
@@ -254,4 +292,35 @@ def runs(gateway: Gateway, params: dict[str, Any], *, as_json: bool) -> int:
         goal = " ".join(str(run["goal"]).split())[:60]
         project = f" [{run['project']}]" if run.get("project") else ""
         _print(f"{run['created_at'][:19]}  {run['task_id']}  {run['status']:<9}  {goal}{project}")
+    return 0
+
+
+def tools(gateway: Gateway, *, as_json: bool) -> int:
+    """``victoria tools``: the tools the model may call (``GET /tools``), one line each: name,
+    effect, whether its calls wait for a person's yes, description."""
+    base = gateway.base
+    try:
+        with gateway.client() as http:
+            response = http.get(f"{base}/tools")
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if response.status_code != 200:
+        return _error(response)
+    body = response.json()
+    if as_json:
+        _print(json.dumps(body, ensure_ascii=False, indent=2))
+        return 0
+    rows = [("name", "effect", "approval", "description")]
+    for tool in body["tools"]:
+        source = tool.get("source", "builtin")
+        name = tool["name"] if source == "builtin" else f"{tool['name']} ({source})"
+        approval = "needed" if tool["needs_approval"] else "-"
+        rows.append((name, tool["effect"], approval, " ".join(str(tool["description"]).split())))
+    widths = [max(len(row[n]) for row in rows) for n in range(3)]
+    for *cells, description in rows:
+        padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=True)]
+        _print("  ".join([*padded, description]))
+    needed = body.get("approvals_needed") or []
+    if needed:
+        _print(f"\ncalls of effect {', '.join(needed)} wait for a person's yes")
     return 0

@@ -460,8 +460,9 @@ class _Context:
         messages: list[contracts.ChatMessage],
         *,
         json_mode: bool = False,
+        tools: workflow.ToolSpecs = (),
     ) -> contracts.LLMResult:
-        asked = workflow.fingerprint(messages, model=self.task.model, json_mode=json_mode)
+        asked = workflow.fingerprint(messages, model=self.task.model, json_mode=json_mode, tools=tools)
         request_id = self._same_question(request_id, asked)
         known = self.history.llm_results.get(request_id)
         if known is not None:
@@ -496,6 +497,7 @@ class _Context:
                     fingerprint=asked,
                     workflow=workflow.VERSION,
                     understood=understood,
+                    tools=list(tools),
                 )
                 await self.writer.append(request, key=f"llm_req:{request_id}", headers=self._headers())
                 self.history.apply(request)
@@ -575,6 +577,20 @@ class _Context:
         known = self.history.tool_outcomes.get(call_id)
         if known is not None:
             return known
+        approved_by = ""
+        if spec.effect in self.actor.config.approvals_needed and call_id not in self.history.tool_intents:
+            decided = await self._approval(call_id, tool, args, spec.effect)
+            if decided.decision == "deny":
+                by = decided.by or "someone"
+                return contracts.ToolOutcome(
+                    task_id=self.task.task_id,
+                    call_id=call_id,
+                    tool=tool,
+                    ok=False,
+                    error=f"denied by {by}: {decided.reason or 'no reason given'}",
+                    instance=self.actor.instance,
+                )
+            approved_by = decided.by or "someone"
         key = (self.task.task_id, call_id)
         future: asyncio.Future[contracts.ToolOutcome] = asyncio.get_running_loop().create_future()
         waiting = self.actor.tool_waiters.setdefault(key, set())
@@ -595,6 +611,7 @@ class _Context:
                     rerun=spec.rerun,
                     workspace=self.task.workspace,
                     fingerprint=asked,
+                    approved_by=approved_by,
                 )
                 await self.writer.append(intent, key=f"tool_intent:{call_id}", headers=self._headers())
                 self.history.apply(intent)
@@ -616,6 +633,78 @@ class _Context:
         )
         self.history.apply(outcome)
         return outcome
+
+    async def _approval(
+        self, call_id: str, tool: str, args: dict[str, Any], effect: contracts.ToolEffect
+    ) -> contracts.ApprovalDecided:
+        """A person's decision on a call whose effect needs one: from the history when it holds it;
+        else asked for (``approval_requested``, in the fenced history) and waited for, within
+        ``VICTORIA_APPROVAL_TIMEOUT`` (default: the task's deadline), after which Victoria denies it
+        ("timed out"). The first decision stored holds, whoever made it."""
+        decided = self.history.decision(call_id)
+        if decided is not None:
+            return decided
+        future: asyncio.Future[contracts.ApprovalDecided] = asyncio.get_running_loop().create_future()
+
+        async def heard(msg: Msg) -> None:
+            event = reads.decode_task_event(msg.data, msg.subject)
+            if isinstance(event, contracts.ApprovalDecided) and not future.done():
+                future.set_result(event)
+
+        listening = await self.actor.nc.subscribe(
+            subjects.approval_decided(self.task.task_id, call_id), cb=heard
+        )
+        try:
+            asked = self.history.approvals.get(call_id) if self.history.approvals else None
+            requested = asked.requested if asked is not None else None
+            if requested is None:
+                await self.flush_markers()
+                timeout = self.actor.config.approval_timeout or max(0.0, Victoria._remaining(self.task))
+                requested = contracts.ApprovalRequested(
+                    task_id=self.task.task_id,
+                    approval_id=call_id,
+                    tool=tool,
+                    args=args,
+                    effect=effect,
+                    timeout_s=round(timeout, 3),
+                )
+                await self.writer.append(requested, key=f"approval:{call_id}", headers=self._headers())
+                self.history.apply(requested)
+                log.info("task %s %s %s waits for a person's decision", self.task.task_id, call_id, tool)
+            ends = requested.ts.timestamp() + requested.timeout_s
+            while True:
+                left = ends - time.time()
+                try:
+                    decided = await asyncio.wait_for(
+                        asyncio.shield(future), max(0.0, min(RESULT_RECHECK, left))
+                    )
+                    break
+                except TimeoutError:
+                    pass
+                stored = await reads.last_approval(self.actor.js, self.task.task_id, call_id)
+                if stored is not None:
+                    decided = stored
+                    break
+                if left > 0:
+                    continue
+                timed_out = contracts.ApprovalDecided(
+                    task_id=self.task.task_id,
+                    approval_id=call_id,
+                    decision="deny",
+                    reason="timed out",
+                    by="victoria",
+                )
+                if await fence.append_once(
+                    self.actor.nc, subjects.approval(self.task.task_id, call_id), timed_out
+                ):
+                    decided = timed_out
+                    break
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await listening.unsubscribe()
+        self.history.apply(decided)
+        log.info("task %s %s %s: %s by %s", self.task.task_id, call_id, tool, decided.decision, decided.by)
+        return decided
 
     async def _outcome_of(
         self, call_id: str, tool: str, future: asyncio.Future[contracts.ToolOutcome]

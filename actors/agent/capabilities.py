@@ -39,23 +39,19 @@ def _both(words: list[str], conjunction: str) -> str:
 
 
 def answer(lang: Literal["ru", "en"]) -> str:
-    """Two short sentences, in the language of the question; the tools are those of the table."""
+    """Two short sentences, in the language of the question; the tools are exactly those of the
+    table, by name and by what they do."""
+    names = ", ".join(tool.name for tool in TOOLS)
     if lang == "ru":
         return (
-            "Я Victoria: умею "
-            + REGISTRY[0].ru
-            + f" с инструментами {_both([tool.skill[1] for tool in TOOLS if tool.op], 'и')} файлов"
-            + "".join(f" и {tool.skill[1]}" for tool in TOOLS if not tool.op and tool.skill[1])
-            + ", а также "
-            + REGISTRY[1].ru
-            + ". Каждая задача хранится в журнале событий, поэтому переживает сбои и перезапуски."
+            f"Я Victoria: умею {REGISTRY[0].ru}; мои инструменты ({names}) позволяют "
+            + _both([tool.skill[1] for tool in TOOLS], "и")
+            + f", а также {REGISTRY[1].ru}. "
+            + "Каждая задача хранится в журнале событий, поэтому переживает сбои и перезапуски."
         )
     return (
-        "I am Victoria: I "
-        + REGISTRY[0].en
-        + f" with tools that {_both([tool.skill[0] for tool in TOOLS if tool.op], 'and')} files"
-        + "".join(f" and {tool.skill[0]}" for tool in TOOLS if not tool.op and tool.skill[0])
-        + ", and I "
-        + REGISTRY[1].en
-        + ". Every task is kept in an event log, so it survives crashes and restarts."
+        f"I am Victoria: I {REGISTRY[0].en}; my tools ({names}) let me "
+        + _both([tool.skill[0] for tool in TOOLS], "and")
+        + f", and I {REGISTRY[1].en}. "
+        + "Every task is kept in an event log, so it survives crashes and restarts."
     )

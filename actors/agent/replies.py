@@ -1,7 +1,9 @@
 """Reading a model's replies, whatever they are: JSON, JSON in prose or fences, partial JSON, text.
 
-``parse_action`` reads a step reply (a tool call or the final answer); ``parse_understanding``
-reads the understand step's reply (what is asked, or the questions to ask back)."""
+``parse_action`` reads a step reply of the JSON-in-text protocol (a tool call or the final answer);
+``native_call`` reads one native tool call of a reply, ``parse_native`` the text of a native step
+reply that called no tool; ``parse_understanding`` reads the understand step's reply (what is
+asked, or the questions to ask back)."""
 
 from __future__ import annotations
 
@@ -69,6 +71,64 @@ def parse_action(text: str) -> Action:
     if partial is not None:
         return partial
     return Finish(stripped)
+
+
+_TAGGED: Final = re.compile(r"^<tool_call>\s*(.*?)\s*(?:</tool_call>)?$", re.DOTALL)
+_WHOLE_FENCE: Final = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
+
+
+def parse_native(text: str) -> Action:
+    """A native step reply that called no tool: its text is the final answer, except when the whole
+    text (bare, in a code fence, or in ``<tool_call>`` tags) is one JSON object naming a tool of the
+    table, ``{"tool": "read_file", "args": {...}}`` or ``{"name": ..., "arguments": ...}``: what
+    small models write when their chat template fails to make a native call of it. That is that
+    call (``finish``: its answer), cut-short JSON read as ``parse_action`` reads it. A JSON object
+    that names no tool, or JSON inside prose, is the answer as written."""
+    stripped = (text or "").strip()
+    inner = stripped
+    for wrapper in (_WHOLE_FENCE, _TAGGED):
+        found = wrapper.match(inner)
+        if found:
+            inner = found.group(1).strip()
+    if not inner.startswith("{"):
+        return Finish(stripped)
+    try:
+        value = _decoder.decode(inner)
+    except (msgspec.DecodeError, RecursionError):
+        return _from_partial(inner) or Finish(stripped)
+    if not isinstance(value, dict):
+        return Finish(stripped)
+    named = value.get("tool") or value.get("name") or value.get("action")
+    tool = tools.lookup(named) if isinstance(named, str) else None
+    if tool is None:
+        return Finish(stripped)
+    args = value.get("args") or value.get("arguments") or value.get("parameters") or {}
+    action: Action | None
+    if tool is not FINISH and isinstance(args, dict):
+        action = _call(tool, args) or ToolCall(tool.name, args)  # its arguments are checked after
+    else:
+        action = _from_object(value)
+    if action is None:
+        return Finish(stripped)
+    thought = value.get("thought") or value.get("reasoning")
+    return _with_thought(action, thought.strip()) if isinstance(thought, str) and thought.strip() else action
+
+
+def native_call(name: str, arguments: dict[str, Any]) -> Action | str:
+    """One native tool call of a reply as an action: the tool the model named (its name or an
+    alias, any case) with its arguments under their names or the other names models use, checked
+    against the schema after (``checked_args``); a call of ``finish`` is the final answer. A text:
+    what is wrong with it (arguments that were not a JSON object). An unknown tool is a call of
+    that name, which the check refuses with the names of the tools."""
+    if "_raw" in arguments:
+        raw = str(arguments["_raw"])
+        return f"the arguments of {name} were not a JSON object: {raw[:200]!r}"
+    tool = tools.lookup(name)
+    if tool is None:
+        return ToolCall(name, arguments)
+    if tool is FINISH:
+        return Finish(_answer_text(arguments) or "")
+    return _call(tool, arguments) or ToolCall(tool.name, arguments)
 
 
 def _with_thought(action: Action, thought: str) -> Action:

@@ -10,18 +10,40 @@ prompts changed between attempts), the context does not take the old answer: it 
 the next free id (``plan-v2``), as a new question, and logs a warning. A file request whose stored
 result was for another path is made again the same way. Bump ``VERSION`` when the workflow's
 questions or their order change, so that the warning says which versions met.
+
+How the model calls tools: natively first. A step request carries the tool table as the protocol's
+``tools`` (``tools.specs()``) and no JSON mode; each tool call of a reply runs in order, and its
+result goes back as a ``role: "tool"`` message for the model's id of that call; a reply without a
+tool call is the final answer. Our own call ids stay ours: ``call-<step>`` for a reply's one call,
+``call-<step>-<n>`` for the n-th of several. A reply that is a tool call written as JSON text (what
+a model writes when its chat template fails) runs as that call, its result given back as in the
+JSON-in-text protocol. When a step request's result says the server or the model does not take
+tools (``tools_refused``, or its error speaks of tools), the task asks that step again under
+``step-<n>-text`` in the JSON-in-text protocol over the same tool table, and keeps to it for the
+rest of its steps, with the calls made so far in its transcript. Every switch follows from stored
+results, so a resumed attempt takes the same path and asks the same ids.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 
 from victoria.actors.agent import capabilities, classifier
-from victoria.actors.agent.replies import Finish, ToolCall, Understanding, parse_action, parse_understanding
+from victoria.actors.agent.replies import (
+    Action,
+    Finish,
+    ToolCall,
+    Understanding,
+    native_call,
+    parse_action,
+    parse_native,
+    parse_understanding,
+)
 from victoria.errors import TaskAborted
 from victoria.events import tools
 from victoria.events.contracts import (
@@ -31,16 +53,24 @@ from victoria.events.contracts import (
     LLMResult,
     Purpose,
     TaskSubmitted,
+    ToolCallPart,
     ToolOutcome,
     ToolResult,
     VerboseStep,
 )
 
-VERSION: Final = 5
+VERSION: Final = 6
 """The workflow's version, stored with each model request. 1: before requests carried it. 3: the
 understand step answers in JSON and may ask back; earlier turns and images are in the prompts. 4: the
 task's expert's prompt leads the system prompts. 5: the steps' tool calls are durable calls of
-Veronica's (``tool_intent``, ``tool_outcome``), ``run_command`` among the tools."""
+Veronica's (``tool_intent``, ``tool_outcome``), ``run_command`` among the tools. 6: the steps call
+tools natively (the tool table as the request's ``tools``, results as ``role: "tool"`` messages, a
+reply without a call the answer; ``call-<step>-<n>`` for several calls of a reply), falling back to
+the JSON-in-text protocol under ``step-<n>-text`` when the server refuses tools."""
+
+
+ToolSpecs = Sequence[dict[str, Any]]
+"""Tool definitions as a request sends them (``LLMRequested.tools``): OpenAI function specs."""
 
 
 def tool_fingerprint(tool: str, args: dict[str, Any]) -> str:
@@ -48,9 +78,19 @@ def tool_fingerprint(tool: str, args: dict[str, Any]) -> str:
     return hashlib.blake2b(msgspec.json.encode([tool, args], order="sorted"), digest_size=16).hexdigest()
 
 
-def fingerprint(messages: list[ChatMessage], *, model: str | None, json_mode: bool) -> str:
-    """What a model request asks, as 32 hex digits: the same on every attempt for the same question."""
-    asked = msgspec.json.encode([model, json_mode, messages])
+def fingerprint(
+    messages: list[ChatMessage],
+    *,
+    model: str | None,
+    json_mode: bool,
+    tools: ToolSpecs = (),
+) -> str:
+    """What a model request asks, as 32 hex digits: the same on every attempt for the same question.
+    The tools sent are part of it; a request without tools hashes as it did before they were."""
+    parts: list[Any] = [model, json_mode, messages]
+    if tools:
+        parts.append(list(tools))
+    asked = msgspec.json.encode(parts)
     return hashlib.blake2b(asked, digest_size=16).hexdigest()
 
 
@@ -67,8 +107,17 @@ class TaskContext(Protocol):
         ...
 
     async def llm(
-        self, request_id: str, purpose: Purpose, messages: list[ChatMessage], *, json_mode: bool = False
-    ) -> LLMResult: ...
+        self,
+        request_id: str,
+        purpose: Purpose,
+        messages: list[ChatMessage],
+        *,
+        json_mode: bool = False,
+        tools: ToolSpecs = (),
+    ) -> LLMResult:
+        """One model answer, from the history when it holds the same question. ``tools``: the tool
+        table sent as the protocol's own (``LLMRequested.tools``); part of the fingerprint."""
+        ...
 
     async def files(self, call_id: str, request: FilesRequest, *, timeout: float) -> ToolResult: ...
 
@@ -111,7 +160,19 @@ SYSTEM: Final[dict[str, str]] = {
         "Paths are relative to the workspace. Finish as soon as you can answer. "
         "Write the answer in the user's language."
     ),
+    "step_native": (
+        "You are Victoria, carrying out a plan. Call the tools you need; you may call several at once, "
+        "and they run in order. Each result comes back to you. Paths are relative to the workspace. "
+        "As soon as you can answer, reply with the final answer for the user as plain text, calling no "
+        "tool. Write the answer in the user's language."
+    ),
 }
+"""The system prompts: ``step`` for the JSON-in-text protocol, ``step_native`` when the tools go
+as the protocol's own."""
+
+TOOL_SPECS: Final = tools.specs()
+"""The tool table as a native step request sends it."""
+MAX_CALLS: Final = 16  # tool calls run from one reply; the model is told of those left out
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
@@ -204,9 +265,21 @@ class _Models:
         *,
         json_mode: bool = False,
     ) -> str:
-        result = await _ask(ctx, purpose, request_id, messages, json_mode=json_mode)
+        return (await self.result(ctx, purpose, request_id, messages, json_mode=json_mode)).content
+
+    async def result(
+        self,
+        ctx: TaskContext,
+        purpose: Purpose,
+        request_id: str,
+        messages: list[ChatMessage],
+        *,
+        json_mode: bool = False,
+        tools: ToolSpecs = (),
+    ) -> LLMResult:
+        result = await _ask(ctx, purpose, request_id, messages, json_mode=json_mode, tools=tools)
         self.used = result.model or self.used
-        return result.content
+        return result
 
 
 async def _understand_and_plan(ctx: TaskContext, models: _Models) -> tuple[str, Understanding, str | None]:
@@ -280,51 +353,163 @@ async def agent_run(ctx: TaskContext) -> Outcome:
     goal, understanding, plan = await _understand_and_plan(ctx, models)
     if plan is None:
         return _asking_back(task, understanding, models, "agent_run")
-    transcript: list[ChatMessage] = [
-        ChatMessage("system", _system(task, SYSTEM["step"])),
-        ChatMessage("user", f"Goal: {goal}\n\nPlan:\n{plan}", task.images),
-    ]
-    observations: list[str] = []
-    steps: list[VerboseStep] = []
+    steps = _Steps(ctx, models, ChatMessage("user", f"Goal: {goal}\n\nPlan:\n{plan}", task.images))
 
     def done(answer: str) -> Outcome:
         knowledge = Knowledge(
             routed_to="agent_run",
             source="model",
             model_used=models.used,
-            verbose_steps=steps if task.verbose else [],
+            verbose_steps=steps.verbose if task.verbose else [],
         )
         return Outcome(answer, knowledge)
 
     for step in range(1, task.max_steps + 1):
         await ctx.stage("step", step=step)
-        reply = await models.ask(ctx, "step", f"step-{step}", transcript, json_mode=True)
+        finish = await steps.take(step)
+        if finish is not None:
+            return done(finish.answer.strip() or best_effort(understanding.text, plan, steps.observations))
+    return done(best_effort(understanding.text, plan, steps.observations))
+
+
+class _Steps:
+    """The steps of one agent run: the transcript the model is shown, in the protocol the task
+    calls tools in (native until a result says the tools were refused), and what the calls found."""
+
+    def __init__(self, ctx: TaskContext, models: _Models, opening: ChatMessage) -> None:
+        self.ctx = ctx
+        self.models = models
+        self.opening = opening
+        self.native = True
+        self.transcript = [ChatMessage("system", _system(ctx.task, SYSTEM["step_native"])), opening]
+        self.made: list[tuple[str, dict[str, Any], str]] = []
+        """Every call made, in order: tool, arguments, what the model was told of it."""
+        self.observations: list[str] = []
+        self.verbose: list[VerboseStep] = []
+
+    async def take(self, step: int) -> Finish | None:
+        """One step: the final answer, or None when the model called tools (their results are in
+        the transcript)."""
+        request_id = f"step-{step}"
+        if self.native:
+            result = await self.models.result(self.ctx, "step", request_id, self.transcript, tools=TOOL_SPECS)
+            if not refused_tools(result):
+                return await self._native(step, result)
+            self.native = False  # for the rest of the task: the same step again, in text
+            self.transcript = self._text_transcript()
+            request_id = f"step-{step}-text"
+        reply = await self.models.ask(self.ctx, "step", request_id, self.transcript, json_mode=True)
         action = parse_action(reply)
         if isinstance(action, Finish):
-            steps.append(
-                VerboseStep(
-                    step=step, thought=action.thought, tool=tools.FINISH.name, input={"answer": action.answer}
-                )
-            )
-            return done(action.answer.strip() or best_effort(understanding.text, plan, observations))
-        assert isinstance(action, ToolCall)
-        steps.append(VerboseStep(step=step, thought=action.thought, tool=action.tool, input=action.args))
-        call = _call_text(action.tool, action.args)
-        checked = checked_args(action.tool, action.args)
-        if isinstance(checked, str):  # a bad call is a tool error the model reads, not a crash
-            observation = f"error: {checked}"
-        else:
-            outcome = await ctx.tool(f"call-{step}", action.tool, checked)
-            observation = outcome.output if outcome.ok else f"error: {outcome.error}"
-            if not outcome.ok and outcome.output:
-                observation += "\n" + outcome.output
-        observations.append(f"{call}:\n{observation}")
-        transcript = [
-            *transcript,
+            return self._finish(step, action)
+        observation = await self._run(step, f"call-{step}", action)
+        self.transcript = [
+            *self.transcript,
             ChatMessage("assistant", reply),
-            ChatMessage("user", f"Result of {call}:\n{clipped(observation)}"),
+            ChatMessage("user", f"Result of {_call_text(action.tool, action.args)}:\n{clipped(observation)}"),
         ]
-    return done(best_effort(understanding.text, plan, observations))
+        return None
+
+    async def _native(self, step: int, result: LLMResult) -> Finish | None:
+        calls = result.tool_calls
+        if not calls:
+            action = parse_native(result.content)
+            if isinstance(action, Finish):
+                return self._finish(step, action)
+            # A call written as text: its result goes back as the JSON-in-text protocol gives it.
+            observation = await self._run(step, f"call-{step}", action)
+            self.transcript = [
+                *self.transcript,
+                ChatMessage("assistant", result.content),
+                ChatMessage(
+                    "user", f"Result of {_call_text(action.tool, action.args)}:\n{clipped(observation)}"
+                ),
+            ]
+            return None
+        said = result.content.strip()
+        answers: list[ChatMessage] = []
+        for n, part in enumerate(calls, 1):
+            call_id = f"call-{step}" if len(calls) == 1 else f"call-{step}-{n}"
+            read: Action | str = (
+                native_call(part.name, part.arguments)
+                if n <= MAX_CALLS
+                else f"not run: at most {MAX_CALLS} tool calls of one reply run; call it again"
+            )
+            if isinstance(read, Finish):  # ``finish`` called as a tool: the calls before it ran
+                return self._finish(step, Finish(read.answer, said))
+            observation = await self._run(step, call_id, read, part=part, thought=said)
+            answers.append(ChatMessage("tool", clipped(observation), tool_call_id=part.id, name=part.name))
+        self.transcript = [
+            *self.transcript,
+            ChatMessage("assistant", result.content, tool_calls=list(calls)),
+            *answers,
+        ]
+        return None
+
+    def _finish(self, step: int, action: Finish) -> Finish:
+        self.verbose.append(
+            VerboseStep(
+                step=step, thought=action.thought, tool=tools.FINISH.name, input={"answer": action.answer}
+            )
+        )
+        return action
+
+    async def _run(
+        self,
+        step: int,
+        call_id: str,
+        action: ToolCall | str,
+        *,
+        part: ToolCallPart | None = None,
+        thought: str = "",
+    ) -> str:
+        """One call, what the model is told of it: its result, or ``error: ...`` (a bad call is a
+        tool error the model reads, not a crash)."""
+        if isinstance(action, str):
+            assert part is not None
+            tool, args, observation = part.name, part.arguments, f"error: {action}"
+        else:
+            tool, args = action.tool, action.args
+            checked = checked_args(tool, args)
+            if isinstance(checked, str):
+                observation = f"error: {checked}"
+            else:
+                outcome = await self.ctx.tool(call_id, tool, checked)
+                observation = outcome.output if outcome.ok else f"error: {outcome.error}"
+                if not outcome.ok and outcome.output:
+                    observation += "\n" + outcome.output
+        self.verbose.append(
+            VerboseStep(
+                step=step,
+                thought=thought or (action.thought if isinstance(action, ToolCall) else ""),
+                tool=tool,
+                input=args,
+            )
+        )
+        self.observations.append(f"{_call_text(tool, args)}:\n{observation}")
+        self.made.append((tool, args, observation))
+        return observation
+
+    def _text_transcript(self) -> list[ChatMessage]:
+        """The JSON-in-text protocol's transcript of the calls made so far, for a task that falls
+        back to it: each call as the JSON reply that would have made it, then its result."""
+        messages = [ChatMessage("system", _system(self.ctx.task, SYSTEM["step"])), self.opening]
+        for tool, args, observation in self.made:
+            messages += [
+                ChatMessage("assistant", json.dumps({"tool": tool, "args": args}, ensure_ascii=False)),
+                ChatMessage("user", f"Result of {_call_text(tool, args)}:\n{clipped(observation)}"),
+            ]
+        return messages
+
+
+def refused_tools(result: LLMResult) -> bool:
+    """A native step request's result says the server or the model does not take tools: the runner
+    said so (``tools_refused``), or the model server's error speaks of tools."""
+    if result.ok:
+        return False
+    if result.tools_refused:
+        return True
+    return result.error_kind in ("http_status", "protocol") and "tool" in (result.error or "").lower()
 
 
 def checked_args(tool: str, args: dict[str, Any]) -> dict[str, Any] | str:
@@ -376,13 +561,16 @@ async def _ask(
     messages: list[ChatMessage],
     *,
     json_mode: bool = False,
+    tools: ToolSpecs = (),
 ) -> LLMResult:
     """One model answer. While the model server is unreachable the task waits in the stage
-    ``waiting_for_model`` and asks again with backoff; the task's deadline ends the wait."""
+    ``waiting_for_model`` and asks again with backoff; the task's deadline ends the wait. A request
+    with ``tools`` whose result says they were refused returns that result, for the caller to ask
+    without them."""
     rid, tries, delay = request_id, 0, WAIT_FIRST
     while True:
-        result = await ctx.llm(rid, purpose, messages, json_mode=json_mode)
-        if result.ok:
+        result = await ctx.llm(rid, purpose, messages, json_mode=json_mode, tools=tools)
+        if result.ok or (tools and refused_tools(result)):
             return result
         if result.error_kind != "unavailable":
             raise TaskAborted(

@@ -249,7 +249,12 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: contracts.AnyTaskEve
                     at,
                 )
         case (
-            contracts.ToolResult() | contracts.ToolIntent() | contracts.ToolClaim() | contracts.ToolOutcome()
+            contracts.ToolResult()
+            | contracts.ToolIntent()
+            | contracts.ToolClaim()
+            | contracts.ToolOutcome()
+            | contracts.ApprovalRequested()
+            | contracts.ApprovalDecided()
         ):
             pass  # a tool's call has no table of its own
         case _:

@@ -22,11 +22,16 @@ Atomic
 Hashes
     Each write says the sha256 of the file's content before (``None`` when there was no file) and
     after, so that a caller can tell what it replaced and a later edit can check nothing else did.
+    A write is computed first (``prepare_write``: the hash of the file it replaces, the hash of
+    what it writes) and written after (``PreparedWrite.write``); right before its rename it checks
+    that the file still has the hash it was computed from. A file somebody else wrote in between
+    is a conflict (``conflict``), and is not overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import hashlib
 import os
@@ -52,6 +57,7 @@ from victoria.errors import ToolError
 MAX_WRITE_BYTES: Final = 4 * 1024 * 1024  # bytes a written or patched file may have, at most
 TEMP_PREFIX: Final = ".victoria-write-"  # name of a temporary file, before its random part
 GIT_DIR: Final = ".git"
+CONFLICT: Final = "changed by someone else since the call was made; not overwritten"
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -104,16 +110,75 @@ class Existing:
     """Its content, when it was asked for."""
 
 
+class Unchecked(enum.Enum):
+    """``replace_atomically`` without a check of what it replaces."""
+
+    ANY = "any"
+
+
+ANY: Final = Unchecked.ANY
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A ``write_file`` computed and not written yet: the file, what it holds now, what it gets."""
+
+    target: Target
+    data: bytes
+    before: Existing | None
+    """The file as it was found (None: there was none)."""
+
+    @property
+    def before_sha256(self) -> str | None:
+        return self.before.sha256 if self.before else None
+
+    @property
+    def after_sha256(self) -> str:
+        return sha256(self.data)
+
+    def write(self) -> WriteOutcome:
+        """Write it, making missing folders; a ``conflict`` when the file no longer has the hash
+        it had when the write was computed (checked right before the rename)."""
+        with folder(self.target, create=True) as fd:
+            assert fd is not None  # made when missing
+            replace_atomically(
+                fd,
+                self.target,
+                self.data,
+                mode=self.before.mode if self.before else None,
+                expect=self.before_sha256,
+            )
+        return WriteOutcome(self.target.path, len(self.data), self.before_sha256, self.after_sha256)
+
+
+def prepare_write(workspace: Path, relative: str, content: str) -> PreparedWrite:
+    """``write_file``'s checks and hashes, with nothing written: the file ``relative`` as it is
+    now and ``content`` as UTF-8."""
+    data = encoded(relative, content)
+    target = target_of(_root(workspace), relative)
+    with folder(target, create=False) as fd:
+        before = None if fd is None else read_existing(fd, target, content=False)
+    return PreparedWrite(target, data, before)
+
+
 def write_file(workspace: Path, relative: str, content: str) -> WriteOutcome:
     """Create or replace a file of the workspace with ``content`` (UTF-8), atomically, making its
     missing parent folders."""
-    data = encoded(relative, content)
+    return prepare_write(workspace, relative, content).write()
+
+
+def current_sha256(workspace: Path, relative: str) -> str | None:
+    """The sha256 of the file ``relative`` of the workspace now, or None when there is none (the
+    checks of every write: a folder, a link out or a special file there is a ``ToolError``)."""
     target = target_of(_root(workspace), relative)
-    with folder(target, create=True) as fd:
-        assert fd is not None  # made when missing
-        before = read_existing(fd, target, content=False)
-        replace_atomically(fd, target, data, mode=before.mode if before else None)
-    return WriteOutcome(target.path, len(data), before.sha256 if before else None, sha256(data))
+    with folder(target, create=False) as fd:
+        found = None if fd is None else read_existing(fd, target, content=False)
+    return found.sha256 if found else None
+
+
+def conflict(path: str) -> ToolError:
+    """The error of a write whose file somebody else changed since the write was computed."""
+    return ToolError(f"{path!r} was {CONFLICT}")
 
 
 def sha256(data: bytes) -> str:
@@ -246,9 +311,13 @@ def read_existing(fd: int, target: Target, *, content: bool) -> Existing | None:
     return Existing(digest.hexdigest(), mode, data)
 
 
-def replace_atomically(fd: int, target: Target, data: bytes, *, mode: int | None) -> None:
+def replace_atomically(
+    fd: int, target: Target, data: bytes, *, mode: int | None, expect: str | Unchecked | None = ANY
+) -> None:
     """Give the file ``target`` in folder ``fd`` the content ``data``: a temporary file in the same
-    folder, fsynced, renamed over it. ``mode``: its permission bits (None: a new file's, by umask)."""
+    folder, fsynced, renamed over it. ``mode``: its permission bits (None: a new file's, by umask).
+    ``expect``: the sha256 the file must still have right before the rename (None: no file there),
+    else a ``conflict`` and nothing replaced."""
     temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
     try:
         temp_fd = os.open(temp, _TEMP_FLAGS, 0o666, dir_fd=fd)
@@ -264,6 +333,8 @@ def replace_atomically(fd: int, target: Target, data: bytes, *, mode: int | None
             os.fsync(temp_fd)
         finally:
             os.close(temp_fd)
+        if not isinstance(expect, Unchecked):
+            unchanged(fd, target, expect)
         os.replace(temp, target.name, src_dir_fd=fd, dst_dir_fd=fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -276,8 +347,19 @@ def replace_atomically(fd: int, target: Target, data: bytes, *, mode: int | None
     _sync_folder(fd)
 
 
-def remove(fd: int, target: Target) -> None:
-    """Delete the regular file ``target`` from folder ``fd``."""
+def unchanged(fd: int, target: Target, expect: str | None) -> None:
+    """Nothing, when the file ``target`` in folder ``fd`` has the sha256 ``expect`` (None: there is
+    no file); else a ``conflict``."""
+    found = read_existing(fd, target, content=False)
+    if (found.sha256 if found else None) != expect:
+        raise conflict(target.path)
+
+
+def remove(fd: int, target: Target, *, expect: str | Unchecked | None = ANY) -> None:
+    """Delete the regular file ``target`` from folder ``fd``; ``expect``: the sha256 it must still
+    have right before (else a ``conflict``, and it stays)."""
+    if not isinstance(expect, Unchecked):
+        unchanged(fd, target, expect)
     try:
         before = os.stat(target.name, dir_fd=fd, follow_symlinks=False)
         if not stat.S_ISREG(before.st_mode):

@@ -5,17 +5,23 @@ it from her durable consumer (``veronica``), and:
 
 1. drops it when its outcome is stored already, or the task went on without it (ended, cancelled,
    superseded: ``reads.unwanted_after``);
-2. claims it: a ``tool_claim`` on the call's own subject, which takes one message ever. A claim
-   already there means somebody took the call before: Victoria, giving it up (then nothing runs), or
-   an instance of Veronica that died while it ran. A call that may run again (``rerun``, the
-   read-only tools) then simply runs; any other is not run twice: its outcome says "interrupted:
-   unknown whether it finished", and the model decides;
-3. runs it (a command in the sandbox, which dies with her: ``sandbox``'s parent-death signal);
+2. claims it: a ``tool_claim`` on the call's own subject, which takes one message ever. A write
+   (``write_file``, ``apply_patch``) is computed first, and its claim holds each file's SHA-256 as
+   found just before and as the write leaves it. A claim already there means somebody took the
+   call before: Victoria, giving it up (then nothing runs), or an instance of Veronica that died
+   while it ran. A call that may run again (``rerun``, the read-only tools) then simply runs. A
+   write compares the files now with its claim: all as the write leaves them, it is recorded done
+   without writing; all as they were found, nothing of it happened and it is written now; a file
+   that is neither is a conflict (somebody else changed it), not overwritten. Any other call is not
+   run twice: its outcome says "interrupted: unknown whether it finished", and the model decides;
+3. runs it (a command in the sandbox, which dies with her: ``sandbox``'s parent-death signal; a
+   write checks right before its rename that the file still has the hash it was computed from);
 4. stores its ``tool_outcome`` (one message ever) and says so on ``victoria.result.<task>.<call>``;
 5. acknowledges the intent.
 
 A cancel request for the task stops its running calls (a command's tree within 2 s); their
-outcome says so.
+outcome says so. Each call Veronica takes is a span ``execute_tool <tool>`` in the task's trace
+(OpenTelemetry's GenAI conventions).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -33,7 +40,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from victoria.actors.veronica import files
 from victoria.actors.veronica.commands import Commands
@@ -46,6 +53,24 @@ from victoria.runtime.protocol import parse_ack_subject
 log = logging.getLogger(__name__)
 
 INTERRUPTED: Final = "interrupted: Veronica stopped while it ran; unknown whether it finished"
+EXECUTE_TOOL: Final = "execute_tool"  # gen_ai.operation.name of a tool call's span
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A write tool's call computed before its claim: the files it changes, and the writing."""
+
+    changes: list[contracts.FileChange]
+    """Each file's SHA-256 now and as the write leaves it."""
+    write: Callable[[], str]
+    """Writes them (blocking), checking each still has its hash; the tool's result."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    intent: contracts.ToolIntent
+    workspace: Path
+    write: _Write | None = None
 
 
 class Executor:
@@ -77,39 +102,122 @@ class Executor:
             log.info("task %s %s not run: %s", intent.task_id, intent.call_id, unwanted)
             await msg.ack()
             return
-        claim = contracts.ToolClaim(task_id=intent.task_id, call_id=intent.call_id, instance=self.instance)
-        if not await fence.append_once(self.nc, subjects.tool_claim(intent.task_id, intent.call_id), claim):
+        call = _Call(intent, Path(intent.workspace) if intent.workspace else self.commands.config.workspace)
+        failed: contracts.ToolOutcome | None = None  # a write that cannot be computed: its error
+        prepare = _PREPARE.get(intent.tool)
+        if prepare is not None:
+            try:
+                call = _Call(intent, call.workspace, await asyncio.to_thread(prepare, intent, call.workspace))
+            except (ToolError, OSError) as exc:
+                failed = self._failed(intent, exc)
+        claim = contracts.ToolClaim(
+            task_id=intent.task_id,
+            call_id=intent.call_id,
+            instance=self.instance,
+            changes=call.write.changes if call.write is not None else [],
+        )
+        earlier: contracts.ToolClaim | None = None
+        taken_before = not await fence.append_once(
+            self.nc, subjects.tool_claim(intent.task_id, intent.call_id), claim
+        )
+        if taken_before:
             earlier = await reads.last_tool_claim(self.js, intent.task_id, intent.call_id)
             if earlier is not None and earlier.by == "victoria":
                 log.info("task %s %s not run: Victoria gave it up", intent.task_id, intent.call_id)
                 await msg.ack()
                 return
-            if not intent.rerun:
-                log.warning(
-                    "task %s %s: taken before and unfinished; not run again", intent.task_id, intent.call_id
-                )
-                await self._store(self._outcome(intent, ok=False, error=INTERRUPTED, interrupted=True))
-                await msg.ack()
-                return
-            log.info(
-                "task %s %s: taken before and unfinished; running it again", intent.task_id, intent.call_id
-            )
         span = tracing.tracer().start_span(
-            f"tool {intent.tool}",
+            f"{EXECUTE_TOOL} {intent.tool}",
             context=tracing.context_from(msg.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={"victoria.task_id": intent.task_id, "victoria.call_id": intent.call_id},
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": EXECUTE_TOOL,
+                "gen_ai.tool.name": intent.tool,
+                "gen_ai.tool.call.id": intent.call_id,
+                "gen_ai.tool.type": "function",
+                "victoria.task_id": intent.task_id,
+            },
         )
         try:
-            outcome = await self._run(intent)
-            span.set_attribute("victoria.ok", outcome.ok)
+            outcome = await self._taken_before(call, earlier) if taken_before else failed
+            if outcome is None:
+                outcome = await self._run(call)
+            _end(span, outcome)
         finally:
             span.end()
         await self._store(outcome)
         await msg.ack()
 
-    async def _run(self, intent: contracts.ToolIntent) -> contracts.ToolOutcome:
-        run = asyncio.ensure_future(self._execute(intent))
+    async def _taken_before(
+        self, call: _Call, earlier: contracts.ToolClaim | None
+    ) -> contracts.ToolOutcome | None:
+        """The outcome of a call another instance of Veronica claimed and left without one, or
+        None when it is to run now."""
+        intent = call.intent
+        if earlier is not None and earlier.changes and intent.tool in _PREPARE:
+            return await self._write_again(call, earlier.changes)
+        if not intent.rerun:
+            log.warning(
+                "task %s %s: taken before and unfinished; not run again", intent.task_id, intent.call_id
+            )
+            return self._outcome(intent, ok=False, error=INTERRUPTED, interrupted=True)
+        log.info("task %s %s: taken before and unfinished; running it again", intent.task_id, intent.call_id)
+        return None
+
+    async def _write_again(
+        self, call: _Call, claimed: list[contracts.FileChange]
+    ) -> contracts.ToolOutcome | None:
+        """A write delivered again after the Veronica that claimed it died: its files compared with
+        the claim. All as the write leaves them: done, not written again. All as they were found:
+        nothing of it happened, so None (write it now). A file that is neither: a conflict."""
+        from victoria.actors.veronica import edit
+
+        intent = call.intent
+        began = time.monotonic()
+        try:
+            now = await asyncio.to_thread(
+                lambda: {change.path: edit.current_sha256(call.workspace, change.path) for change in claimed}
+            )
+        except (ToolError, OSError) as exc:
+            return self._failed(intent, exc)
+        done = [c.path for c in claimed if now[c.path] == c.after]
+        undone = [c.path for c in claimed if now[c.path] == c.before and now[c.path] != c.after]
+        changed = [c.path for c in claimed if now[c.path] not in (c.before, c.after)]
+        took = time.monotonic() - began
+        if changed:
+            log.info("task %s %s: %s changed since it was claimed", intent.task_id, intent.call_id, changed)
+            return self._outcome(intent, ok=False, error=_conflict(changed), duration=took)
+        if not undone:
+            log.info("task %s %s: found done; not written again", intent.task_id, intent.call_id)
+            outcome = self._outcome(
+                intent,
+                ok=True,
+                output=f"found done: {_names(done)} already as this call leaves "
+                f"{'it' if len(done) == 1 else 'them'} (written before Veronica stopped); not written again",
+                duration=took,
+            )
+            return msgspec.structs.replace(outcome, changes=claimed)
+        if done:
+            log.warning("task %s %s: found half done", intent.task_id, intent.call_id)
+            return self._outcome(
+                intent,
+                ok=False,
+                error=f"interrupted: Veronica stopped while it wrote: {_names(done)} written, "
+                f"{_names(undone)} not; not finished",
+                interrupted=True,
+                duration=took,
+            )
+        if call.write is None or call.write.changes != claimed:
+            # Changed between the computing of the write and the look just now.
+            return self._outcome(intent, ok=False, error=_conflict(undone), duration=took)
+        log.info(
+            "task %s %s: not written before Veronica stopped; writing it now", intent.task_id, intent.call_id
+        )
+        return None
+
+    async def _run(self, call: _Call) -> contracts.ToolOutcome:
+        intent = call.intent
+        run = asyncio.ensure_future(self._execute(call))
         self.running[intent.task_id].add(run)
         began = time.monotonic()
         try:
@@ -129,8 +237,8 @@ class Executor:
             if not self.running[intent.task_id]:
                 self.running.pop(intent.task_id, None)
 
-    async def _execute(self, intent: contracts.ToolIntent) -> contracts.ToolOutcome:
-        workspace = Path(intent.workspace) if intent.workspace else self.commands.config.workspace
+    async def _execute(self, call: _Call) -> contracts.ToolOutcome:
+        intent = call.intent
         began = time.monotonic()
         tool = tools.BY_NAME.get(intent.tool)
         try:
@@ -139,13 +247,15 @@ class Executor:
             runner = _RUN.get(tool.name)
             if runner is None:
                 raise ToolError(f"{tool.name} is not Veronica's")
-            return await runner(self, intent, workspace)
-        except ToolError as exc:
-            return self._outcome(intent, ok=False, error=str(exc), duration=time.monotonic() - began)
-        except OSError as exc:
-            return self._outcome(
-                intent, ok=False, error=exc.strerror or str(exc), duration=time.monotonic() - began
-            )
+            return await runner(self, call)
+        except (ToolError, OSError) as exc:
+            return self._failed(intent, exc, duration=time.monotonic() - began)
+
+    def _failed(
+        self, intent: contracts.ToolIntent, exc: ToolError | OSError, *, duration: float = 0.0
+    ) -> contracts.ToolOutcome:
+        error = str(exc) if isinstance(exc, ToolError) else exc.strerror or str(exc)
+        return self._outcome(intent, ok=False, error=error, duration=duration)
 
     async def _store(self, outcome: contracts.ToolOutcome) -> None:
         stored = await fence.append_once(
@@ -190,6 +300,23 @@ class Executor:
         )
 
 
+def _end(span: Span, outcome: contracts.ToolOutcome) -> None:
+    span.set_attribute("victoria.ok", outcome.ok)
+    if not outcome.ok:
+        span.set_attribute("error.type", "interrupted" if outcome.interrupted else "tool_error")
+        span.set_status(Status(StatusCode.ERROR, outcome.error or ""))
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(repr(path) for path in paths)
+
+
+def _conflict(paths: list[str]) -> str:
+    from victoria.actors.veronica import edit
+
+    return f"{_names(paths)} {'was' if len(paths) == 1 else 'were'} {edit.CONFLICT}"
+
+
 def _arg(intent: contracts.ToolIntent, name: str, default: object = None) -> object:
     return intent.args.get(name, default)
 
@@ -204,11 +331,12 @@ def _str(intent: contracts.ToolIntent, name: str, default: str = "") -> str:
     return value if isinstance(value, str) else default
 
 
-async def _read_file(self: Executor, intent: contracts.ToolIntent, workspace: Path) -> contracts.ToolOutcome:
+async def _read_file(self: Executor, call: _Call) -> contracts.ToolOutcome:
+    intent = call.intent
     began = time.monotonic()
     text = await asyncio.to_thread(
         files.read_file,
-        workspace,
+        call.workspace,
         _str(intent, "path"),
         offset=_int(intent, "offset"),
         limit=_int(intent, "limit"),
@@ -216,26 +344,26 @@ async def _read_file(self: Executor, intent: contracts.ToolIntent, workspace: Pa
     return self._outcome(intent, ok=True, output=text, duration=time.monotonic() - began)
 
 
-async def _find_files(self: Executor, intent: contracts.ToolIntent, workspace: Path) -> contracts.ToolOutcome:
+async def _find_files(self: Executor, call: _Call) -> contracts.ToolOutcome:
     from victoria.actors.veronica import search  # pathspec: imported at the first search, not at start
 
+    intent = call.intent
     began = time.monotonic()
     found = await asyncio.to_thread(
-        search.find_files, workspace, _str(intent, "pattern"), _str(intent, "path", ".")
+        search.find_files, call.workspace, _str(intent, "pattern"), _str(intent, "path", ".")
     )
     return self._outcome(intent, ok=True, output=found.text(), duration=time.monotonic() - began)
 
 
-async def _grep_search(
-    self: Executor, intent: contracts.ToolIntent, workspace: Path
-) -> contracts.ToolOutcome:
+async def _grep_search(self: Executor, call: _Call) -> contracts.ToolOutcome:
     from victoria.actors.veronica import search
 
+    intent = call.intent
     began = time.monotonic()
     glob = intent.args.get("glob")
     found = await asyncio.to_thread(
         search.grep_search,
-        workspace,
+        call.workspace,
         _str(intent, "pattern"),
         _str(intent, "path", "."),
         glob if isinstance(glob, str) else None,
@@ -244,47 +372,55 @@ async def _grep_search(
     return self._outcome(intent, ok=True, output=found.text(), duration=time.monotonic() - began)
 
 
-async def _write_file(self: Executor, intent: contracts.ToolIntent, workspace: Path) -> contracts.ToolOutcome:
+def _prepare_write_file(intent: contracts.ToolIntent, workspace: Path) -> _Write:
     from victoria.actors.veronica import edit
 
-    began = time.monotonic()
-    done = await asyncio.to_thread(edit.write_file, workspace, _str(intent, "path"), _str(intent, "content"))
-    outcome = self._outcome(intent, ok=True, output=done.text(), duration=time.monotonic() - began)
-    change = contracts.FileChange(path=done.path, before=done.before_sha256, after=done.after_sha256)
-    return msgspec.structs.replace(outcome, changes=[change])
+    prepared = edit.prepare_write(workspace, _str(intent, "path"), _str(intent, "content"))
+    change = contracts.FileChange(
+        path=prepared.target.path, before=prepared.before_sha256, after=prepared.after_sha256
+    )
+    return _Write([change], lambda: prepared.write().text())
 
 
-async def _apply_patch(
-    self: Executor, intent: contracts.ToolIntent, workspace: Path
-) -> contracts.ToolOutcome:
-    from victoria.actors.veronica import patch
+def _prepare_apply_patch(intent: contracts.ToolIntent, workspace: Path) -> _Write:
+    from victoria.actors.veronica import patch  # unidiff: imported at the first patch, not at start
 
-    began = time.monotonic()
-    done = await asyncio.to_thread(patch.apply_patch, workspace, _str(intent, "patch"))
-    outcome = self._outcome(intent, ok=True, output=done.text(), duration=time.monotonic() - began)
+    prepared = patch.prepare_patch(workspace, _str(intent, "patch"))
     changes = [
-        contracts.FileChange(path=f.path, before=f.before_sha256, after=f.after_sha256) for f in done.files
+        contracts.FileChange(path=f.path, before=f.before_sha256, after=f.after_sha256)
+        for f in prepared.files
     ]
-    return msgspec.structs.replace(outcome, changes=changes)
+    return _Write(changes, lambda: prepared.write().text())
 
 
-async def _list_directory(
-    self: Executor, intent: contracts.ToolIntent, workspace: Path
-) -> contracts.ToolOutcome:
+async def _written(self: Executor, call: _Call) -> contracts.ToolOutcome:
+    """A write tool's call: as computed before its claim (computed now when it was not)."""
     began = time.monotonic()
-    listing = await asyncio.to_thread(files.scan_directory, workspace, str(_arg(intent, "path", ".")))
-    return self._outcome(intent, ok=True, output=listing.text(), duration=time.monotonic() - began)
+    write = call.write
+    if write is None:
+        write = await asyncio.to_thread(_PREPARE[call.intent.tool], call.intent, call.workspace)
+    text = await asyncio.to_thread(write.write)
+    outcome = self._outcome(call.intent, ok=True, output=text, duration=time.monotonic() - began)
+    return msgspec.structs.replace(outcome, changes=write.changes)
 
 
-async def _run_command(
-    self: Executor, intent: contracts.ToolIntent, workspace: Path
-) -> contracts.ToolOutcome:
+async def _list_directory(self: Executor, call: _Call) -> contracts.ToolOutcome:
+    began = time.monotonic()
+    listing = await asyncio.to_thread(
+        files.scan_directory, call.workspace, str(_arg(call.intent, "path", "."))
+    )
+    return self._outcome(call.intent, ok=True, output=listing.text(), duration=time.monotonic() - began)
+
+
+async def _run_command(self: Executor, call: _Call) -> contracts.ToolOutcome:
+    intent = call.intent
     timeout = _arg(intent, "timeout_s")
     done = await self.commands.run(
         str(_arg(intent, "command", "")),
         cwd=str(_arg(intent, "cwd", ".")),
         timeout_s=float(timeout) if isinstance(timeout, int | float) else None,
-        workspace=workspace,
+        workspace=call.workspace,
+        approved=bool(intent.approved_by),
     )
     lines = [f"exit code: {done.exit_code}" if done.exit_code is not None else f"ended: {done.reason}"]
     if done.stdout:
@@ -301,14 +437,21 @@ async def _run_command(
     )
 
 
-_RUN: Final[dict[str, Callable[[Executor, contracts.ToolIntent, Path], Awaitable[contracts.ToolOutcome]]]] = {
+_RUN: Final[dict[str, Callable[[Executor, _Call], Awaitable[contracts.ToolOutcome]]]] = {
     tools.READ_FILE.name: _read_file,
     tools.LIST_DIRECTORY.name: _list_directory,
     tools.FIND_FILES.name: _find_files,
     tools.GREP_SEARCH.name: _grep_search,
-    tools.WRITE_FILE.name: _write_file,
-    tools.APPLY_PATCH.name: _apply_patch,
+    tools.WRITE_FILE.name: _written,
+    tools.APPLY_PATCH.name: _written,
     tools.RUN_COMMAND.name: _run_command,
 }
 """Veronica's tools by name, as durable calls: a tool of hers that is not here fails the test of
 the table."""
+
+_PREPARE: Final[dict[str, Callable[[contracts.ToolIntent, Path], _Write]]] = {
+    tools.WRITE_FILE.name: _prepare_write_file,
+    tools.APPLY_PATCH.name: _prepare_apply_patch,
+}
+"""The write tools: each call computed before its claim (blocking; run in a thread), so that the
+claim holds its files' hashes."""

@@ -16,11 +16,13 @@ Hunks
     found off (as ``patch`` does), then up to ``MAX_HUNK_OFFSET`` lines below and above, nearest
     first, never over a hunk before. A hunk found off says so in the result.
 All or nothing
-    Every hunk of every file is applied in memory first; one that does not apply is a ``ToolError``
-    naming the file, the hunk (its number and header line) and why, and nothing is written. Then
-    each file is written as ``write_file`` writes (``edit.py``: a temporary file in the same folder,
-    fsync, ``os.replace``), after checking that its sha256 is still the one read; if a write fails,
-    the files already written are put back as they were.
+    Every hunk of every file is applied in memory first (``prepare_patch``, which says each file's
+    sha256 before and after); one that does not apply is a ``ToolError`` naming the file, the hunk
+    (its number and header line) and why, and nothing is written. Then each file is written as
+    ``write_file`` writes (``edit.py``: a temporary file in the same folder, fsync, ``os.replace``),
+    after checking, right before its rename (or its deletion), that its sha256 is still the one the
+    patch was applied to: a file somebody else changed in between is a conflict, not overwritten. If
+    a write fails, the files already written are put back as they were.
 Line ends
     A changed file keeps its line ends: lines added to a CRLF file end in CRLF (to an LF file, LF);
     lines kept keep their own. A new file takes the patch's. A UTF-8 byte order mark stays, and
@@ -40,6 +42,7 @@ from unidiff.patch import PatchedFile, PatchSet
 from victoria.actors.veronica.edit import (
     Existing,
     Target,
+    conflict,
     folder,
     read_existing,
     remove,
@@ -95,8 +98,33 @@ class PatchOutcome:
         return "\n".join([f"patched {count}:", *(f"  {change.text()}" for change in self.files)])
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedPatch:
+    """A patch applied in memory and not written yet."""
+
+    states: tuple[_State, ...]
+    """The files it changes, in the order of the patch."""
+
+    @property
+    def files(self) -> tuple[FileChange, ...]:
+        """What it does to each file: its sha256 now and after the patch."""
+        return tuple(state.outcome() for state in self.states)
+
+    def write(self) -> PatchOutcome:
+        """Write every file or none; a conflict when one no longer has the hash it had when the
+        patch was applied to it in memory."""
+        _write_all(list(self.states))
+        return PatchOutcome(self.files)
+
+
 def apply_patch(workspace: Path, patch: str) -> PatchOutcome:
     """Apply the unified diff ``patch`` to the workspace: every hunk of every file or nothing."""
+    return prepare_patch(workspace, patch).write()
+
+
+def prepare_patch(workspace: Path, patch: str) -> PreparedPatch:
+    """The unified diff ``patch`` applied to the files of the workspace in memory, nothing written:
+    a ``ToolError`` when it does not apply."""
     root = _root(workspace)
     text, crlf = _normalized(patch)
     parsed = _parsed(text)
@@ -108,9 +136,7 @@ def apply_patch(workspace: Path, patch: str) -> PatchOutcome:
         if state is None:
             state = states[target.parts] = _State.read(target)
         _patch_file(state, entry, lines_of_patch, crlf)
-    changes = [state for state in states.values() if state.changed]
-    _write_all(changes)
-    return PatchOutcome(tuple(state.outcome() for state in changes))
+    return PreparedPatch(tuple(state for state in states.values() if state.changed))
 
 
 # --- reading the patch -----------------------------------------------------------------------------
@@ -448,15 +474,17 @@ def _write_all(states: list[_State]) -> None:
 def _write(state: _State) -> None:
     target = state.target
     data = state.data
+    expect = state.before.sha256 if state.before else None
     with folder(target, create=data is not None) as fd:
-        current = None if fd is None else read_existing(fd, target, content=False)
-        if (current.sha256 if current else None) != (state.before.sha256 if state.before else None):
-            raise ToolError(f"{target.path!r} changed while the patch was being applied")
         if data is not None:
             assert fd is not None  # made when missing
-            replace_atomically(fd, target, data, mode=state.before.mode if state.before else None)
-        elif fd is not None and current is not None:
-            remove(fd, target)
+            replace_atomically(
+                fd, target, data, mode=state.before.mode if state.before else None, expect=expect
+            )
+        elif fd is None:  # its folder is gone, and the file with it
+            raise conflict(target.path)
+        else:
+            remove(fd, target, expect=expect)
 
 
 def _restore(done: list[_State]) -> list[str]:

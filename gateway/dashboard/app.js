@@ -27,6 +27,9 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// replaceChildren() writes null as the text "null": leave out what is not there.
+const fill = (el, ...children) => el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+
 const badge = (status) => h("span", { class: `badge ${status}` }, status);
 const short = (id) => String(id).slice(0, 12);
 const clock = (ts) => (ts ? new Date(ts).toLocaleTimeString() : "");
@@ -37,6 +40,9 @@ function seconds(s) {
   const m = Math.floor(s / 60);
   return m < 60 ? `${m} min ${Math.round(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
+
+// A tool call's duration: most take milliseconds.
+const callTime = (s) => (s < 1 ? `${Math.round(s * 1000)} ms` : seconds(s));
 
 function megabytes(bytes) {
   return bytes === null || bytes === undefined ? "" : `${(bytes / 1048576).toFixed(0)} MB`;
@@ -319,12 +325,17 @@ function taskPage(root, taskId) {
   const strip = h("div", { class: "strip", id: "timeline-strip" });
   const timeline = h("ol", { class: "timeline", id: "timeline" });
   const result = h("section", { id: "result" });
+  const toolRows = h("tbody", { id: "tool-rows" });
+  const noTools = h("p", { class: "muted", id: "no-tools" }, "No tool calls.");
   const logs = h("tbody", { id: "log-rows" });
   const noLogs = h("p", { class: "muted" }, "No log records for this task (at INFO a task that goes well logs nothing).");
   root.replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← all tasks")),
     title, head,
     h("h2", {}, "Time line"), strip, timeline,
+    h("h2", {}, "Tool calls"),
+    h("table", { class: "toolcalls" }, h("thead", {}, h("tr", {}, ["tool", "arguments", "outcome", "duration", "approval"].map((t) => h("th", {}, t)))), toolRows),
+    noTools,
     h("h2", {}, "Result"), result,
     h("h2", {}, "Log"), h("table", { class: "logs" }, h("thead", {}, h("tr", {}, ["time", "actor", "level", "message"].map((t) => h("th", {}, t)))), logs), noLogs);
 
@@ -332,6 +343,7 @@ function taskPage(root, taskId) {
   let attempt = 0;
   let finished = false;
   const calls = new Map(); // request_id -> {el, words, got}
+  const toolCalls = new Map(); // call_id -> what its events said, and its row
   const stages = []; // {name, attempt, at}
   let endAt = null;
 
@@ -357,6 +369,13 @@ function taskPage(root, taskId) {
       ...fact("attempts", String(s.attempts)),
       ...fact("created", s.created_at ? new Date(s.created_at).toLocaleString() : ""),
       ...fact("trace", trace));
+    for (const p of s.pending_approvals || []) {
+      const c = toolCall(p.id);
+      if (!c.requested) {
+        c.requested = { tool: p.tool, args: p.arguments, effect: p.effect, ts: p.requested_at, timeout_s: p.timeout_s };
+        drawTool(c);
+      }
+    }
     result.replaceChildren();
     if (s.output) result.append(h("pre", { class: "output", id: "task-output" }, s.output));
     if (s.error) result.append(h("pre", { class: "error", id: "task-error" }, `${s.error_kind || "error"}: ${s.error}`));
@@ -411,6 +430,145 @@ function taskPage(root, taskId) {
     return found;
   }
 
+  // One row per tool call: what its approval_requested, approval_decided, tool_intent and
+  // tool_outcome events said (any of them may come first on a reload, or be missing).
+  function toolCall(id) {
+    let c = toolCalls.get(id);
+    if (c) return c;
+    const cells = {
+      tool: h("td", { class: "tool" }),
+      args: h("td", { class: "args" }),
+      outcome: h("td", { class: "outcome" }),
+      duration: h("td", { class: "num duration" }),
+      approval: h("td", { class: "approval" }),
+    };
+    const row = h("tr", { "data-call": id }, Object.values(cells));
+    toolRows.append(row);
+    noTools.hidden = true;
+    c = { id, row, cells, li: null, meta: null, requested: null, decided: null, intent: null, outcome: null,
+      note: "", shown: null, sending: false };
+    toolCalls.set(id, c);
+    return c;
+  }
+
+  function onTimeline(c, ts) {
+    if (c.li) return;
+    c.meta = h("span", { class: "meta" });
+    c.li = item("tool", ts, h("span", { class: "kind" }, "tool "), h("strong", {}, toolName(c)), " ", c.meta);
+    c.li.dataset.call = c.id;
+  }
+
+  const toolName = (c) => (c.intent || c.requested || c.outcome || {}).tool || "";
+
+  function toolState(c) {
+    if (c.outcome) return c.outcome.interrupted ? "interrupted" : c.outcome.ok ? "ok" : "failed";
+    if (c.decided && c.decided.decision === "deny") return "denied";
+    if (c.requested && !c.decided) return finished ? "undecided" : "waiting";
+    return finished ? "unknown" : "running";
+  }
+
+  const OUTCOME = { ok: "ok", failed: "error", interrupted: "interrupted", denied: "denied", waiting: "waiting",
+    undecided: "not run", running: "running", unknown: "unknown" };
+
+  function argLines(args) {
+    return Object.entries(args || {}).map(([k, v]) => {
+      const text = typeof v === "string" ? v : JSON.stringify(v);
+      return `${k}: ${text.length > 2000 ? `${text.slice(0, 2000)}…` : text}`;
+    }).join("\n");
+  }
+
+  function decisionText(d) {
+    const said = `${d.decision === "approve" ? "approved" : "denied"} by ${d.by || "someone"}`;
+    return `${said}${d.reason ? `: ${d.reason}` : ""}${d.ts ? ` at ${clock(d.ts)}` : ""}`;
+  }
+
+  function drawTool(c) {
+    const state = toolState(c);
+    c.row.dataset.state = state;
+    const effect = (c.intent || c.requested || {}).effect;
+    fill(c.cells.tool, h("strong", {}, toolName(c)), effect ? h("div", { class: "muted effect" }, effect) : null);
+    const args = (c.intent || c.requested || {}).args;
+    fill(c.cells.args, args && Object.keys(args).length ? h("pre", { class: "args" }, argLines(args)) : "");
+    const o = c.outcome;
+    const outcome = [h("span", { class: `badge ${state}` }, OUTCOME[state])];
+    if (o && o.exit_code !== null && o.exit_code !== undefined) outcome.push(h("span", { class: "exit" }, ` exit ${o.exit_code}`));
+    if (o && o.error) outcome.push(h("div", { class: "tool-error" }, o.error));
+    if (!o && state === "denied") outcome.push(h("div", { class: "tool-error" }, "not run"));
+    if (o && o.output) outcome.push(h("pre", { class: "excerpt" }, o.output.length > 2000 ? `${o.output.slice(0, 2000)}…` : o.output));
+    fill(c.cells.outcome, ...outcome);
+    c.cells.duration.textContent = o ? callTime(o.duration_s || 0) : "";
+    drawApproval(c, state);
+    if (c.li) {
+      c.li.className = `tool ${state}`;
+      c.li.querySelector("strong").textContent = toolName(c);
+      c.meta.textContent = state === "waiting" ? "waits for a person's decision"
+        : state === "running" ? "running…"
+          : state === "denied" ? decisionText(c.decided)
+            : o ? `${OUTCOME[state]}${o.exit_code !== null && o.exit_code !== undefined ? ` (exit ${o.exit_code})` : ""} in ${callTime(o.duration_s || 0)}${o.error ? `: ${o.error}` : ""}`
+              : OUTCOME[state];
+    }
+  }
+
+  // The approval cell is redrawn only when what it says changes, so a reason being typed survives.
+  function drawApproval(c, state) {
+    const by = c.intent && c.intent.approved_by;
+    const key = JSON.stringify([state === "waiting", c.requested, c.decided, by, c.note, c.sending]);
+    if (c.shown === key) return;
+    c.shown = key;
+    const cell = c.cells.approval;
+    const note = c.note ? h("div", { class: "note" }, c.note) : null;
+    if (c.decided) {
+      fill(cell, h("span", { class: `decision ${c.decided.decision}` }, decisionText(c.decided)), note);
+    } else if (by) {
+      fill(cell, h("span", { class: "decision approve" }, `approved by ${by}`), note);
+    } else if (!c.requested) {
+      fill(cell, h("span", { class: "muted" }, "not needed"));
+    } else if (state !== "waiting") {
+      fill(cell, h("span", { class: "muted" }, "never decided"), note);
+    } else {
+      const r = c.requested;
+      const until = r.timeout_s ? new Date(new Date(r.ts).getTime() + r.timeout_s * 1000) : null;
+      const reason = h("input", { class: "reason", type: "text", required: true, maxlength: 2000,
+        placeholder: "why not (the model reads it)", "aria-label": "reason" });
+      const form = h("form", { class: "deny-form", hidden: true }, reason, h("button", { type: "submit", class: "deny-send" }, "Send denial"));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        if (reason.value.trim()) decide(c, "deny", reason.value.trim());
+      });
+      fill(cell, 
+        h("div", {}, "waits for a decision", until ? h("span", { class: "muted" }, ` (denied at ${clock(until)} if none)`) : null),
+        h("div", { class: "decide" },
+          h("button", { class: "approve", disabled: c.sending, onclick: () => decide(c, "approve", "") }, "Approve"),
+          h("button", { class: "deny", disabled: c.sending, onclick: () => { form.hidden = false; reason.focus(); } }, "Deny")),
+        form, note);
+    }
+  }
+
+  async function decide(c, decision, reason) {
+    c.sending = true;
+    c.note = "sending…";
+    drawTool(c);
+    try {
+      const response = await request(`run/${encodeURIComponent(taskId)}/approvals/${encodeURIComponent(c.id)}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ decision, reason }),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (response.status === 200 || response.status === 409) {
+        c.decided = c.decided || { decision: body.decision, reason: body.reason, by: body.by, ts: body.decided_at };
+        c.note = response.status === 409 ? "decided before" : "";
+      } else {
+        c.note = `not sent: ${body.detail || `HTTP ${response.status}`}`;
+      }
+    } catch (error) {
+      c.note = `not sent: ${error.message}`;
+    }
+    c.sending = false;
+    drawTool(c);
+    refresh();
+  }
+
   function onEvent(type, e) {
     if (!start && e.ts) start = new Date(e.ts);
     switch (type) {
@@ -454,6 +612,37 @@ function taskPage(root, taskId) {
           e.ok ? "ok" : e.error || "failed", e.output ? h("pre", { class: "words" }, e.output.slice(0, 4000)) : null);
         break;
       }
+      case "approval_requested": {
+        const c = toolCall(e.approval_id);
+        c.requested = e;
+        onTimeline(c, e.ts);
+        drawTool(c);
+        refresh();
+        break;
+      }
+      case "approval_decided": {
+        const c = toolCall(e.approval_id);
+        c.decided = e;
+        if (c.note === "decided before") c.note = "";
+        onTimeline(c, e.ts);
+        drawTool(c);
+        refresh();
+        break;
+      }
+      case "tool_intent": {
+        const c = toolCall(e.call_id);
+        c.intent = e;
+        onTimeline(c, e.ts);
+        drawTool(c);
+        break;
+      }
+      case "tool_outcome": {
+        const c = toolCall(e.call_id);
+        c.outcome = e;
+        onTimeline(c, e.ts);
+        drawTool(c);
+        break;
+      }
       case "task_cancel_requested":
         item("detail", e.ts, `cancel requested: ${e.reason || ""}`);
         break;
@@ -463,6 +652,7 @@ function taskPage(root, taskId) {
         finished = true;
         endAt = new Date(e.ts);
         item(`end ${type.slice(5)}`, e.ts, h("strong", {}, type.slice(5)));
+        toolCalls.forEach(drawTool);
         drawStrip();
         refresh();
         break;
@@ -474,8 +664,11 @@ function taskPage(root, taskId) {
   async function refresh() {
     try {
       const s = await getJSON(`run/status/${encodeURIComponent(taskId)}`);
+      if (TERMINAL.has(s.status) && !finished) {
+        finished = true;
+        toolCalls.forEach(drawTool);
+      }
       showStatus(s);
-      if (TERMINAL.has(s.status)) finished = true;
     } catch (error) {
       head.replaceChildren(h("p", { class: "error" }, error.message));
     }
