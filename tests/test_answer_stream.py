@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from victoria.gateway.answer_stream import AnswerStream
+from victoria.gateway.answer_stream import AnswerStream, StepAnswers
 
 
 def fed(pieces: list[str]) -> str:
@@ -45,3 +45,33 @@ def test_any_answer_survives_any_cut(answer: str, size: int) -> None:
     pieces = [reply[i : i + size] for i in range(0, len(reply), size)]
     expected = answer.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     assert fed(pieces) == expected
+
+
+def test_a_native_reply_is_the_answer_as_it_comes() -> None:
+    stream = AnswerStream(native=True)
+    pieces = ["  The ", 'answer "as is" ', "\\n here."]
+    assert "".join(stream.feed(piece) for piece in pieces) == '  The answer "as is" \\n here.'
+    assert stream.started
+
+
+def test_a_native_reply_written_as_json_is_read_as_json() -> None:
+    reply = json.dumps({"tool": "finish", "args": {"answer": "from json"}})
+    for size in (1, 4):
+        pieces = [reply[i : i + size] for i in range(0, len(reply), size)]
+        stream = AnswerStream(native=True)
+        assert "".join(stream.feed(p) for p in pieces) == "from json"
+    assert AnswerStream(native=True).feed('{"tool": "read_file", "args": {"path": "a"}}') == ""
+    tagged = AnswerStream(native=True)
+    assert [tagged.feed(p) for p in ["<tool", '_call>{"name": "read_file"}']] == ["", ""]
+    html = AnswerStream(native=True)
+    assert "".join(html.feed(p) for p in ["<", "b>bold</b>"]) == "<b>bold</b>"
+
+
+def test_a_steps_words_that_come_before_its_request_wait_for_it() -> None:
+    answers = StepAnswers()
+    assert answers.feed("step-1", "Plain ") == ""
+    assert answers.requested("step-1", native=True) == "Plain "
+    assert answers.feed("step-1", "words.") == "words."
+    assert answers.requested("step-1", native=True) == ""  # seen once
+    answers.requested("step-1-text", native=False)
+    assert answers.feed("step-1-text", '{"tool": "finish", "args": {"answer": "json"}}') == "json"

@@ -130,7 +130,7 @@ async def test_a_server_is_known_by_what_it_answers() -> None:
         kind="llama.cpp", context=4096, slots=4, tools=False, answers_while_generating=True
     )
     assert await traits.discover(get, "http://b", "openai", {}) == traits.Traits(
-        kind="llama-cpp-python", slots=1
+        kind="llama-cpp-python", slots=1, tools=False
     )
     vllm = {"data": [{"id": "m", "max_model_len": 32768}]}
     assert (await traits.discover(get, "http://c", "openai", vllm)).context == 32768

@@ -1,4 +1,4 @@
-"""Reading a model's step reply (actors/agent/replies.py parse_action)."""
+"""Reading a model's step reply (actors/agent/replies.py: parse_action, parse_native, native_call)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from victoria.actors.agent.replies import Finish, ToolCall, parse_action
+from victoria.actors.agent.replies import Finish, ToolCall, native_call, parse_action, parse_native
 
 
 def test_a_clean_json_finish_is_a_finish_with_the_answer() -> None:
@@ -176,3 +176,32 @@ _json_ish = st.lists(
 @given(_json_ish)
 def test_any_json_like_fragment_never_raises(text: str) -> None:
     assert isinstance(parse_action(text), Finish | ToolCall)
+
+
+def test_a_native_reply_in_plain_words_is_the_answer_as_written() -> None:
+    assert parse_native("  Here it is.\n") == Finish("Here it is.")
+    assert parse_native('{"answer": "42"}') == Finish('{"answer": "42"}')  # names no tool: as written
+    assert parse_native('See {"tool": "read_file", "args": {"path": "a"}}.') == Finish(
+        'See {"tool": "read_file", "args": {"path": "a"}}.'
+    )
+
+
+def test_a_native_reply_that_is_a_json_tool_call_is_that_call() -> None:
+    assert parse_native('{"tool": "read_file", "args": {"path": "a.md"}}') == ToolCall(
+        "read_file", {"path": "a.md"}
+    )
+    tagged = '<tool_call>\n{"name": "run_command", "arguments": {"cmd": "ls"}}\n</tool_call>'
+    assert parse_native(tagged) == ToolCall("run_command", {"command": "ls", "cwd": "."})
+    fenced = '```json\n{"tool": "read_file", "args": {}, "thought": "look"}\n```'
+    assert parse_native(fenced) == ToolCall("read_file", {}, "look")  # the schema check refuses it after
+    assert parse_native('{"tool": "finish", "args": {"answer": "Done."}}') == Finish("Done.")
+    assert parse_native('{"tool": "finish", "args": {"answer": "Cut sho') == Finish("Cut sho")
+
+
+def test_a_native_call_is_read_by_the_tools_names_and_aliases() -> None:
+    assert native_call("ls", {}) == ToolCall("list_directory", {"path": "."})
+    assert native_call("read_file", {"file": "a"}) == ToolCall("read_file", {"path": "a"})
+    assert native_call("read_file", {"path": 3}) == ToolCall("read_file", {"path": 3})
+    assert native_call("nothing", {"a": 1}) == ToolCall("nothing", {"a": 1})
+    assert native_call("finish", {"answer": "bye"}) == Finish("bye")
+    assert str(native_call("read_file", {"_raw": "{oops"})).startswith("the arguments of read_file were not")

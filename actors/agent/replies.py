@@ -80,7 +80,7 @@ _WHOLE_FENCE: Final = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re
 def parse_native(text: str) -> Action:
     """A native step reply that called no tool: its text is the final answer, except when the whole
     text (bare, in a code fence, or in ``<tool_call>`` tags) is one JSON object naming a tool of the
-    table, ``{"tool": "read_file", "args": {...}}`` or ``{"name": ..., "arguments": ...}``: what
+    table, ``{"tool": <name>, "args": {...}}`` or ``{"name": ..., "arguments": ...}``: what
     small models write when their chat template fails to make a native call of it. That is that
     call (``finish``: its answer), cut-short JSON read as ``parse_action`` reads it. A JSON object
     that names no tool, or JSON inside prose, is the answer as written."""

@@ -544,10 +544,19 @@ class LLMRunner(Actor):
             if self.registry is not None:
                 await self.registry.known(slot)
             model = self._model_there(event, model, slot, url)
-            if event.tools and slot.spec.tools_for(model) is False:
+            takes = (
+                self.registry.takes_tools(slot, model)
+                if self.registry is not None
+                else slot.spec.tools_for(model)
+            )
+            if event.tools and takes is False:
+                why = (
+                    "tools = false in the models file"
+                    if slot.spec.tools_for(model) is False
+                    else "it says so"
+                )
                 raise LLMToolsRefused(
-                    f"model server {slot.spec.url} does not take tools for {model} (tools = false in "
-                    "the models file): ask without them",
+                    f"model server {slot.spec.url} does not take tools for {model} ({why}): ask without them",
                     url=url,
                 )
             keep_alive = self.registry.keep_alive(slot, model) if self.registry is not None else None

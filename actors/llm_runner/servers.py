@@ -325,6 +325,19 @@ class Registry:
             return None
         return sorted(listed)
 
+    def takes_tools(self, slot: Slot, model: str) -> bool | None:
+        """Whether the server (or its model) is known to take a request's ``tools``: the models
+        file first, then what the server said of the model (Ollama's capabilities) or of itself
+        (llama-server's chat template; llama-cpp-python, which only puts them in its template);
+        None: not known, so they are sent and a refusal is heard."""
+        said = slot.spec.tools_for(model)
+        if said is not None:
+            return said
+        entry = self.models[slot.key].get(model)
+        if entry is not None and entry.tools is not None:
+            return entry.tools
+        return self.traits[slot.key].tools
+
     def interrupts(self, slot: Slot) -> bool:
         """Any other request cuts this server's running generation (llama-cpp-python)."""
         return self.traits[slot.key].kind == "llama-cpp-python"

@@ -17,8 +17,9 @@
 
 Tools: a server that does not take a request's ``tools`` says so in its error (``refuses_tools``),
 except llama-cpp-python, which puts them in the chat template and answers in text (its
-``chatml-function-calling`` and ``functionary`` chat formats aside): say ``tools = false`` for it
-in the models file.
+``chatml-function-calling`` and ``functionary`` chat formats aside): it is taken as not taking tools
+(``tools = true`` in the models file says otherwise), as a llama-server whose chat template has no
+tools is.
 
 Pure code except ``discover``, which takes the HTTP getter.
 """
@@ -79,7 +80,7 @@ async def discover(get: Get, base: str, api: str, listing: Any) -> Traits:
         openapi = None
     title = str(((openapi or {}).get("info") or {}).get("title") or "") if isinstance(openapi, dict) else ""
     if "llama.cpp python" in title.lower():
-        return Traits(kind="llama-cpp-python", slots=1)
+        return Traits(kind="llama-cpp-python", slots=1, tools=False)
     return Traits(kind="openai")
 
 

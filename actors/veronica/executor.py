@@ -94,7 +94,10 @@ class Executor:
             return
         ack = parse_ack_subject(msg.reply)
         seq = ack.stream_seq if ack is not None else reads.stream_sequence(msg)
-        if await reads.last_tool_outcome(self.js, intent.task_id, intent.call_id) is not None:
+        # A first delivery has no outcome yet: only a claimer stores one, and a claim already
+        # there (Victoria's, giving the call up) refuses hers below. One direct get saved a call.
+        redelivered = (ack.delivered if ack is not None else reads.delivery_count(msg)) > 1
+        if redelivered and await reads.last_tool_outcome(self.js, intent.task_id, intent.call_id):
             await msg.ack()
             return
         unwanted = await reads.unwanted_after(self.js, intent.task_id, seq)
