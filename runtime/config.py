@@ -517,7 +517,7 @@ class Config:
         None,
         _positive_float,
         _SECONDS,
-        "seconds a tool call waits for a person's decision before it is denied (\"timed out\")",
+        'seconds a tool call waits for a person\'s decision before it is denied ("timed out")',
         shown="the task's deadline",
     )
     delegate_timeout: float = _setting(
