@@ -402,13 +402,18 @@ class _Steps:
         action = parse_action(reply)
         if isinstance(action, Finish):
             return self._finish(step, action)
+        await self._in_text(step, reply, action)
+        return None
+
+    async def _in_text(self, step: int, reply: str, action: ToolCall) -> None:
+        """A call the model wrote as JSON text: run, and its result given back as the JSON-in-text
+        protocol gives it (the reply, then "Result of ...")."""
         observation = await self._run(step, f"call-{step}", action)
         self.transcript = [
             *self.transcript,
             ChatMessage("assistant", reply),
             ChatMessage("user", f"Result of {_call_text(action.tool, action.args)}:\n{clipped(observation)}"),
         ]
-        return None
 
     async def _native(self, step: int, result: LLMResult) -> Finish | None:
         calls = result.tool_calls
@@ -416,15 +421,7 @@ class _Steps:
             action = parse_native(result.content)
             if isinstance(action, Finish):
                 return self._finish(step, action)
-            # A call written as text: its result goes back as the JSON-in-text protocol gives it.
-            observation = await self._run(step, f"call-{step}", action)
-            self.transcript = [
-                *self.transcript,
-                ChatMessage("assistant", result.content),
-                ChatMessage(
-                    "user", f"Result of {_call_text(action.tool, action.args)}:\n{clipped(observation)}"
-                ),
-            ]
+            await self._in_text(step, result.content, action)
             return None
         said = result.content.strip()
         answers: list[ChatMessage] = []
