@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -158,6 +158,19 @@ class _Capped:
         left_out = self.total - len(self.head) - len(self.tail)
         note = f"\n[... {left_out} bytes cut: {self.total} in all, the first and last {self.head_cap + self.tail_cap} kept ...]\n"
         return self.head.decode("utf-8", "replace") + note + self.tail.decode("utf-8", "replace")
+
+
+async def _end_reading(reading: asyncio.Future[Any]) -> None:
+    """Wait for the pipes' readers: they end when the last process holding the pipes is gone (and
+    their transports close at that end of file); past ``KILL_AFTER`` + 1 s they are cancelled, and
+    their end is awaited all the same, so that nothing is left for the garbage collector."""
+    try:
+        async with asyncio.timeout(KILL_AFTER + 1):
+            await asyncio.shield(reading)
+    except TimeoutError:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
 
 
 async def _drain(stream: asyncio.StreamReader | None, into: _Capped) -> None:
@@ -343,15 +356,11 @@ class Sandbox:
                 reason = f"timed out after {limits.timeout_s:g}s"
             except asyncio.CancelledError:
                 await asyncio.shield(self._kill(process, child))
-                reading.cancel()
+                await asyncio.shield(_end_reading(reading))
                 raise
             if reason is not None:
                 await self._kill(process, child)
-            try:
-                async with asyncio.timeout(KILL_AFTER + 1):
-                    await reading  # ends when the last process holding the pipes is gone
-            except TimeoutError:
-                reading.cancel()
+            await _end_reading(reading)
             code = process.returncode
             killed = reason is not None
             if code is not None and code < 0:
