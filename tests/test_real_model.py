@@ -89,8 +89,10 @@ def start(tmp_path: Path, workspace: Path, proxy: RecordingProxy) -> Iterator[Ca
 
 
 def results(system: System, task_id: str) -> list[dict[str, Any]]:
+    """The task's model answers: not the step requests with tools that the runner refused without
+    sending (llama-cpp-python is known not to take tools)."""
     found = stream_messages(system.bus_url(), f"victoria.task.*.{task_id}.>")
-    return [m for m in found if m["type"] == "llm_result"]
+    return [m for m in found if m["type"] == "llm_result" and not m.get("tools_refused")]
 
 
 def server_pid(url: str) -> int:
@@ -123,6 +125,21 @@ def test_an_agent_task_completes_with_an_answer_within_a_minute(
     assert str(body["output"]).strip()
     assert time.monotonic() - began < 60
     assert not [r for r in results(system, task_id) if r.get("finish_reason") == "interrupted"]
+
+
+def test_the_agent_asks_llama_cpp_python_in_text_without_sending_it_tools(
+    start: Callable[..., System], proxy: RecordingProxy
+) -> None:
+    system = start()
+    task_id = system.submit(
+        "List the files of the workspace, then say how many there are.", task_type="agent"
+    )
+    assert system.wait_terminal(task_id, timeout=60)["status"] == "completed"
+    found = stream_messages(system.bus_url(), f"victoria.task.*.{task_id}.>")
+    refused = [m for m in found if m["type"] == "llm_result" and m.get("tools_refused")]
+    assert [m["request_id"] for m in refused] == ["step-1"]  # then the task keeps to text
+    assert any(m["type"] == "llm_requested" and m["request_id"] == "step-1-text" for m in found)
+    assert proxy.calls() and not [c for c in proxy.calls() if b'"tools"' in c.body]
 
 
 def test_a_goal_asking_for_a_very_long_text_ends_within_its_caps_with_a_partial_answer(
