@@ -274,20 +274,31 @@ def _show(gateway: Gateway, method: str, path: str, *, ok: tuple[int, ...]) -> i
     return 0
 
 
-def runs(gateway: Gateway, params: dict[str, Any], *, as_json: bool) -> int:
-    """``victoria runs``: the task history, newest first, one line each."""
+def _fetch(
+    gateway: Gateway, path: str, params: dict[str, Any] | None = None, *, as_json: bool
+) -> dict[str, Any] | int:
+    """``GET path``'s JSON body, for the caller to print; or the exit status: 1 when it failed
+    (said on stderr), 0 when ``as_json`` printed it as it came."""
     base = gateway.base
     try:
         with gateway.client() as http:
-            response = http.get(f"{base}/runs", params=params)
+            response = http.get(f"{base}{path}", params=params)
     except httpx.HTTPError as exc:
         return _unreachable(base, exc)
     if response.status_code != 200:
         return _error(response)
-    body = response.json()
+    body: dict[str, Any] = response.json()
     if as_json:
         _print(json.dumps(body, ensure_ascii=False, indent=2))
         return 0
+    return body
+
+
+def runs(gateway: Gateway, params: dict[str, Any], *, as_json: bool) -> int:
+    """``victoria runs``: the task history, newest first, one line each."""
+    body = _fetch(gateway, "/runs", params, as_json=as_json)
+    if not isinstance(body, dict):
+        return body
     for run in body["runs"]:
         goal = " ".join(str(run["goal"]).split())[:60]
         project = f" [{run['project']}]" if run.get("project") else ""
@@ -298,18 +309,9 @@ def runs(gateway: Gateway, params: dict[str, Any], *, as_json: bool) -> int:
 def tools(gateway: Gateway, *, as_json: bool) -> int:
     """``victoria tools``: the tools the model may call (``GET /tools``), one line each: name,
     effect, whether its calls wait for a person's yes, description."""
-    base = gateway.base
-    try:
-        with gateway.client() as http:
-            response = http.get(f"{base}/tools")
-    except httpx.HTTPError as exc:
-        return _unreachable(base, exc)
-    if response.status_code != 200:
-        return _error(response)
-    body = response.json()
-    if as_json:
-        _print(json.dumps(body, ensure_ascii=False, indent=2))
-        return 0
+    body = _fetch(gateway, "/tools", as_json=as_json)
+    if not isinstance(body, dict):
+        return body
     rows = [("name", "effect", "approval", "description")]
     for tool in body["tools"]:
         source = tool.get("source", "builtin")
