@@ -222,21 +222,23 @@ class TaskHistory:
                 self.closed = True
                 self.attempts = max(self.attempts, event.attempts)
             case contracts.ApprovalRequested():
-                if self.approvals is None:
-                    self.approvals = {}
-                known = self.approvals.setdefault(event.approval_id, Approval(event))
-                if known.requested is None:
-                    known.requested = event
+                asked = self._approval(event.approval_id)
+                if asked.requested is None:
+                    asked.requested = event
             case contracts.ApprovalDecided():
-                if self.approvals is None:
-                    self.approvals = {}
-                approval = self.approvals.setdefault(event.approval_id, Approval(None))
-                if approval.decided is None:
-                    approval.decided = event
+                decided = self._approval(event.approval_id)
+                if decided.decided is None:
+                    decided.decided = event
             case contracts.TaskCancelRequested():
                 pass  # it decides the status (``_advance``), and holds nothing more
             case _:
                 assert_never(event)
+
+    def _approval(self, approval_id: str) -> Approval:
+        """The task's approval of this id, made empty at its first event (most tasks have none)."""
+        if self.approvals is None:
+            self.approvals = {}
+        return self.approvals.setdefault(approval_id, Approval(None))
 
     def pending_approvals(self) -> list[PendingApproval]:
         """The approvals asked for and not decided yet, oldest first."""
