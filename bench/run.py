@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import psutil
 
-from bench import fakemodel, r1, tools, w4, workloads
+from bench import fakemodel, m1, r1, tools, w4, workloads
 from bench.loadgen import max_rate, run_fast, wrk_rate
 from bench.procs import (
     HOST,
@@ -77,13 +77,14 @@ class Sizes:
     w4_lone_at: float = 2.0  # seconds in, the lone task for B is submitted
     t1_tasks: int = tools.TASKS  # agent tasks at once, each of tools.CALLS read_file calls
     t1_alone: int = tools.ALONE  # agent tasks one at a time, after them
+    m1_tasks: int = m1.TASKS  # pairs of tasks, POST /run and run_task over MCP, one at a time
 
 
 FULL: Final = Sizes(2000, 64, 3, 100, 128, 200, 2.0, 20.0, 50, 1.0, 3.0)
-QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0, t1_tasks=50, t1_alone=5)
+QUICK: Final = Sizes(200, 16, 1, 20, 32, 50, 2.0, 6.0, 10, 1.0, 1.0, t1_tasks=50, t1_alone=5, m1_tasks=20)
 Driver = Callable[[int, int, str], dict[str, Any]]  # (tasks, clients, tag) -> W1 figures
-WORKLOADS: Final = ("W1", "W2", "W3", "W4", "T1", "R1")
-DEFAULT_WORKLOADS: Final = ("W1", "W2", "W3", "W4", "T1")
+WORKLOADS: Final = ("W1", "W2", "W3", "W4", "T1", "M1", "R1")
+DEFAULT_WORKLOADS: Final = ("W1", "W2", "W3", "W4", "T1", "M1")
 """What runs without ``--only``: R1 needs a real model server (``--real-model-url``)."""
 REAL_MODEL_ENV: Final = "BENCH_REAL_MODEL_URL"
 R1_SETTLE: Final = 3.0  # seconds after ready: the runner's first look at the server ends before tasks
@@ -521,6 +522,8 @@ class Run:
         self.procs.stop(up)
         if "T1" in self.only:
             out["T1"] = self.run_t1()
+        if "M1" in self.only:
+            out["M1"] = self.run_m1()
         if "R1" in self.only:
             out["R1"] = self.run_r1()
 
@@ -559,6 +562,27 @@ class Run:
             f"{load['intent_to_next_request'].get('p50_ms')} ms, p99 {load['intent_to_next_request'].get('p99_ms')} ms; "
             f"overhead p50 {load['overhead']['p50_ms']} ms, p99 {load['overhead']['p99_ms']} ms; alone: overhead "
             f"p50 {alone['overhead']['p50_ms']} ms, p99 {alone['overhead']['p99_ms']} ms"
+        )
+        return result
+
+    def run_m1(self) -> dict[str, Any]:
+        """M1: Victoria of its own (new data dir, the instant fake model, defaults otherwise): the same
+        goals as sync ``POST /run`` and as the MCP tool ``run_task`` (``bench.m1``)."""
+        port = free_port()
+        env = clean_env({"VICTORIA_LLM_URL": self.fake_url, **self.victoria_env})
+        self.set_model_delay(0.0)
+        say("victoria-m1: victoria up")
+        up = self.procs.start("victoria-up-m1", victoria_argv(port, self.work / "victoria-m1-data"), env)
+        try:
+            ready = round(up.wait_http(port, "/ready", READY_TIMEOUT), 3)
+            result = run_fast(m1.run(port, tasks=self.sizes.m1_tasks, say=say))
+        finally:
+            self.procs.stop(up)
+        result["ready_s"] = ready
+        say(
+            f"victoria-m1: POST /run p50 {result['post_run'].get('p50_ms')} ms, run_task p50 "
+            f"{result['run_task'].get('p50_ms')} ms; overhead p50 {result['overhead']['p50_ms']} ms, "
+            f"p99 {result['overhead']['p99_ms']} ms"
         )
         return result
 
@@ -946,6 +970,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"< {tools.AIM_MS:g} ms",
         None if t1 is None else t1 < tools.AIM_MS,
     )
+    m1_overhead = _get(v, "M1", "overhead", "p50_ms")
+    add(
+        "M1 overhead of run_task over MCP against POST /run, p50",
+        m1_overhead,
+        f"< {m1.AIM_MS:g} ms",
+        None if m1_overhead is None else m1_overhead < m1.AIM_MS,
+    )
     for key, what, limit in R1_TARGETS:
         value = _get(v, "R1", key, "p50_ms")
         add(what, value, f"< {limit:g} ms", None if value is None else value < limit)
@@ -1096,6 +1127,8 @@ def markdown(results: dict[str, Any]) -> str:
         )
     if _get(results, "victoria", "T1"):
         notes.extend(tools.table(results["victoria"]["T1"]))
+    if _get(results, "victoria", "M1"):
+        notes.extend(m1.table(results["victoria"]["M1"]))
     if _get(results, "victoria", "R1"):
         notes.extend(r1_table(results["victoria"]["R1"], met))
     for layout in _get(results, "scale", "W1_scale") or []:

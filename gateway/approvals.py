@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from victoria.events import subjects
 from victoria.events.contracts import ApprovalDecided
+from victoria.events.fold import TaskHistory
 from victoria.gateway.backend import Backend
 from victoria.gateway.http import json_response, not_found, read_body
 from victoria.gateway.requests import BadRequest
@@ -86,18 +87,31 @@ async def decide(request: Request, backend: Backend) -> Response:
     history = await lookup(backend, task_id)
     if history is None:
         return not_found(task_id)
-    known = (history.approvals or {}).get(approval_id) if subjects.is_token(approval_id) else None
-    if known is None or known.requested is None:
+    found = await record(backend, history, approval_id, said, by=_who(request))
+    if found is None:
         detail = f"task {task_id!r} has no approval {approval_id!r}"
         return json_response({"error": "not_found", "detail": detail, "field": "approval_id"}, 404)
+    decided, new = found
+    return _answer(task_id, decided, 200 if new else 409)
+
+
+async def record(
+    backend: Backend, history: TaskHistory, approval_id: str, said: DecisionBody, *, by: str
+) -> tuple[ApprovalDecided, bool] | None:
+    """The decision that holds on the task's approval ``approval_id``, and whether it is this one
+    (False: one was made before, and it stands); None when the task has no such approval."""
+    task_id = history.task_id
+    known = (history.approvals or {}).get(approval_id) if subjects.is_token(approval_id) else None
+    if known is None or known.requested is None:
+        return None
     if known.decided is not None:
-        return _answer(task_id, known.decided, 409)
+        return known.decided, False
     decided = ApprovalDecided(
         task_id=task_id,
         approval_id=approval_id,
         decision=said.decision,
         reason=said.reason.strip(),
-        by=_who(request),
+        by=by,
     )
     stored = await fence.append_once(
         backend.nc,
@@ -107,9 +121,9 @@ async def decide(request: Request, backend: Backend) -> Response:
     )
     if not stored:
         earlier = await reads.last_approval(backend.js, task_id, approval_id)
-        return _answer(task_id, earlier or decided, 409)
+        return earlier or decided, False
     history.apply(decided)  # this gateway's view shows it at once; the live feed's copy is a no-op
-    return _answer(task_id, decided, 200)
+    return decided, True
 
 
 def _who(request: Request) -> str:

@@ -398,11 +398,16 @@ async def available_models(request: Request, state: GatewayState) -> Response:
     """``GET /api/available-models``: the models of the model servers as the LLM runner last saw
     them (it is the only one that talks to them): Ollama servers' under ``ollama``, OpenAI-compatible
     servers' under ``mlx``; ``error`` says why a server did not answer."""
+    return json_response(await models_available(state))
+
+
+async def models_available(state: GatewayState) -> AvailableModels:
+    """What ``GET /api/available-models`` answers (and the MCP tool ``list_models``)."""
     body = AvailableModels(ollama=[], mlx=[])
     backend = state.backend
     if backend is None or not backend.nc.is_connected:
         body.error = "NATS is not connected: the runner's view of the model servers cannot be read"
-        return json_response(body)
+        return body
     servers = await model_servers(backend.js, wait=MODELS_TIMEOUT)
     errors = [str(server["error"]) for server in servers if server.get("error")]
     for server in servers:
@@ -412,7 +417,7 @@ async def available_models(request: Request, state: GatewayState) -> Response:
     if not servers:
         errors.append(f"no LLM runner has looked at a model server within {MODELS_TIMEOUT:g}s")
     body.error = "; ".join(errors) or None
-    return json_response(body)
+    return body
 
 
 _INTERVAL: Final = {"exclusiveMinimum": 0, "maximum": 86_400}

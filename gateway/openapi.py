@@ -191,7 +191,13 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}, {"basicAuth": []}],
-        "tags": [{"name": "old server"}, {"name": "tasks"}, {"name": "operations"}, {"name": "dashboard"}],
+        "tags": [
+            {"name": "old server"},
+            {"name": "tasks"},
+            {"name": "mcp", "description": "Victoria as an MCP server: the tools over Streamable HTTP"},
+            {"name": "operations"},
+            {"name": "dashboard"},
+        ],
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.components.items())),

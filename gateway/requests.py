@@ -135,6 +135,13 @@ def parse_run_request(raw: bytes, *, max_steps_ceiling: int = DEFAULT_MAX_STEPS_
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(400, "invalid_json", "the body is nested too deeply") from None
+    return checked_run_request(body, max_steps_ceiling=max_steps_ceiling)
+
+
+def checked_run_request(body: RunBody, *, max_steps_ceiling: int = DEFAULT_MAX_STEPS_CEILING) -> RunRequest:
+    """A decoded body's checks by hand (``BadRequest`` naming the field): a goal that is not
+    blank, a known task type, ``max_steps`` at least 1 and lowered to the ceiling; the images
+    decoded. The MCP tools (``gateway/mcpserver.py``) check their arguments here too."""
     goal = body.goal if body.goal is not None else body.prompt
     if goal is None:
         raise BadRequest(422, "invalid_field", "goal is required (prompt is taken for it too)", "goal")

@@ -24,6 +24,7 @@ from victoria.gateway import (
     dashboard,
     history,
     legacy,
+    mcp,
     operations,
     tasklist,
     tasklogs,
@@ -169,6 +170,74 @@ def _bot(path: str, summary: str, handler: Callable[..., Any], done: Answer) -> 
     """A Telegram bot's report (``BotBeat``)."""
     answers = (done, _BAD_JSON, _too_large(MAX_BODY), _INVALID, _UNAVAILABLE)
     return Operation("POST", path, summary, handler, answers, "old server", body=legacy.BotBeat)
+
+
+_MCP_REFUSED: Final = Answer(
+    400, "Not a JSON-RPC message, or no `Mcp-Session-Id` where one is needed", mcp.JsonRpcMessage
+)
+_MCP_NO_SESSION: Final = Answer(
+    404,
+    "No session has this `Mcp-Session-Id` (it ended, or the gateway restarted): `initialize` again",
+    mcp.JsonRpcMessage,
+)
+_MCP_NOT_ACCEPTED: Final = Answer(
+    406, "`Accept` does not take what the transport answers with", mcp.JsonRpcMessage
+)
+_MCP_UNAVAILABLE: Final = Answer(
+    503,
+    "The MCP server is not running (`unavailable`: the gateway stops), or too many sessions are open",
+    (ErrorBody, mcp.JsonRpcMessage),
+    retry_after=True,
+)
+
+
+def _mcp() -> tuple[Operation, ...]:
+    """``/mcp``'s methods: the SDK's transport answers them (``gateway/mcp.py``)."""
+    post = (
+        Answer(
+            200,
+            "Server-sent events, each a JSON-RPC message: the call's notifications (progress), then its answer",
+            stream=mcp.JsonRpcMessage,
+        ),
+        Answer(202, "A notification or a response, taken"),
+        _MCP_REFUSED,
+        _MCP_NO_SESSION,
+        _MCP_NOT_ACCEPTED,
+        Answer(413, "The body is over 4 MB", mcp.JsonRpcMessage),
+        Answer(415, "The body is not `application/json`", mcp.JsonRpcMessage),
+        Answer(
+            421, "`Host` is not this machine's (no token is asked for: DNS rebinding)", media="text/plain"
+        ),
+        _MCP_UNAVAILABLE,
+    )
+    get = (
+        Answer(200, "The server's own stream of the session: its notifications", stream=mcp.JsonRpcMessage),
+        _MCP_REFUSED,
+        _MCP_NO_SESSION,
+        _MCP_NOT_ACCEPTED,
+        Answer(409, "A stream of this session is open already", mcp.JsonRpcMessage),
+        _MCP_UNAVAILABLE,
+    )
+    delete = (Answer(200, "The session ended"), _MCP_REFUSED, _MCP_NO_SESSION, _MCP_UNAVAILABLE)
+    summaries = {
+        "POST": "Send an MCP message (JSON-RPC): `initialize`, `tools/list`, `tools/call`, ...",
+        "GET": "Open the MCP session's stream of the server's own messages",
+        "DELETE": "End an MCP session",
+    }
+    return tuple(
+        Operation(
+            method,
+            "/mcp",
+            summaries[method],
+            mcp.endpoint,
+            answers,
+            "mcp",
+            body=mcp.JsonRpcMessage if method == "POST" else None,
+            headers=mcp.McpHeaders,
+            needs="state",
+        )
+        for method, answers in (("POST", post), ("GET", get), ("DELETE", delete))
+    )
 
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
@@ -338,6 +407,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         ),
         "tasks",
     ),
+    # MCP: Victoria as an MCP server (Streamable HTTP)
+    *_mcp(),
     # operations
     Operation(
         "GET",

@@ -53,7 +53,7 @@ async def serve(
     refuse_open_listen(host, tokens_required=tokens.required, insecure=insecure)
     tracing = Tracing("gateway", config.instance)
     tracing.start()
-    state = GatewayState(config, tokens)
+    state = GatewayState(config, tokens, host=host)
     app = create_app(state)
     settle_gc()
     uv_config = uvicorn.Config(
@@ -85,6 +85,7 @@ async def serve(
         else:
             log.error("gateway %s failed", failed.get_name(), exc_info=error)
     server.should_exit = True
+    await state.mcp.stop()  # its streams end: uvicorn waits for every open one
     connect_task.cancel()
     stop_reason.cancel()
     token_watch.cancel()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry.trace import Span
@@ -18,7 +19,7 @@ from victoria.events.contracts import ChatTurn, TaskSubmitted
 from victoria.events.fold import TaskHistory
 from victoria.gateway.admission import Overloaded
 from victoria.gateway.backend import Backend
-from victoria.gateway.registry import UnknownProject
+from victoria.gateway.registry import Expert, Project, UnknownProject
 from victoria.gateway.requests import (
     BadRequest,
     RunRequest,
@@ -64,18 +65,7 @@ async def submit(
     request still waits (or died before it answered), the repeat answers for the same task. A
     streamed answer is not kept: its repeat streams the same task again."""
     idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
-    try:
-        await backend.admission.admit()
-    except Overloaded:
-        backend.metrics.refusal("overloaded")
-        raise
-    try:
-        project = backend.registry.project(body.project_context)
-    except UnknownProject as exc:
-        raise BadRequest(422, "invalid_field", str(exc), "project_context") from None
-    # The classifier runs only when there are experts to choose among (the users' database).
-    category = (body.task_type or classifier.classify(body.goal).kind) if backend.registry.experts else ""
-    expert = backend.registry.expert_for(body.goal, category)
+    placed = await admit(backend, body)
     task_id = task_id or uuid.uuid4().hex
     first = True
     if idempotency_key is not None:
@@ -88,39 +78,89 @@ async def submit(
             span.set_attribute("victoria.idempotent_repeat", True)
     span.set_attribute("victoria.task_id", task_id)
     if first or await backend.views.get(task_id) is None:
-        trace_headers = tracing.headers_for(span)
-        images = [await backend.images.put(data) for data in body.images]
-        event = TaskSubmitted(
+        await append(
+            backend,
+            body,
+            placed,
+            span,
             task_id=task_id,
-            goal=body.goal,
-            task_type=body.task_type,
-            project_context=body.project_context,
-            session_id=body.session_id,
-            max_steps=body.max_steps or DEFAULT_MAX_STEPS,
-            model=body.model,
             correlation_id=correlation_id(request),
             idempotency_key=idempotency_key,
-            deadline_s=backend.config.task_deadline,
-            trace_id=tracing.trace_id_of(span),
-            traceparent=trace_headers.get("traceparent"),
-            chat_history=body.chat_history or await recall(backend, body.session_id),
-            images=images,
-            verbose=body.verbose,
-            max_steps_requested=body.max_steps_requested,
-            project=project.slug if project is not None else None,
-            workspace=project.workspace_path if project is not None else None,
-            expert=expert.name,
-            expert_prompt=expert.system_prompt,
         )
-        ack = await publish.append(backend.nc, event, key="submitted", headers=trace_headers)
-        backend.views.record(event, ack.seq)
-        log.debug("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
     response = await answer(task_id)
     if idempotency_key is not None and first and not isinstance(response, StreamingResponse):
         await backend.idempotency.remember(
             scoped(request, idempotency_key), task_id, response.status_code, bytes(response.body)
         )
     return response
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where an admitted goal goes: the project it names and the expert chosen for it."""
+
+    project: Project | None
+    expert: Expert
+
+
+async def admit(backend: Backend, body: RunRequest) -> Placed:
+    """Count one more task in flight (``Overloaded`` past ``VICTORIA_MAX_TASKS_IN_FLIGHT``), and
+    find the goal's project (``BadRequest`` 422 for one that is not there) and its expert."""
+    try:
+        await backend.admission.admit()
+    except Overloaded:
+        backend.metrics.refusal("overloaded")
+        raise
+    try:
+        project = backend.registry.project(body.project_context)
+    except UnknownProject as exc:
+        raise BadRequest(422, "invalid_field", str(exc), "project_context") from None
+    # The classifier runs only when there are experts to choose among (the users' database).
+    category = (body.task_type or classifier.classify(body.goal).kind) if backend.registry.experts else ""
+    return Placed(project, backend.registry.expert_for(body.goal, category))
+
+
+async def append(
+    backend: Backend,
+    body: RunRequest,
+    placed: Placed,
+    span: Span,
+    *,
+    task_id: str,
+    correlation_id: str,
+    idempotency_key: str | None = None,
+) -> TaskSubmitted:
+    """Store the task's ``task_submitted`` event, in ``span``'s trace, and show it in this
+    gateway's view at once."""
+    trace_headers = tracing.headers_for(span)
+    images = [await backend.images.put(data) for data in body.images]
+    project, expert = placed.project, placed.expert
+    event = TaskSubmitted(
+        task_id=task_id,
+        goal=body.goal,
+        task_type=body.task_type,
+        project_context=body.project_context,
+        session_id=body.session_id,
+        max_steps=body.max_steps or DEFAULT_MAX_STEPS,
+        model=body.model,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+        deadline_s=backend.config.task_deadline,
+        trace_id=tracing.trace_id_of(span),
+        traceparent=trace_headers.get("traceparent"),
+        chat_history=body.chat_history or await recall(backend, body.session_id),
+        images=images,
+        verbose=body.verbose,
+        max_steps_requested=body.max_steps_requested,
+        project=project.slug if project is not None else None,
+        workspace=project.workspace_path if project is not None else None,
+        expert=expert.name,
+        expert_prompt=expert.system_prompt,
+    )
+    ack = await publish.append(backend.nc, event, key="submitted", headers=trace_headers)
+    backend.views.record(event, ack.seq)
+    log.debug("task %s submitted", task_id, extra={"task_id": task_id, "trace_id": event.trace_id})
+    return event
 
 
 async def recall(backend: Backend, session_id: str | None) -> list[ChatTurn]:

@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from victoria.events import subjects
 from victoria.events.contracts import TaskCancelRequested
-from victoria.events.fold import TaskHistory
+from victoria.events.fold import TaskHistory, TaskStatus
 from victoria.gateway.backend import Backend
 from victoria.gateway.follow import Progress, Quiet, Stored, Tokens, follow
 from victoria.gateway.http import json_response, not_found
@@ -31,10 +31,15 @@ async def status(request: Request, backend: Backend) -> Response:
     history = await lookup(backend, request.path_params["task_id"])
     if history is None:
         return not_found(request.path_params["task_id"])
+    return json_response(status_of(backend, history))
+
+
+def status_of(backend: Backend, history: TaskHistory) -> TaskStatus:
+    """The status object: the fold's, with the wait for a model this gateway heard of."""
     view = history.view()
     if view.status == "running" and (wait := backend.views.model_wait(view.task_id)) is not None:
         view.stage, view.model_wait = "waiting_for_model", wait
-    return json_response(view)
+    return view
 
 
 async def cancel(request: Request, backend: Backend) -> Response:
@@ -46,15 +51,21 @@ async def cancel(request: Request, backend: Backend) -> Response:
         return not_found(task_id)
     if history.terminal:
         return json_response(history.view(), 200)
-    # Recorded, not carried out here: the attempt that holds the task (or the first to see it,
-    # if none does yet) writes task_cancelled. The request alone decides the status, unless
-    # the terminal event came first; the answer waits until this gateway's view has either.
-    cancel = TaskCancelRequested(task_id=task_id, reason="cancelled by request")
-    await publish.append(backend.nc, cancel, key="cancel")
-    await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
+    await request_cancel(backend, task_id, "cancelled by request")
     if history.terminal and history.status != "cancelled":
         return json_response(history.view(), 200)  # it had ended before the request
     return json_response(CancelRequested(task_id=task_id, status=history.status, cancel="requested"), 202)
+
+
+async def request_cancel(backend: Backend, task_id: str, reason: str) -> None:
+    """Record a cancel request, and wait (``CANCEL_VIEW_WAIT`` at most) until this gateway's view
+    shows its effect.
+
+    Recorded, not carried out here: the attempt that holds the task (or the first to see it, if
+    none does yet) writes task_cancelled. The request alone decides the status, unless the
+    terminal event came first; the wait is until this gateway's view has either."""
+    await publish.append(backend.nc, TaskCancelRequested(task_id=task_id, reason=reason), key="cancel")
+    await backend.views.wait_terminal(task_id, CANCEL_VIEW_WAIT)
 
 
 async def events(request: Request, backend: Backend) -> Response:

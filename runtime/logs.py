@@ -18,7 +18,7 @@ def setup(actor: str, level: str = "INFO", *, instance: str | None = None) -> Bu
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party libraries are quiet unless something is wrong.
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "nats"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "nats", "mcp", "sse_starlette"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if instance is None:
         return None

@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--url", default=None, help="gateway URL (default VICTORIA_URL)")
     tools.add_argument("--json", action="store_true", help="print GET /tools as it answers")
 
+    mcp = sub.add_parser(
+        "mcp",
+        help="serve the gateway's MCP tools over stdio (for MCP clients that start a command), "
+        "talking to the gateway's /mcp with VICTORIA_API_TOKEN",
+    )
+    mcp.add_argument(
+        "--url", default=None, help="gateway URL (default VICTORIA_URL or http://127.0.0.1:8010)"
+    )
+
     from victoria import admin
 
     admin.add_commands(sub)
@@ -259,6 +268,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
         target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
         return client.tools(target, as_json=args.json)
+    if command == "mcp":
+        from victoria import client, mcpstdio
+
+        target = client.Gateway((args.url or config.gateway_url).rstrip("/"), config.api_token)
+        return process.run(mcpstdio.serve(target))
     if command in ("approve", "deny"):
         from victoria import client
 
