@@ -510,12 +510,19 @@ class DependencyEntry(msgspec.Struct, kw_only=True, frozen=True):
 
     name: str
     target: str
-    status: Literal["unknown", "up", "busy", "down"]
+    status: Literal["unknown", "up", "busy", "down", "restarting"]
     """``busy``: a model server the probe did not ask (or that did not answer in time) while a
     runner's call streamed tokens from it: it serves; asking would queue behind the generation,
-    or (llama-cpp-python) cut it short."""
+    or (llama-cpp-python) cut it short. ``restarting``: an MCP server that ended, started again
+    after a backoff."""
     reason: str
     last_checked: datetime | None
+    instance: str | None = None
+    """For an MCP server (named ``mcp-<server>``): the instance of Veronica that runs it."""
+    tools: int | None = None
+    """For an MCP server: how many tools it lists."""
+    stderr: list[str] = []
+    """For an MCP server: the last lines its process wrote to stderr."""
 
 
 class ServicesReply(Message, tag="services_reply", kw_only=True, frozen=True):
@@ -633,6 +640,48 @@ class ModelInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """Its context window, tokens, as the server or the models file says (None: not known)."""
     tools: bool | None = None
     """It takes tool definitions (Ollama ``capabilities``, llama.cpp's chat template); None: not known."""
+
+
+class McpToolInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One tool of an MCP server, as its ``tools/list`` gives it. The hints are MCP's tool
+    annotations, with the specification's defaults where the server gives none."""
+
+    name: str
+    """The server's own name for it; the model calls it ``mcp__<server>__<name>``."""
+    description: str = ""
+    input_schema: dict[str, Any] = {}
+    """Its ``inputSchema``: a JSON Schema object."""
+    read_only: bool = False
+    """``readOnlyHint``: it changes nothing (effect ``read``; else ``external``)."""
+    destructive: bool = True
+    """``destructiveHint``."""
+    idempotent: bool = False
+    """``idempotentHint``: calling it again with the same arguments does nothing more."""
+    open_world: bool = True
+    """``openWorldHint``: it reaches the world outside (the web, another system)."""
+
+
+class McpServerState(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One MCP server of ``VICTORIA_MCP_CONFIG`` as one instance of Veronica runs it, in the bucket
+    ``victoria_mcp`` under ``<server>.<instance>``: written at every change and every
+    ``MCP_REFRESH`` seconds, so that a record older than ``MCP_FRESH`` is of an instance gone.
+    The agent offers the tools of the servers that are up; ``/tools`` lists them; ``/services``
+    shows each server as a dependency."""
+
+    server: str
+    instance: str
+    transport: Literal["stdio", "http"]
+    target: str
+    """The command line, or the URL (a secret in it redacted)."""
+    status: Literal["starting", "up", "restarting", "down"]
+    reason: str = ""
+    """Why it is not up: the exit code, the error of the last try."""
+    tools: list[McpToolInfo] = []
+    stderr: list[str] = []
+    """The last lines its process wrote to stderr (stdio servers)."""
+    restarts: int = 0
+    at: float = 0.0
+    """When it was written (``time.time()``)."""
 
 
 class ModelServerInfo(msgspec.Struct, kw_only=True, frozen=True, gc=False):

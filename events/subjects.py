@@ -48,7 +48,9 @@ IDEMPOTENCY_BUCKET: Final = "victoria_idempotency"
 IMAGES_BUCKET: Final = "victoria_images"
 SESSIONS_BUCKET: Final = "victoria_sessions"
 MODELS_BUCKET: Final = "victoria_models"
-BUCKETS: Final = (IDEMPOTENCY_BUCKET, SESSIONS_BUCKET, MODELS_BUCKET)
+MCP_BUCKET: Final = "victoria_mcp"
+"""The MCP servers of Veronica's instances: their state and tools, under ``<server>.<instance>``."""
+BUCKETS: Final = (IDEMPOTENCY_BUCKET, SESSIONS_BUCKET, MODELS_BUCKET, MCP_BUCKET)
 """The key-value buckets (their streams are ``KV_<bucket>``); the images are an object store."""
 """Model servers as the runners share them: what each runs now, what waits, what it serves."""
 TELEGRAM: Final = "telegram"
@@ -116,6 +118,21 @@ def task_stream_of(task_id: str) -> str:
 def bucket_stream(bucket: str) -> str:
     """The stream of a key-value bucket (nats-py names it ``KV_<bucket>``)."""
     return f"KV_{bucket}"
+
+
+MCP_TOOL_PREFIX: Final = "mcp__"
+_MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def mcp_key(server: str, instance: str) -> str:
+    """Where one instance of Veronica records one MCP server, in ``MCP_BUCKET``."""
+    return f"{_check(server, 'MCP server name')}.{_check(instance, 'instance')}"
+
+
+def mcp_tool(server: str, tool: str) -> str:
+    """The name the model calls an MCP server's tool by: ``mcp__<server>__<tool>`` (a character
+    the protocols do not take in a function's name becomes ``_``; at most 64 characters)."""
+    return f"{MCP_TOOL_PREFIX}{server}__{_MCP_NAME.sub('_', tool)}"[:64]
 
 
 def task_event(task_id: str, kind: TaskKind) -> str:

@@ -18,15 +18,21 @@ import functools
 import inspect
 import itertools
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
 
+from victoria.events import subjects
+from victoria.events.contracts import McpServerState, McpToolInfo
+
 Effect = Literal["read", "write", "execute", "external"]
 """What a call does to the world: ``read`` changes nothing; ``write`` changes files of the
 workspace; ``execute`` runs a command; ``external`` reaches outside the system (MCP servers)."""
 Executor = Literal["veronica", "victoria"]
+BUILTIN: Final = "builtin"
+"""The ``source`` of this table's own tools; an MCP server's are ``mcp:<server>``."""
 FilesOp = Literal["list", "read"]
 """The operations of Veronica's files request (``FilesRequest.op``)."""
 
@@ -109,9 +115,18 @@ class Tool:
     skill: tuple[str, str] = ("", "")
     """What it does, in English and in Russian, for the capabilities answer: a phrase that follows
     "my tools ... let me" ("read files", "читать файлы")."""
+    source: str = BUILTIN
+    """Where it comes from: ``builtin`` (this table), or ``mcp:<server>``."""
+    input_schema: dict[str, Any] | None = None
+    """An MCP tool's JSON Schema, as its server gives it (``args`` is then the empty base)."""
+    server: str | None = None
+    """An MCP tool's server, and (``remote``) the server's own name for it."""
+    remote: str | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
+        if self.input_schema is not None:
+            return tuple(self.input_schema.get("properties", {}))
         return tuple(field.name for field in msgspec.structs.fields(self.args))
 
     def signature(self) -> str:
@@ -120,6 +135,8 @@ class Tool:
 
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of its arguments."""
+        if self.input_schema is not None:
+            return self.input_schema
         schema: dict[str, Any] = msgspec.json.schema(self.args)
         return schema
 
@@ -256,22 +273,84 @@ def by_op(op: str) -> Tool:
     return next((tool for tool in TOOLS if tool.op is not None and tool.op == op), LIST_DIRECTORY)
 
 
+def from_mcp(server: str, info: McpToolInfo) -> Tool:
+    """An MCP server's tool as a tool of the table: named ``mcp__<server>__<tool>``, its schema
+    the server's, its effect from MCP's annotations (``readOnlyHint``: ``read``; otherwise
+    ``external``, which the approvals can name). It may run again after a crash when it is
+    read-only, or idempotent and not destructive; any other call follows the at-most-once rule."""
+    return Tool(
+        subjects.mcp_tool(server, info.name),
+        info.description or f"{info.name}, a tool of the MCP server {server}",
+        ToolArgs,
+        "read" if info.read_only else "external",
+        rerun=info.read_only or (info.idempotent and not info.destructive),
+        executor="veronica",
+        example={},
+        source=f"mcp:{server}",
+        input_schema=info.input_schema or {"type": "object", "properties": {}},
+        server=server,
+        remote=info.name,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """The tools of one moment: ``TOOLS``, then the tools of the MCP servers that are up."""
+
+    tools: tuple[Tool, ...] = TOOLS
+
+    @classmethod
+    def of(cls, servers: Iterable[McpServerState]) -> Table:
+        """The table with the tools of ``servers`` that are up (one of each name: several instances
+        of Veronica run the same servers)."""
+        found: dict[str, Tool] = {}
+        for state in servers:
+            if state.status != "up":
+                continue
+            for info in state.tools:
+                tool = from_mcp(state.server, info)
+                found.setdefault(tool.name, tool)
+        return cls((*TOOLS, *(found[name] for name in sorted(found))))
+
+    def get(self, name: str) -> Tool | None:
+        """The tool of exactly ``name`` (``finish`` too)."""
+        return next((tool for tool in self.tools if tool.name == name), None) or (
+            FINISH if name == FINISH.name else None
+        )
+
+    def lookup(self, name: str) -> Tool | None:
+        """The tool a model means by ``name``: a builtin's name or alias (any case), or an MCP
+        tool's exact name."""
+        return lookup(name) or self.get(name.strip())
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The table as the protocols' ``tools`` (``specs``)."""
+        return [_spec(tool) for tool in self.tools]
+
+
+BUILTINS: Final = Table()
+"""The table without MCP servers."""
+
+
 def specs() -> list[dict[str, Any]]:
     """The tool table as the protocols' ``tools``: one OpenAI function spec per tool of ``TOOLS``
     (``{"type": "function", "function": {"name", "description", "parameters"}}``, which Ollama's
     ``/api/chat`` takes as it is), its parameters the JSON Schema of its arguments written out as
     one object (no ``$ref``, no titles; an optional argument is its type, not a union with null).
     ``finish`` is not among them: a reply without a tool call is the final answer."""
-    return [
-        {
-            "type": "function",
-            "function": {"name": tool.name, "description": tool.description, "parameters": _parameters(tool)},
-        }
-        for tool in TOOLS
-    ]
+    return [_spec(tool) for tool in TOOLS]
+
+
+def _spec(tool: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": _parameters(tool)},
+    }
 
 
 def _parameters(tool: Tool) -> dict[str, Any]:
+    if tool.input_schema is not None:
+        return tool.input_schema
     schema = tool.schema()
     body: dict[str, Any] = dict(schema.get("$defs", {}).get(tool.args.__name__, schema))
     body.pop("title", None)

@@ -12,12 +12,14 @@ from victoria.events import subjects
 from victoria.gateway.admission import Admission
 from victoria.gateway.auth import Tokens
 from victoria.gateway.idempotency import IdempotencyStore
+from victoria.gateway.mcp import McpEndpoint
 from victoria.gateway.metrics import Metrics
 from victoria.gateway.registry import Registry
 from victoria.gateway.views import TaskViews
 from victoria.runtime.config import Config
 from victoria.runtime.images import ImageStore
 from victoria.runtime.memory import KvMemory, PgMemory
+from victoria.runtime.tooltable import ToolTables
 
 if TYPE_CHECKING:  # asyncpg is loaded only where a database is configured
     import asyncpg
@@ -45,6 +47,7 @@ class Backend:
         )
         self.memory: KvMemory | PgMemory = KvMemory(self.js)
         self.admission = Admission(self.js, config.max_tasks_in_flight)
+        self.tool_tables = ToolTables(self.js)
         self._ready_at = 0.0
         self._ready = False
 
@@ -79,10 +82,12 @@ class Backend:
 class GatewayState:
     """What lives as long as the process: set before NATS is there (and ``backend`` once it is)."""
 
-    def __init__(self, config: Config, tokens: Tokens | None = None) -> None:
+    def __init__(self, config: Config, tokens: Tokens | None = None, *, host: str | None = None) -> None:
         self.config = config
         self.tokens = tokens if tokens is not None else Tokens.from_config(config)
         self.metrics = Metrics()
+        self.mcp = McpEndpoint(self, host=host or config.host)
+        """``/mcp``: the MCP server, started on its first request; ``host`` is the address listened on."""
         self.backend: Backend | None = None
         self.actor: object | None = None
         self.started = time.monotonic()

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from victoria.errors import ConfigError
-from victoria.runtime import modelservers
+from victoria.runtime import mcpservers, modelservers
+from victoria.runtime.mcpservers import McpServer
 from victoria.runtime.modelservers import ModelServer
 
 DEFAULT_LLM_URL: Final = "http://127.0.0.1:11434"
@@ -46,6 +47,7 @@ DEFAULT_PROBE_INTERVAL: Final = 10.0  # seconds
 DEFAULT_PROBE_TIMEOUT: Final = 3.0  # seconds
 DEFAULT_PROBE_FAILURES: Final = 3  # in a row
 DEFAULT_PROBE_SUCCESSES: Final = 1  # in a row
+DEFAULT_MCP_CALL_TIMEOUT: Final = 60.0  # seconds, one call of an MCP server's tool
 DEFAULT_MODEL_MAX_WAIT: Final = 30.0  # seconds a call waits for its model before the server swaps
 DEFAULT_MAX_TASKS_IN_FLIGHT: Final = 10_000  # tasks queued or running before POST /run says 503
 MIN_TOKEN_LENGTH: Final = 16  # characters of an API token
@@ -323,6 +325,16 @@ class _Environment(Mapping[str, str]):
         return self._servers
 
 
+def _mcp_servers(env: Mapping[str, str]) -> tuple[McpServer, ...]:
+    path = _get(env, "VICTORIA_MCP_CONFIG", None, _existing_file, "a readable file")
+    if path is None:
+        return ()
+    try:
+        return mcpservers.load_file(path)
+    except ValueError as exc:
+        raise ConfigError("VICTORIA_MCP_CONFIG", str(exc)) from None
+
+
 def _host(env: Mapping[str, str]) -> str:
     return env.get("VICTORIA_HOST", DEFAULT_HOST) or DEFAULT_HOST
 
@@ -502,6 +514,28 @@ class Config:
         _positive_int,
         "bytes",
         "bytes of a command's stdout, and of its stderr, kept for the model (first and last halves)",
+    )
+    mcp_config: Path | None = _setting(
+        "VICTORIA_MCP_CONFIG",
+        None,
+        _existing_file,
+        "a readable file",
+        "a JSON file of MCP servers (``mcpServers``) whose tools Veronica offers (``runtime/mcpservers.py``)",
+    )
+    mcp_servers: tuple[McpServer, ...] = _setting(
+        "VICTORIA_MCP_CONFIG",
+        (),
+        str,
+        "",
+        "the MCP servers of that file, read and checked at start",
+        read=lambda env: _mcp_servers(env),
+    )
+    mcp_call_timeout: float = _setting(
+        "VICTORIA_MCP_CALL_TIMEOUT",
+        DEFAULT_MCP_CALL_TIMEOUT,
+        _positive_float,
+        _SECONDS,
+        "seconds one call of an MCP server's tool may take; then it is cancelled and fails",
     )
     approval: frozenset[str] = _setting(
         "VICTORIA_APPROVAL",

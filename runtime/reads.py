@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from datetime import datetime
 from types import TracebackType
@@ -35,6 +36,7 @@ from victoria.events.contracts import (
     AnyTaskEvent,
     ApprovalDecided,
     LLMResult,
+    McpServerState,
     ModelServerInfo,
     ToolClaim,
     ToolOutcome,
@@ -280,6 +282,37 @@ async def last_history_event(js: JetStreamContext, task_id: str) -> tuple[int, A
 
 
 _server_info: Final = msgspec.json.Decoder(ModelServerInfo)
+_mcp_state: Final = msgspec.json.Decoder(McpServerState)
+
+
+MCP_REFRESH: Final = 10.0
+"""Seconds between two records of an MCP server by the instance of Veronica that runs it."""
+MCP_FRESH: Final = 3 * MCP_REFRESH
+"""A record of an MCP server older than this is of an instance that is gone."""
+
+
+async def mcp_servers(js: JetStreamContext, *, fresh: float = MCP_FRESH) -> list[McpServerState]:
+    """Every live instance of Veronica's record of every MCP server, from the bucket
+    ``victoria_mcp``, by server then instance (none when there is no bucket or it does not answer).
+    Records older than ``fresh`` seconds are left out."""
+    try:
+        kv = await js.key_value(subjects.MCP_BUCKET)
+        keys = await kv.keys()
+    except (NotFoundError, BucketNotFoundError, NoKeysError):
+        return []
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("MCP servers not read: %s", exc)
+        return []
+    now = time.time()
+    states = []
+    for key in sorted(keys):
+        with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, nats.errors.Error):
+            entry = await kv.get(key)
+            if entry.value:
+                state = _mcp_state.decode(entry.value)
+                if now - state.at <= fresh:
+                    states.append(state)
+    return states
 
 
 async def model_server_infos(js: JetStreamContext) -> list[ModelServerInfo]:

@@ -157,6 +157,13 @@ async def ensure_streams(
         ttl=MODELS_TTL,
         description="model servers: what each runs now, what waits for it, what it serves",
     )
+    await ensure_key_value(
+        js,
+        subjects.MCP_BUCKET,
+        replicas=replicas,
+        ttl=MODELS_TTL,
+        description="MCP servers: each instance of Veronica's, its state and its tools",
+    )
 
 
 async def wait_for_streams(

@@ -12,8 +12,9 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import msgspec
 import pytest
 
 from tests.fakellm import FakeLLM
@@ -25,6 +26,8 @@ from victoria.events.contracts import (
     ChatMessage,
     FilesRequest,
     LLMResult,
+    McpServerState,
+    McpToolInfo,
     Purpose,
     TaskSubmitted,
     ToolCallPart,
@@ -65,6 +68,7 @@ class Scripted:
     delegate_timeout: float = 1.0
     asked: list[Asked] = field(default_factory=list)
     ran: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    table: tools.Table = tools.BUILTINS
 
     async def stage(
         self, stage: str, *, step: int | None = None, detail: str = "", key: str | None = None
@@ -106,6 +110,9 @@ class Scripted:
         return ToolOutcome(
             task_id="t1", call_id=call_id, tool=tool, ok=True, output=f"{tool} saw {json.dumps(args)}"
         )
+
+    async def tool_table(self) -> tools.Table:
+        return self.table
 
     def understood(self, text: str) -> None:
         pass
@@ -199,6 +206,67 @@ def test_bad_calls_are_tool_errors_the_model_reads_and_the_task_goes_on() -> Non
     assert errors[2].startswith("error: the arguments of list_directory were not a JSON object")
     assert errors[3].startswith("error: bad arguments for read_file") and "path" in errors[3]
     assert errors[4] == 'read_file saw {"path": "fine"}'
+
+
+CLOCK: Final = McpServerState(
+    server="clock",
+    instance="v1",
+    transport="stdio",
+    target="mcp-server-time",
+    status="up",
+    tools=[
+        McpToolInfo(
+            name="get_current_time",
+            description="The time now in a time zone.",
+            input_schema={
+                "type": "object",
+                "properties": {"timezone": {"type": "string"}},
+                "required": ["timezone"],
+            },
+            read_only=True,
+        ),
+        McpToolInfo(name="set.alarm", input_schema={"type": "object", "properties": {}}),
+    ],
+)
+NOW: Final = "mcp__clock__get_current_time"
+
+
+def test_the_tools_of_an_mcp_server_that_is_up_are_offered_and_their_calls_checked_by_its_schema() -> None:
+    ctx = Scripted(
+        [calls((NOW, {"timezone": "Europe/Moscow"}), (NOW, {"timezone": 3}), (NOW, {})), "It is noon."],
+        table=tools.Table.of([CLOCK]),
+    )
+    assert run(ctx).output == "It is noon."
+    offered = [spec["function"]["name"] for spec in ctx.steps()[0].tools]
+    assert offered == [*(tool.name for tool in tools.TOOLS), NOW, "mcp__clock__set_alarm"]
+    [spec] = [spec["function"] for spec in ctx.steps()[0].tools if spec["function"]["name"] == NOW]
+    assert spec["parameters"] == CLOCK.tools[0].input_schema
+    assert spec["description"] == "The time now in a time zone."
+    assert ctx.ran == [("call-1-1", NOW, {"timezone": "Europe/Moscow"})]
+    errors = [m.content for m in ctx.steps()[1].messages if m.role == "tool"][1:]
+    assert errors[0].startswith(f"error: bad arguments for {NOW}: timezone: 3 is not of type 'string'")
+    assert errors[1].startswith(f"error: bad arguments for {NOW}: 'timezone' is a required property")
+
+
+def test_an_mcp_tools_effect_and_rerun_come_from_its_annotations() -> None:
+    table = tools.Table.of([CLOCK, msgspec.structs.replace(CLOCK, server="down", status="restarting")])
+    now, alarm = table.get(NOW), table.get("mcp__clock__set_alarm")
+    assert now is not None and (now.effect, now.rerun, now.source) == ("read", True, "mcp:clock")
+    assert alarm is not None and (alarm.effect, alarm.rerun, alarm.remote) == ("external", False, "set.alarm")
+    idempotent = McpToolInfo(name="put", idempotent=True, destructive=False)
+    assert tools.from_mcp("kv", idempotent).rerun and not tools.from_mcp("kv", McpToolInfo(name="rm")).rerun
+    assert not [tool for tool in table.tools if tool.server == "down"]  # a server not up offers none
+
+
+def test_a_model_in_text_is_told_the_mcp_tools_and_its_call_of_one_runs() -> None:
+    call = json.dumps({"tool": NOW, "args": {"timezone": "UTC"}})
+    ctx = Scripted(
+        [REFUSED, call, '{"tool": "finish", "args": {"answer": "UTC noon"}}'], table=tools.Table.of([CLOCK])
+    )
+    assert run(ctx).output == "UTC noon"
+    assert ctx.ran == [("call-1", NOW, {"timezone": "UTC"})]
+    system = ctx.steps()[1].messages[0].content
+    assert system.startswith(workflow.SYSTEM["step"]) and NOW in system and '"timezone"' in system
 
 
 def test_a_call_written_as_json_text_runs_as_that_call_and_prose_is_the_answer() -> None:

@@ -70,6 +70,7 @@ TASKS: Final = subjects.task_stream(0)
 IDEMPOTENCY: Final = subjects.bucket_stream(subjects.IDEMPOTENCY_BUCKET)
 SESSIONS: Final = subjects.bucket_stream(subjects.SESSIONS_BUCKET)
 MODELS: Final = subjects.bucket_stream(subjects.MODELS_BUCKET)
+MCP: Final = subjects.bucket_stream(subjects.MCP_BUCKET)
 STREAMS: Final = {
     # stream: (a filter of it, one of its subjects)
     TASKS: (subjects.shard_events(0), subjects.task_event(TASK_ID, "submitted")),
@@ -112,15 +113,17 @@ READS: Final[dict[str, dict[str, set[str]]]] = {
         IDEMPOTENCY: {"get"},
         SESSIONS: {"get"},
         MODELS: {"nameless", "get"},  # the keys, then each record
+        MCP: {"nameless", "get"},  # the MCP servers' tools, for /tools
         subjects.IMAGES_STREAM: {"get"},  # whether an image is stored already
         # and the Telegram bot's last heartbeat: a direct get of its subjects only
     },
-    "victoria": {TASKS: {"named", "direct", "direct_last"}, SESSIONS: {"get"}},
-    "veronica": {TASKS: {"direct_last"}},  # a task's history before a tool call
+    "victoria": {TASKS: {"named", "direct", "direct_last"}, SESSIONS: {"get"}, MCP: {"nameless", "get"}},
+    "veronica": {TASKS: {"direct_last"}, MCP: {"get"}},  # a task's history before a tool call
     "monitor": {
         subjects.HEARTBEAT_STREAM: {"nameless"},
         subjects.SERVICE_STREAM: {"direct_last"},
         MODELS: {"nameless", "get"},
+        MCP: {"nameless", "get"},
     },
     "llm-runner": {
         TASKS: {"direct_last"},
@@ -154,6 +157,7 @@ WRITES: Final[list[tuple[str, str, set[str]]]] = [
     ("write an idempotency key", f"$KV.{subjects.IDEMPOTENCY_BUCKET}.k", {"gateway"}),
     ("write a session's memory", f"$KV.{subjects.SESSIONS_BUCKET}.k", {"victoria"}),
     ("write a model server's record", f"$KV.{subjects.MODELS_BUCKET}.k", {"llm-runner"}),
+    ("write an MCP server's record", f"$KV.{subjects.MCP_BUCKET}.k", {"veronica"}),
     ("store an image", f"$O.{subjects.IMAGES_BUCKET}.C.k", {"gateway"}),
     ("purge the images", f"$JS.API.STREAM.PURGE.{subjects.IMAGES_STREAM}", {"gateway"}),
     ("beat for the Telegram bot", subjects.heartbeat(subjects.TELEGRAM, "x"), {"gateway"}),

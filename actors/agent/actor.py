@@ -37,6 +37,7 @@ from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
 from victoria.runtime.fence import TaskWriter
 from victoria.runtime.memory import Exchange, KvMemory
+from victoria.runtime.tooltable import ToolTables
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Victoria(Actor):
         """Veronica's instances as the monitor and supervisors report them: instance -> reason if down."""
         self.veronica_went_down = asyncio.Event()
         self.memory = KvMemory(self.js)
+        self.tool_tables = ToolTables(self.js)
 
     async def on_start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel))
@@ -571,14 +573,28 @@ class _Context:
         waited for (``actors/veronica/executor.py``). Taken from the history when it holds it. A
         call nobody took within ``delegate_timeout`` is given up (claimed by Victoria, so that it
         never runs after), and its outcome says so."""
-        spec = tools.BY_NAME[tool]
+        spec = tools.BY_NAME.get(tool) or (await self.tool_table()).get(tool)
         asked = workflow.tool_fingerprint(tool, args)
         call_id = self._same_intent(call_id, asked)
         known = self.history.tool_outcomes.get(call_id)
         if known is not None:
             return known
+        if spec is None and call_id not in self.history.tool_intents:
+            # An MCP server's tool, its server gone since the step's table was read.
+            return contracts.ToolOutcome(
+                task_id=self.task.task_id,
+                call_id=call_id,
+                tool=tool,
+                ok=False,
+                error=f"there is no tool {tool!r} now: its MCP server is not up",
+                instance=self.actor.instance,
+            )
         approved_by = ""
-        if spec.effect in self.actor.config.approvals_needed and call_id not in self.history.tool_intents:
+        if (
+            spec is not None
+            and spec.effect in self.actor.config.approvals_needed
+            and call_id not in self.history.tool_intents
+        ):
             decided = await self._approval(call_id, tool, args, spec.effect)
             if decided.decision == "deny":
                 by = decided.by or "someone"
@@ -601,7 +617,7 @@ class _Context:
         started = time.monotonic()
         try:
             await self.flush_markers()
-            if call_id not in self.history.tool_intents:
+            if spec is not None and call_id not in self.history.tool_intents:
                 intent = contracts.ToolIntent(
                     task_id=self.task.task_id,
                     call_id=call_id,
@@ -633,6 +649,9 @@ class _Context:
         )
         self.history.apply(outcome)
         return outcome
+
+    async def tool_table(self) -> tools.Table:
+        return await self.actor.tool_tables.current()
 
     async def _approval(
         self, call_id: str, tool: str, args: dict[str, Any], effect: contracts.ToolEffect

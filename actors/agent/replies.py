@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from victoria.events import tools
-from victoria.events.tools import FINISH, Tool
+from victoria.events.tools import BUILTINS, FINISH, Table, Tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +54,15 @@ _TOOL: Final = re.compile(r'"(?:tool|action|name)"\s*:\s*"(\w+)"')
 _PATH: Final = re.compile(r'"path"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def parse_action(text: str) -> Action:
-    """The action a step reply asks for. A reply that is not a tool call is the final answer."""
+def parse_action(text: str, table: Table = BUILTINS) -> Action:
+    """The action a step reply asks for, a tool of ``table``. A reply that is not a tool call is
+    the final answer."""
     stripped = (text or "").strip()
     if not stripped:
         return Finish("")
     obj = _find_object(stripped)
     if obj is not None:
-        action = _from_object(obj)
+        action = _from_object(obj, table)
         if action is not None:
             thought = obj.get("thought") or obj.get("reasoning")
             if isinstance(thought, str) and thought.strip():
@@ -77,7 +78,7 @@ _TAGGED: Final = re.compile(r"^<tool_call>\s*(.*?)\s*(?:</tool_call>)?$", re.DOT
 _WHOLE_FENCE: Final = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 
 
-def parse_native(text: str) -> Action:
+def parse_native(text: str, table: Table = BUILTINS) -> Action:
     """A native step reply that called no tool: its text is the final answer, except when the whole
     text (bare, in a code fence, or in ``<tool_call>`` tags) is one JSON object naming a tool of the
     table, ``{"tool": <name>, "args": {...}}`` or ``{"name": ..., "arguments": ...}``: what
@@ -99,7 +100,7 @@ def parse_native(text: str) -> Action:
     if not isinstance(value, dict):
         return Finish(stripped)
     named = value.get("tool") or value.get("name") or value.get("action")
-    tool = tools.lookup(named) if isinstance(named, str) else None
+    tool = table.lookup(named) if isinstance(named, str) else None
     if tool is None:
         return Finish(stripped)
     args = value.get("args") or value.get("arguments") or value.get("parameters") or {}
@@ -107,14 +108,14 @@ def parse_native(text: str) -> Action:
     if tool is not FINISH and isinstance(args, dict):
         action = _call(tool, args) or ToolCall(tool.name, args)  # its arguments are checked after
     else:
-        action = _from_object(value)
+        action = _from_object(value, table)
     if action is None:
         return Finish(stripped)
     thought = value.get("thought") or value.get("reasoning")
     return _with_thought(action, thought.strip()) if isinstance(thought, str) and thought.strip() else action
 
 
-def native_call(name: str, arguments: dict[str, Any]) -> Action | str:
+def native_call(name: str, arguments: dict[str, Any], table: Table = BUILTINS) -> Action | str:
     """One native tool call of a reply as an action: the tool the model named (its name or an
     alias, any case) with its arguments under their names or the other names models use, checked
     against the schema after (``checked_args``); a call of ``finish`` is the final answer. A text:
@@ -123,7 +124,7 @@ def native_call(name: str, arguments: dict[str, Any]) -> Action | str:
     if "_raw" in arguments:
         raw = str(arguments["_raw"])
         return f"the arguments of {name} were not a JSON object: {raw[:200]!r}"
-    tool = tools.lookup(name)
+    tool = table.lookup(name)
     if tool is None:
         return ToolCall(name, arguments)
     if tool is FINISH:
@@ -174,12 +175,12 @@ def _find_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _from_object(obj: dict[str, Any]) -> Action | None:
+def _from_object(obj: dict[str, Any], table: Table) -> Action | None:
     tool = obj.get("tool") or obj.get("action") or obj.get("name")
     args = obj.get("args") or obj.get("arguments") or obj.get("parameters") or obj.get("input") or {}
     if not isinstance(args, dict):
         args = {"value": args}
-    known = tools.lookup(tool) if isinstance(tool, str) else None
+    known = table.lookup(tool) if isinstance(tool, str) else None
     if known is FINISH:
         return Finish(_answer_text(args) or _answer_text(obj) or "")
     if known is not None:
@@ -194,7 +195,10 @@ def _from_object(obj: dict[str, Any]) -> Action | None:
 
 def _call(tool: Tool, args: dict[str, Any]) -> ToolCall | None:
     """The call of ``tool`` with the arguments a model gave, under their names or the other names
-    models use; None when a required argument is missing or not text."""
+    models use; None when a required argument is missing or not text. An MCP server's tool takes
+    its arguments as given (its schema checks them)."""
+    if tool.input_schema is not None:
+        return ToolCall(tool.name, args)
     defaults = tool.args.__struct_defaults__
     fields = tool.fields
     required = len(fields) - len(defaults)

@@ -125,6 +125,11 @@ class TaskContext(Protocol):
         """One tool call, durably: at most once for a call that must not run again."""
         ...
 
+    async def tool_table(self) -> tools.Table:
+        """The tools the model may call now: the table's own, and those of the MCP servers that
+        are up (``reads.mcp_servers``)."""
+        ...
+
     def understood(self, text: str) -> None:
         """What the goal was understood to ask: the next model request stored carries it, for the
         old clients' ``/stream`` (their "Understood" step)."""
@@ -386,20 +391,23 @@ class _Steps:
         """Every call made, in order: tool, arguments, what the model was told of it."""
         self.observations: list[str] = []
         self.verbose: list[VerboseStep] = []
+        self.table = tools.BUILTINS
 
     async def take(self, step: int) -> Finish | None:
         """One step: the final answer, or None when the model called tools (their results are in
-        the transcript)."""
+        the transcript). The tools are the table of this moment (an MCP server may come or go)."""
         request_id = f"step-{step}"
+        self.table = await self.ctx.tool_table()
         if self.native:
-            result = await self.models.result(self.ctx, "step", request_id, self.transcript, tools=TOOL_SPECS)
+            offered = TOOL_SPECS if self.table.tools == tools.TOOLS else self.table.specs()
+            result = await self.models.result(self.ctx, "step", request_id, self.transcript, tools=offered)
             if not refused_tools(result):
                 return await self._native(step, result)
             self.native = False  # for the rest of the task: the same step again, in text
             self.transcript = self._text_transcript()
             request_id = f"step-{step}-text"
-        reply = await self.models.ask(self.ctx, "step", request_id, self.transcript, json_mode=True)
-        action = parse_action(reply)
+        reply = await self.models.ask(self.ctx, "step", request_id, self._in_text_now(), json_mode=True)
+        action = parse_action(reply, self.table)
         if isinstance(action, Finish):
             return self._finish(step, action)
         await self._in_text(step, reply, action)
@@ -418,7 +426,7 @@ class _Steps:
     async def _native(self, step: int, result: LLMResult) -> Finish | None:
         calls = result.tool_calls
         if not calls:
-            action = parse_native(result.content)
+            action = parse_native(result.content, self.table)
             if isinstance(action, Finish):
                 return self._finish(step, action)
             await self._in_text(step, result.content, action)
@@ -428,7 +436,7 @@ class _Steps:
         for n, part in enumerate(calls, 1):
             call_id = f"call-{step}" if len(calls) == 1 else f"call-{step}-{n}"
             read: Action | str = (
-                native_call(part.name, part.arguments)
+                native_call(part.name, part.arguments, self.table)
                 if n <= MAX_CALLS
                 else f"not run: at most {MAX_CALLS} tool calls of one reply run; call it again"
             )
@@ -467,7 +475,7 @@ class _Steps:
             tool, args, observation = part.name, part.arguments, f"error: {action}"
         else:
             tool, args = action.tool, action.args
-            checked = checked_args(tool, args)
+            checked = checked_args(tool, args, self.table)
             if isinstance(checked, str):
                 observation = f"error: {checked}"
             else:
@@ -486,6 +494,22 @@ class _Steps:
         self.observations.append(f"{_call_text(tool, args)}:\n{observation}")
         self.made.append((tool, args, observation))
         return observation
+
+    def _in_text_now(self) -> list[ChatMessage]:
+        """The JSON-in-text transcript, its system prompt naming the MCP servers' tools of this
+        step's table (the prompt's examples name the table's own)."""
+        others = [tool for tool in self.table.tools if tool.input_schema is not None]
+        if not others or not self.transcript or self.transcript[0].role != "system":
+            return self.transcript
+        listed = "; ".join(
+            f"{tool.name}: {tool.description} Arguments (JSON Schema): "
+            f"{json.dumps(tool.input_schema, ensure_ascii=False)[:600]}"
+            for tool in others
+        )
+        system = ChatMessage(
+            "system", f"{self.transcript[0].content}\n\nMore tools, called the same way: {listed}"
+        )
+        return [system, *self.transcript[1:]]
 
     def _text_transcript(self) -> list[ChatMessage]:
         """The JSON-in-text protocol's transcript of the calls made so far, for a task that falls
@@ -509,17 +533,39 @@ def refused_tools(result: LLMResult) -> bool:
     return result.error_kind in ("http_status", "protocol") and "tool" in (result.error or "").lower()
 
 
-def checked_args(tool: str, args: dict[str, Any]) -> dict[str, Any] | str:
-    """The call's arguments held to the tool's schema (msgspec), as JSON values; or what is wrong."""
-    spec = tools.BY_NAME.get(tool)
-    if spec is None:
-        return f"there is no tool {tool!r}; the tools are {', '.join(t.name for t in tools.TOOLS)}"
+def checked_args(
+    tool: str, args: dict[str, Any], table: tools.Table = tools.BUILTINS
+) -> dict[str, Any] | str:
+    """The call's arguments held to the tool's schema (msgspec; an MCP server's tool: its JSON
+    Schema), as JSON values; or what is wrong."""
+    spec = table.get(tool)
+    if spec is None or spec is tools.FINISH:
+        return f"there is no tool {tool!r}; the tools are {', '.join(t.name for t in table.tools)}"
+    if spec.input_schema is not None:
+        return _checked_by_schema(spec, args)
     try:
         value = msgspec.convert(args, spec.args, strict=False)
     except msgspec.ValidationError as exc:
         return f"bad arguments for {tool}: {exc}"
     out: dict[str, Any] = msgspec.to_builtins(value)
     return {key: item for key, item in out.items() if item is not None}
+
+
+def _checked_by_schema(spec: tools.Tool, args: dict[str, Any]) -> dict[str, Any] | str:
+    """An MCP tool's arguments checked against its server's JSON Schema (``jsonschema``, in the
+    draft the schema names; 2020-12 when it names none, as MCP says)."""
+    import jsonschema  # loaded at the first MCP call, not at start
+
+    schema = spec.input_schema or {}
+    try:
+        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(args))
+    except jsonschema.exceptions.SchemaError as exc:
+        return f"the MCP server's schema of {spec.name} is not valid: {exc.message}"
+    if error is None:
+        return args
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"bad arguments for {spec.name}: {f'{where}: ' if where else ''}{error.message}"
 
 
 def _call_text(tool: str, args: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import ClassVar, Final, Literal, assert_never
 
 import msgspec
@@ -43,6 +43,7 @@ from victoria.events.contracts import (
 from victoria.runtime import reads
 from victoria.runtime.base import Actor
 from victoria.runtime.config import Config
+from victoria.runtime.tooltable import ToolTables
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Monitor(Actor):
         """Since when the monitor's own heartbeats come back to it in time (None while blind)."""
         self._runner_records: list[ModelServerInfo] = []
         """The runners' records of the model servers as last read (``_runner_view``)."""
+        self.mcp = ToolTables(self.js, every=2.0)
+        """Veronica's records of her MCP servers, read at most every 2 s (``dependencies``)."""
 
     def probe_specs(self) -> list[ProbeSpec]:
         cfg = self.config
@@ -137,6 +140,8 @@ class Monitor(Actor):
         return [entry.view() for _, entry in sorted(self.entries.items())]
 
     def dependencies(self) -> list[DependencyEntry]:
+        """The probed dependencies, then each MCP server of each instance of Veronica as she last
+        recorded it (``victoria_mcp``)."""
         return [
             DependencyEntry(
                 name=state.spec.name,
@@ -147,10 +152,23 @@ class Monitor(Actor):
                 last_checked=state.last_checked,
             )
             for state in self.probes.values()
+        ] + [
+            DependencyEntry(
+                name=f"mcp-{state.server}",
+                target=state.target,
+                status="unknown" if state.status == "starting" else state.status,
+                reason=state.reason or ("starting" if state.status == "starting" else ""),
+                last_checked=datetime.fromtimestamp(state.at, UTC),
+                instance=state.instance,
+                tools=len(state.tools),
+                stderr=state.stderr,
+            )
+            for state in self.mcp.servers
         ]
 
     async def _on_services_request(self, msg: Msg) -> None:
         if msg.reply:
+            await self.mcp.current()
             reply = ServicesReply(services=self.snapshot(), dependencies=self.dependencies())
             await msg.respond(encode(reply))
 

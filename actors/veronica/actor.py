@@ -1,5 +1,5 @@
 """Veronica: the helper agent. Answers file requests from her workspace, with no model call, and
-runs the tasks' tool calls, durably (``executor``)."""
+runs the tasks' tool calls, durably (``executor``), her MCP servers' among them (``mcp``)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
 from victoria.actors.veronica import files
@@ -29,6 +30,9 @@ from victoria.runtime.config import Config
 from victoria.runtime.consumer import WorkConsumer
 from victoria.runtime.context import current_task_id, current_trace_id
 
+if TYPE_CHECKING:
+    from victoria.actors.veronica.mcp import McpServers
+
 log = logging.getLogger(__name__)
 
 
@@ -40,13 +44,16 @@ class Veronica(Actor):
         self._sub: Subscription | None = None
         self._busy = 0
         self.commands = Commands(config)
-        self.executor = Executor(nc, self.js, self.commands, instance=self.instance)
+        self.mcp = _mcp_servers(self.js, config)
+        self.executor = Executor(nc, self.js, self.commands, instance=self.instance, mcp=self.mcp)
         self._finding: asyncio.Task[None] | None = None
         self.consumers: list[WorkConsumer] = []
         self._cancels: Subscription | None = None
 
     async def on_start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.VERONICA_FILES, queue="veronica", cb=self._on_request)
+        if self.mcp is not None:
+            self.mcp.start()  # each server started and watched in the background
         self._finding = asyncio.create_task(self._find_sandbox())  # a trial command, off the start
         self._cancels = await self.nc.subscribe(subjects.all_tasks_of_kind("cancel"), cb=self._on_cancel)
         self.consumers = await self.consume_tasks(
@@ -78,6 +85,8 @@ class Veronica(Actor):
             self._finding.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
+        if self.mcp is not None:
+            await self.mcp.stop()
 
     def in_flight(self) -> int:
         return self._busy + sum(len(runs) for runs in self.executor.running.values())
@@ -136,6 +145,15 @@ class Veronica(Actor):
         except Exception as exc:  # a bug here must not leave the task waiting for a reply
             log.exception("files %s %r failed", request.op, request.path)
             return FilesReply(ok=False, error=f"{request.path!r}: Veronica failed: {type(exc).__name__}")
+
+
+def _mcp_servers(js: JetStreamContext, config: Config) -> McpServers | None:
+    """The MCP servers of ``VICTORIA_MCP_CONFIG``; the SDK is loaded only when there are some."""
+    if not config.mcp_servers:
+        return None
+    from victoria.actors.veronica.mcp import McpServers
+
+    return McpServers(js, config)
 
 
 def _read(workspace: Path, request: FilesRequest) -> FilesReply:

@@ -19,9 +19,14 @@ it from her durable consumer (``veronica``), and:
 4. stores its ``tool_outcome`` (one message ever) and says so on ``victoria.result.<task>.<call>``;
 5. acknowledges the intent.
 
-A cancel request for the task stops its running calls (a command's tree within 2 s); their
-outcome says so. Each call Veronica takes is a span ``execute_tool <tool>`` in the task's trace
-(OpenTelemetry's GenAI conventions).
+A call of an MCP server's tool (``mcp__<server>__<tool>``) takes the same path: its intent carries
+the effect and ``rerun`` its annotations give (``tools.from_mcp``), so a call that is not
+read-only or idempotent is never made twice; it runs on the server's session
+(``actors/veronica/mcp.py``), within ``VICTORIA_MCP_CALL_TIMEOUT``.
+
+A cancel request for the task stops its running calls (a command's tree within 2 s, an MCP call at
+once, cancelled on its server too); their outcome says so. Each call Veronica takes is a span
+``execute_tool <tool>`` in the task's trace (OpenTelemetry's GenAI conventions).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -49,6 +54,9 @@ from victoria.events import contracts, subjects, tools
 from victoria.runtime import fence, reads, tracing
 from victoria.runtime.consumer import delivered_event
 from victoria.runtime.protocol import parse_ack_subject
+
+if TYPE_CHECKING:
+    from victoria.actors.veronica.mcp import McpServers
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +82,21 @@ class _Call:
 
 
 class Executor:
-    def __init__(self, nc: NATS, js: JetStreamContext, commands: Commands, *, instance: str) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        commands: Commands,
+        *,
+        instance: str,
+        mcp: McpServers | None = None,
+    ) -> None:
         self.nc = nc
         self.js = js
         self.commands = commands
         self.instance = instance
+        self.mcp = mcp
+        """The MCP servers whose tools she runs (None: ``VICTORIA_MCP_CONFIG`` names none)."""
         self.running: dict[str, set[asyncio.Task[contracts.ToolOutcome]]] = defaultdict(set)
 
     def cancel_task(self, task_id: str) -> None:
@@ -245,6 +263,8 @@ class Executor:
         began = time.monotonic()
         tool = tools.BY_NAME.get(intent.tool)
         try:
+            if tool is None and intent.tool.startswith(subjects.MCP_TOOL_PREFIX):
+                return await self._mcp_call(call)
             if tool is None:
                 raise ToolError(f"no tool {intent.tool!r}")
             runner = _RUN.get(tool.name)
@@ -253,6 +273,21 @@ class Executor:
             return await runner(self, call)
         except (ToolError, OSError) as exc:
             return self._failed(intent, exc, duration=time.monotonic() - began)
+
+    async def _mcp_call(self, call: _Call) -> contracts.ToolOutcome:
+        intent = call.intent
+        if self.mcp is None:
+            raise ToolError(f"no tool {intent.tool!r}: Veronica runs no MCP servers (VICTORIA_MCP_CONFIG)")
+        began = time.monotonic()
+        result = await self.mcp.call(intent.tool, intent.args)
+        return self._outcome(
+            intent,
+            ok=result.ok,
+            output=result.output,
+            error=result.error,
+            interrupted=result.interrupted,
+            duration=time.monotonic() - began,
+        )
 
     def _failed(
         self, intent: contracts.ToolIntent, exc: ToolError | OSError, *, duration: float = 0.0

@@ -748,7 +748,9 @@ function servicesPage(root) {
       h("td", { class: "num" }, s.restarts), h("td", {}, ago(s.last_seen)), h("td", { class: "num" }, megabytes(s.rss_bytes)),
       h("td", { class: "num" }, s.in_flight ?? ""), h("td", { class: "num" }, s.pid ?? ""))));
     deps.replaceChildren(...(body.dependencies || []).map((d) => h("tr", {},
-      h("td", {}, d.name), h("td", { class: "mono" }, d.target), h("td", {}, badge(d.status)), h("td", {}, d.reason || ""), h("td", {}, ago(d.last_checked)))));
+      h("td", {}, d.name), h("td", { class: "mono" }, d.target), h("td", {}, badge(d.status)),
+      h("td", { class: "reason" }, d.reason || "", ...(d.stderr && d.stderr.length ? [h("pre", { class: "stderr" }, d.stderr.join("\n"))] : [])),
+      h("td", {}, ago(d.last_checked)))));
     const list = body.model_servers || [];
     servers.replaceChildren(...(list.length ? list.map((m) => h("div", { class: "server" },
       h("h3", {}, m.url || "", " ", badge(m.status || "unknown"), m.api ? ` ${m.api}` : ""),
