@@ -173,6 +173,11 @@ async def _end_reading(reading: asyncio.Future[Any]) -> None:
             await reading
 
 
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 async def _drain(stream: asyncio.StreamReader | None, into: _Capped) -> None:
     if stream is None:
         return
@@ -348,6 +353,9 @@ class Sandbox:
                 child = await _child_pid(info_r)
             out, err = _Capped(limits.output_bytes), _Capped(limits.output_bytes)
             reading = asyncio.gather(_drain(process.stdout, out), _drain(process.stderr, err))
+            # A reader cancelled on its own (the loop's end cancels every task) makes the gather's
+            # exception a CancelledError that nobody may be left to await: marked as seen here.
+            reading.add_done_callback(_seen)
             reason: str | None = None
             try:
                 async with asyncio.timeout(limits.timeout_s):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -282,3 +283,33 @@ def test_two_tasks_at_once_on_a_one_slot_server_do_not_cut_each_other_short(
     for task_id, end in zip(ids, ends, strict=True):
         assert not [r for r in results(system, task_id) if r.get("finish_reason") == "interrupted"]
         assert end["status"] == "completed", (end.get("error_kind"), end.get("error"), timeline)
+
+
+def test_the_agent_offers_a_real_mcp_servers_tools_in_text_and_any_call_of_one_is_durable(
+    start: Callable[..., System], proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    config = tmp_path / "mcp.json"
+    clock = str(Path(sys.executable).parent / "mcp-server-time")
+    config.write_text(json.dumps({"mcpServers": {"time": {"command": clock}}}))
+    system = start(VICTORIA_MCP_CONFIG=str(config))
+    now = "mcp__time__get_current_time"
+    system.wait_for(
+        lambda: now in [tool["name"] for tool in system.http.get("/tools").json()["tools"]],
+        what="the time server's tools",
+    )
+    task_id = system.submit(
+        "What time is it now in Tokyo? Call the tool mcp__time__get_current_time with the timezone "
+        "Asia/Tokyo, then answer.",
+        task_type="agent",
+    )
+    assert system.wait_terminal(task_id, timeout=120)["status"] == "completed"
+    steps = [c for c in proxy.calls() if b"Victoria, carrying out a plan" in c.body]
+    assert steps and all(now.encode() in c.body and b'"tools"' not in c.body for c in steps)
+    found = stream_messages(system.bus_url(), f"victoria.task.*.{task_id}.>")
+    intents = {m["call_id"]: m for m in found if m["type"] == "tool_intent"}
+    outcomes = {m["call_id"]: m for m in found if m["type"] == "tool_outcome"}
+    assert set(outcomes) == set(intents)  # whatever the model called, each call has its one outcome
+    for call_id, intent in intents.items():
+        if intent["tool"] == now:
+            assert intent["effect"] == "read" and intent["rerun"] is True
+            assert outcomes[call_id]["ok"] or outcomes[call_id]["error"], outcomes[call_id]

@@ -413,6 +413,10 @@ class _Server:
             httpx.AsyncClient(headers=expanded.headers, timeout=HTTP_TIMEOUT) as client,
             streamable_http_client(expanded.url, http_client=client) as (read, write, _),
         ):
+            # One turn of the loop, so that the SDK's writer task starts, and holds (and at its end
+            # closes) its end of the write stream: cancelled before its first step, it would leave
+            # that end to the garbage collector, unclosed (a session that fails at once).
+            await asyncio.sleep(0)
             yield read, write
 
     async def _read_stderr(self, fd: int) -> None:
