@@ -64,17 +64,23 @@ def _decision_of(raw: bytes) -> DecisionBody:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
 
 
-def _answer(task_id: str, decided: ApprovalDecided, status: int) -> Response:
-    body = Decided(
+def decided_body(task_id: str, decided: ApprovalDecided, *, error: str | None = None) -> Decided:
+    """A decision as the route answers it (and the MCP tool ``decide_approval``)."""
+    return Decided(
         task_id=task_id,
         id=decided.approval_id,
         decision=decided.decision,
         reason=decided.reason,
         by=decided.by,
         decided_at=decided.ts,
-        error="already_decided" if status == 409 else None,
+        error=error,
     )
-    return json_response(body, status)
+
+
+def _answer(task_id: str, decided: ApprovalDecided, status: int) -> Response:
+    return json_response(
+        decided_body(task_id, decided, error="already_decided" if status == 409 else None), status
+    )
 
 
 async def decide(request: Request, backend: Backend) -> Response:

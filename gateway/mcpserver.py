@@ -515,14 +515,7 @@ class Tools:
         decided, new = found
         if not new:
             raise ToolFailed(f"{args.approval_id} was decided before: {decided.decision} by {decided.by}")
-        body = approvals.Decided(
-            task_id=args.task_id,
-            id=decided.approval_id,
-            decision=decided.decision,
-            reason=decided.reason,
-            by=decided.by,
-            decided_at=decided.ts,
-        )
+        body = approvals.decided_body(args.task_id, decided)
         return _text(f"{args.approval_id}: {decided.decision} by {decided.by}", body)
 
     async def list_models(self, args: NoArgs, ctx: Context) -> types.CallToolResult:

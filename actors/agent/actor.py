@@ -581,14 +581,7 @@ class _Context:
             return known
         if spec is None and call_id not in self.history.tool_intents:
             # An MCP server's tool, its server gone since the step's table was read.
-            return contracts.ToolOutcome(
-                task_id=self.task.task_id,
-                call_id=call_id,
-                tool=tool,
-                ok=False,
-                error=f"there is no tool {tool!r} now: its MCP server is not up",
-                instance=self.actor.instance,
-            )
+            return self._not_run(call_id, tool, f"there is no tool {tool!r} now: its MCP server is not up")
         approved_by = ""
         if (
             spec is not None
@@ -598,14 +591,7 @@ class _Context:
             decided = await self._approval(call_id, tool, args, spec.effect)
             if decided.decision == "deny":
                 by = decided.by or "someone"
-                return contracts.ToolOutcome(
-                    task_id=self.task.task_id,
-                    call_id=call_id,
-                    tool=tool,
-                    ok=False,
-                    error=f"denied by {by}: {decided.reason or 'no reason given'}",
-                    instance=self.actor.instance,
-                )
+                return self._not_run(call_id, tool, f"denied by {by}: {decided.reason or 'no reason given'}")
             approved_by = decided.by or "someone"
         key = (self.task.task_id, call_id)
         future: asyncio.Future[contracts.ToolOutcome] = asyncio.get_running_loop().create_future()
@@ -649,6 +635,17 @@ class _Context:
         )
         self.history.apply(outcome)
         return outcome
+
+    def _not_run(self, call_id: str, tool: str, error: str) -> contracts.ToolOutcome:
+        """The outcome of a call that was never sent to Veronica: what the model is told."""
+        return contracts.ToolOutcome(
+            task_id=self.task.task_id,
+            call_id=call_id,
+            tool=tool,
+            ok=False,
+            error=error,
+            instance=self.actor.instance,
+        )
 
     async def tool_table(self) -> tools.Table:
         return await self.actor.tool_tables.current()
