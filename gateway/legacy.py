@@ -56,7 +56,7 @@ from victoria.gateway.schemas import (
     TelegramRegistered,
 )
 from victoria.gateway.submit import submit, wait_terminal
-from victoria.runtime import tracing
+from victoria.runtime import publish, tracing
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ AGENT: Final = "Victoria"
 WAIT_SLACK: Final = 60.0  # seconds past the task deadline a sync request may wait (none runs it)
 MODELS_TIMEOUT: Final = 3.0  # seconds to wait for a runner's first look at the model servers
 BOT_INTERVAL: Final = 60.0  # seconds between a Telegram bot's heartbeats unless it says otherwise
+BEAT_WAIT: Final = 5.0  # seconds a bot's beat waits for the heartbeat stream to store it
 END_VIEW_WAIT: Final = 2.0  # seconds /stream waits for the gateway's view to fold the terminal event
 MAX_BOT_VERSION: Final = 200  # characters: it goes into every /services answer
 _token_chunk: Final = msgspec.json.Decoder(contracts.TokenChunk)
@@ -467,7 +468,11 @@ async def _bot_heartbeat(request: Request, backend: Backend) -> contracts.Heartb
         interval_s=interval,
         started_at=datetime.now(UTC),
     )
-    await backend.nc.publish(subjects.heartbeat(beat.name, beat.instance), encode(beat))
+    # Stored before the answer: the bot's next beat, which may come at once, reads its interval.
+    stored = await publish.publish(
+        backend.nc, subjects.heartbeat(beat.name, beat.instance), encode(beat), {}, wait=BEAT_WAIT
+    )
+    publish.raise_for(stored)
     return beat
 
 

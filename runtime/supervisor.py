@@ -114,6 +114,9 @@ class Supervisor:
         self._reports: set[asyncio.Task[None]] = set()
         self._last_report: asyncio.Task[None] | None = None
         self._lock: TextIO | None = None
+        self._port_hold: socket.socket | None = None
+        """The gateway's port, bound from the check until the gateway is started: meanwhile an
+        embedded nats-server asking the kernel for any port (``-p -1``) cannot be given it."""
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -147,17 +150,24 @@ class Supervisor:
         self.listen.refuse_open(self.config)
 
     def _check_port(self) -> None:
-        """Fail at once, and say why, when the gateway's port is taken (rather than crash-looping)."""
+        """Fail at once, and say why, when the gateway's port is taken (rather than crash-looping);
+        else hold it (``_port_hold``) until the gateway starts."""
         host, port = self.listen.host, self.listen.port
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise VictoriaError(
-                    f"cannot listen on {host}:{port} ({exc.strerror}); is another victoria "
-                    "running? pass --port"
-                ) from None
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            probe.close()
+            raise VictoriaError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is another victoria running? pass --port"
+            ) from None
+        self._port_hold = probe
+
+    def _release_port(self) -> None:
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
 
     def _lock_data_dir(self) -> None:
         """One ``victoria up`` per data dir: a second one would fight the first over the store."""
@@ -364,6 +374,7 @@ class Supervisor:
             for k in range(1, count + 1):
                 instance = self.config.instance if count == 1 else f"{self.config.instance}-{k}"
                 self.children.append(Child(name, ["actor", name], instance=instance))
+        self._release_port()  # the gateway binds it itself
         for child in self.children:
             self._watchers.append(asyncio.create_task(self._supervise(child), name=f"supervise-{child.name}"))
 
@@ -438,6 +449,7 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        self._release_port()
         running = [c.process for c in self.children if c.process and c.process.returncode is None]
         for process in running:
             process.send_signal(signal.SIGTERM)

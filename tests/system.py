@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -21,10 +22,30 @@ from tests.fakellm import FakeLLM
 READY_TIMEOUT = 30.0  # seconds
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out for a bind to port 0 (nats-server's ``-p -1``, a client's
+    connection): Linux's ip_local_port_range, else the IANA range macOS uses."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(49152, 65536)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on loopback now, below the kernel's ephemeral range: a port the kernel chose
+    for us would be free for it to give out again, to a server started with ``-p -1`` meanwhile."""
+    ephemeral = _ephemeral_ports()
+    candidates = range(20000, ephemeral.start) if ephemeral.start > 21000 else range(10000, 20000)
+    for _ in range(200):
+        port = random.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
 
 
 class NatsServer:
@@ -157,7 +178,11 @@ class System:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # no process left running, nor its Popen to be collected in another test
+            raise
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:

@@ -312,6 +312,17 @@ def test_a_telegram_bot_registers_beats_shows_in_services_and_is_reported_down_w
     assert system.http.get("/health/telegram").json()["status"] == "stale"
 
 
+def test_a_bots_beat_right_after_its_registration_keeps_the_registrations_interval(system: System) -> None:
+    # Each beat is stored before the answer: the next one, at once, reads the interval given.
+    for n in range(10):
+        bot = f"@quick_{n}_bot"
+        body = {"bot_username": bot, "heartbeat_interval": 7.5}
+        assert system.http.post("/api/telegram/register", json=body).status_code == 200
+        assert system.http.post("/api/telegram/heartbeat", json={"bot_username": bot}).status_code == 200
+        health = system.http.get("/health/telegram").json()
+        assert (health["instance"], health["heartbeat_interval_s"]) == (f"quick_{n}_bot", 7.5), n
+
+
 def test_images_reach_an_openai_compatible_server_as_image_parts(
     tmp_path: Path, workspace: Path, fake: FakeLLM
 ) -> None:

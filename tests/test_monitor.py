@@ -21,17 +21,17 @@ def silent(name: str, instance: str, seconds: float) -> _Entry:
     return _Entry(name, instance, pid=1, last_seen=utcnow() - timedelta(seconds=seconds), interval=0.5)
 
 
-async def hearing_itself(monitor: Monitor, seconds: float) -> None:
-    """``seconds`` pass while the monitor's own beats come back to it, looking every 0.25 s."""
-    own = monitor.entries[("monitor", monitor.instance)]
+async def hearing_itself(monitor: Monitor, seconds: float, *, late: float = 0.0) -> None:
+    """``seconds`` pass while the monitor's own beats come back to it, each ``late`` seconds after
+    it was sent, looking every 0.25 s."""
     for _ in range(int(seconds / 0.25)):
-        own.last_seen = utcnow()
+        monitor.own_beat(utcnow() - timedelta(seconds=late))
         await monitor.check()
         await asyncio.sleep(0.25)
 
 
 async def test_a_silent_instance_is_down_while_the_monitor_hears_its_own_heartbeats(nc: NATS) -> None:
-    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1"}))
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1", "VICTORIA_HEARTBEAT_INTERVAL": "0.5"}))
     monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 0.1)
     monitor.entries[("victoria", "a")] = silent("victoria", "a", 10.0)
     monitor.entries[("victoria", "b")] = silent("victoria", "b", 0.1)
@@ -49,9 +49,10 @@ async def test_nobody_is_declared_down_while_the_monitors_own_heartbeats_are_lat
     """A NATS server of the cluster went away: every beat, the monitor's own too, stops reaching it
     for a few seconds while the heartbeat stream elects a leader. That is no service's death, and
     once the beats flow again every instance gets its full three intervals to be heard."""
-    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1"}))
-    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 1.2)  # just past two intervals
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1", "VICTORIA_HEARTBEAT_INTERVAL": "0.5"}))
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 1.2)
     monitor.entries[("victoria", "a")] = silent("victoria", "a", 10.0)
+    monitor.own_beat(utcnow() - timedelta(seconds=1.2))  # its last beat back: just past two intervals
     await monitor.check()
     assert monitor.entries[("victoria", "a")].status == "up"
     assert monitor.entries[("monitor", "m1")].status == "up", "the monitor never judges itself"
@@ -59,4 +60,17 @@ async def test_nobody_is_declared_down_while_the_monitors_own_heartbeats_are_lat
     await hearing_itself(monitor, 1.0)
     assert monitor.entries[("victoria", "a")].status == "up"
     await hearing_itself(monitor, 1.0)
+    assert monitor.entries[("victoria", "a")].status == "down"
+
+
+async def test_a_silent_instance_is_down_even_while_the_monitors_own_beats_come_back_late(nc: NATS) -> None:
+    """A slow pipe (a loaded machine): the monitor's beats come back 1.2 s after they were sent,
+    more than two intervals, but none is lost. The silence of an instance that stopped is still
+    judged, later by as much; it was never judged while the monitor kept counting itself blind."""
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1", "VICTORIA_HEARTBEAT_INTERVAL": "0.5"}))
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 1.2)
+    monitor.entries[("victoria", "a")] = silent("victoria", "a", 0.1)
+    await hearing_itself(monitor, 1.0, late=1.2)
+    assert monitor.entries[("victoria", "a")].status == "up"  # 1.5 s of its silence not yet seen
+    await hearing_itself(monitor, 2.0, late=1.2)
     assert monitor.entries[("victoria", "a")].status == "down"

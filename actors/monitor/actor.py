@@ -5,15 +5,20 @@ silence or when the supervisor reports its process dead, and ``up`` again at its
 ``service_down`` and ``service_up`` are published only on transitions. ``service_started`` is
 published by the monitor too, at the first heartbeat of a new process (an instance not seen before,
 or a new pid), since only the monitor and the supervisor may publish service events (nats.conf).
-The monitor never acts on itself: it has no way to restart anything, supervisors do that. Nor does
-it judge anyone while its own heartbeats do not come back to it (``Monitor.blind``): that silence
-is NATS failing over, not every service dying at once.
+The monitor never acts on itself: it has no way to restart anything, supervisors do that. Its
+clock for silence is its own heartbeats as they come back through the heartbeat stream
+(``Monitor.own_beat``): an instance is down once a beat of the monitor's, sent more than
+``MISSED_BEATS`` of the instance's intervals after the instance's last, has come back while the
+instance's has not. While its own beats do not come back (NATS failing over, a slow pipe) nobody is
+judged, for that silence is no service's death; when they come back after a gap, every instance
+has its full intervals from then to be heard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +56,7 @@ MISSED_BEATS: Final = 3  # intervals of silence before an instance counts as dow
 FIRST_MODEL_PROBE: Final = 5.0  # seconds after start before a model server's first probe
 RUNNER_VIEW_FRESH: Final = 45.0  # seconds a runner's record of a model server stands for a probe
 # (a runner rewrites it every 5 s when it changes, every 30 s when it does not)
-BLIND_AFTER: Final = 2  # intervals the monitor's own beat may be late before it judges nobody
+BLIND_AFTER: Final = 2  # intervals between two of the monitor's own beats that make a gap
 
 
 @dataclass(slots=True)
@@ -83,8 +88,11 @@ class Monitor(Actor):
         self.model_servers: dict[str, str] = {}
         """Probe name -> the model server's base URL (what the runners' records name)."""
         self._subs: list[Subscription] = []
+        self._own_beat: datetime | None = None
+        """When the last of this process's own heartbeats that came back to it was sent."""
         self._hearing_since: datetime | None = None
-        """Since when the monitor's own heartbeats come back to it in time (None while blind)."""
+        """When the first of its own beats since the last gap in them was sent."""
+        self._deaf_said = False
         self._runner_records: list[ModelServerInfo] = []
         """The runners' records of the model servers as last read (``_runner_view``)."""
         self.mcp = ToolTables(self.js, every=2.0)
@@ -266,6 +274,8 @@ class Monitor(Actor):
             entry = self.entries[key] = _Entry(event.name, event.instance)
         match event:
             case Heartbeat():
+                if key == (self.name, self.instance) and event.pid == os.getpid():
+                    self.own_beat(event.ts)
                 started = event.pid > 0 and entry.pid != event.pid
                 entry.pid = event.pid
                 entry.interval = event.interval_s
@@ -337,32 +347,54 @@ class Monitor(Actor):
             await asyncio.sleep(max(0.25, self.config.heartbeat_interval / 2))
             await self.check()
 
+    def own_beat(self, sent: datetime) -> None:
+        """One of this process's own heartbeats, sent at ``sent``, came back through the stream.
+        After a gap of more than ``BLIND_AFTER`` intervals between two of them (beats lost: the
+        monitor's connection, or the stream electing a leader; or the monitor frozen), the others'
+        beats may have been lost too: their silence counts from this one."""
+        gap = self.config.heartbeat_interval * BLIND_AFTER
+        if self._own_beat is not None and sent <= self._own_beat:
+            return
+        if self._own_beat is None or (sent - self._own_beat).total_seconds() > gap:
+            if self._own_beat is not None:
+                log.info(
+                    "own heartbeats came back after a gap of %.1fs: every instance has %d "
+                    "intervals from now to be heard",
+                    (sent - self._own_beat).total_seconds(),
+                    MISSED_BEATS,
+                )
+            self._hearing_since = sent
+        self._own_beat = sent
+        self._deaf_said = False
+
     def blind(self) -> bool:
-        """True while the monitor's own heartbeats come late (more than ``BLIND_AFTER`` intervals):
-        then silence is the pipe's (its connection, or the heartbeat stream electing a leader after
-        a server of the cluster went away), not the services', and nobody is judged by it."""
-        own = self.entries.get((self.name, self.instance))
-        return own is None or self._stale(own, BLIND_AFTER)
+        """True while none of the monitor's own beats has come back for more than ``BLIND_AFTER``
+        intervals: then nobody is newly judged (the monitor's clock, ``_own_beat``, stands still)."""
+        own = self._own_beat
+        late = self.config.heartbeat_interval * BLIND_AFTER
+        return own is None or (utcnow() - own).total_seconds() > late
 
     async def check(self) -> None:
         """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals
-        while the monitor could hear them. Once its own beats come again after a blind spell, each
-        instance has ``MISSED_BEATS`` intervals from then to beat (its beats published meanwhile
-        may have been refused too); the monitor never judges itself."""
-        if self.blind():
-            self._hearing_since = None
+        as the monitor's own beats tell the time (``own_beat``): a slow pipe delays the judgement
+        but never stops it. The monitor never judges itself."""
+        own, since = self._own_beat, self._hearing_since
+        if self.blind() and own is not None and not self._deaf_said:
+            self._deaf_said = True
+            log.warning(
+                "own heartbeats %.1fs late: nobody is judged until they come back",
+                (utcnow() - own).total_seconds(),
+            )
+        if own is None or since is None:
             return
-        now = utcnow()
-        if self._hearing_since is None:
-            self._hearing_since = now
         for entry in list(self.entries.values()):
             if entry.last_seen is None:
                 continue  # never beat: its state is what the supervisor says (nats-server)
             if entry.status == "down" or (entry.name, entry.instance) == (self.name, self.instance):
                 continue
-            heard = max(entry.last_seen, self._hearing_since)
-            if (now - heard).total_seconds() > entry.interval * MISSED_BEATS:
-                silence = (now - entry.last_seen).total_seconds()
+            heard = max(entry.last_seen, since)
+            if (own - heard).total_seconds() > entry.interval * MISSED_BEATS:
+                silence = (utcnow() - entry.last_seen).total_seconds()
                 await self._transition(
                     entry,
                     "down",
