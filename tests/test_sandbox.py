@@ -379,3 +379,36 @@ def test_what_git_runs_outside_the_sandbox_cannot_be_changed_from_inside(
     assert not (workspace / ".git" / "hooks" / "pre-commit").exists()
     assert "hooksPath" not in (workspace / ".git" / "config").read_text(), planted
     assert run(box, "echo work > a.txt && git add a.txt && git status --short a.txt").stdout == "A  a.txt\n"
+
+
+def test_a_command_dies_with_its_executor_killed_with_sigkill(workspace: Path) -> None:
+    """Veronica killed -9 in the middle of a command: nothing of the command goes on running
+    (its outcome is unknown, and the model is told "interrupted"; it must not run on unseen)."""
+    code = f"""
+import asyncio
+from pathlib import Path
+from victoria.runtime import sandbox
+
+async def main() -> None:
+    box = await sandbox.find("auto", sandbox.Policy(Path({str(workspace)!r})))
+    await box.run("sleep 6013 & sleep 6013", limits=sandbox.Limits(timeout_s=600))
+
+asyncio.run(main())
+"""
+    executor = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while len(_running("sleep 6013")) < 2:
+            assert time.monotonic() < deadline, "the command never started"
+            assert executor.poll() is None, f"the executor exited with {executor.returncode}"
+            time.sleep(0.05)
+        executor.kill()
+        executor.wait(5)
+        deadline = time.monotonic() + 3
+        while _running("sleep 6013") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _running("sleep 6013") == [] and _running(str(workspace.resolve())) == []
+    finally:
+        if executor.poll() is None:
+            executor.kill()
+            executor.wait(5)
