@@ -46,7 +46,7 @@ async def publish(
     payload: bytes,
     headers: dict[str, str],
     *,
-    wait: float = STREAM_AWAY_WAIT,
+    wait: float | None = None,
     again_after_timeout: bool = False,
     stopping: Callable[[], bool] = _never,
 ) -> PubAck:
@@ -55,11 +55,12 @@ async def publish(
     What ``js.publish`` does, through nats-py's public request API, with the acknowledgement
     decoded by msgspec (``protocol.decode_pub_ack``) instead of ``json.loads``, and without raising
     for a refusal: a fenced writer reads what refused it. While no stream answers it publishes
-    again, for up to ``wait`` seconds; after a timeout only when ``again_after_timeout`` (the
-    message may have been stored: only a publish that cannot store a second copy may say so).
+    again, for up to ``wait`` seconds (``STREAM_AWAY_WAIT`` unless told); after a timeout only when
+    ``again_after_timeout`` (the message may have been stored: only a publish that cannot store a
+    second copy may say so).
     ``stopping`` ends the waiting early (its process is stopping): the error is raised at once."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    deadline = loop.time() + (STREAM_AWAY_WAIT if wait is None else wait)
     delay = 0.05
     while True:
         try:

@@ -33,6 +33,7 @@ async def test_a_refused_append_raises_the_servers_error(nc: NATS) -> None:
     assert caught.value.err_code == 10071  # wrong last sequence
 
 
-async def test_an_append_with_no_stream_to_take_it_says_so(nc: NATS) -> None:
+async def test_an_append_with_no_stream_to_take_it_says_so(nc: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publish, "STREAM_AWAY_WAIT", 1.0)  # of 15 s
     with pytest.raises(NoStreamResponseError):
         await publish.append(nc, TaskStage(task_id="t-bus", stage="x"), key="x")

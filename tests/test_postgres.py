@@ -250,7 +250,8 @@ def test_a_database_that_accepts_and_never_answers_delays_neither_start_nor_task
 ) -> None:
     silent = SilentDatabase()
     began = time.monotonic()
-    system = start(tmp_path, fake, workspace, f"postgresql://postgres@127.0.0.1:{silent.port}/db")
+    dsn = f"postgresql://postgres@127.0.0.1:{silent.port}/db"
+    system = start(tmp_path, fake, workspace, dsn, VICTORIA_PROBE_TIMEOUT="1")
     try:
         # Ready: start-up waited for nothing of the database (a connection attempt alone would
         # take VICTORIA_DB_CONNECT_TIMEOUT, 5 s, on top of the start's own second or two).
