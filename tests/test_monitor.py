@@ -74,3 +74,35 @@ async def test_a_silent_instance_is_down_even_while_the_monitors_own_beats_come_
     assert monitor.entries[("victoria", "a")].status == "up"  # 1.5 s of its silence not yet seen
     await hearing_itself(monitor, 2.0, late=1.2)
     assert monitor.entries[("victoria", "a")].status == "down"
+
+
+async def test_an_instance_that_beats_faster_than_the_monitor_is_down_after_its_own_three_intervals(
+    nc: NATS,
+) -> None:
+    """A bot beating every 0.5 s, a monitor every 2 s: the bot is judged 1.5 s after its last
+    beat, not at the monitor's next beat after that."""
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1", "VICTORIA_HEARTBEAT_INTERVAL": "2"}))
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 0.0)
+    monitor.entries[("telegram", "bot")] = silent("telegram", "bot", 0.0)
+    monitor.own_beat(utcnow())
+    await asyncio.sleep(1.2)
+    await monitor.check()
+    assert monitor.entries[("telegram", "bot")].status == "up"
+    await asyncio.sleep(0.6)  # 1.8 s since both beat, and the monitor's next beat not yet due
+    await monitor.check()
+    assert monitor.entries[("telegram", "bot")].status == "down"
+
+
+async def test_nobody_is_declared_down_while_none_of_the_monitors_own_beats_come_back(nc: NATS) -> None:
+    monitor = Monitor(nc, Config.from_env({"VICTORIA_INSTANCE": "m1", "VICTORIA_HEARTBEAT_INTERVAL": "0.5"}))
+    monitor.entries[("monitor", "m1")] = silent("monitor", "m1", 0.0)
+    monitor.entries[("victoria", "a")] = silent("victoria", "a", 0.1)
+    monitor.own_beat(utcnow())
+    for _ in range(12):  # 3 s, six of its intervals, and nothing of the monitor's comes back
+        await monitor.check()
+        await asyncio.sleep(0.25)
+    assert monitor.entries[("victoria", "a")].status == "up"
+    await hearing_itself(monitor, 1.0)  # back after a gap: three intervals from now
+    assert monitor.entries[("victoria", "a")].status == "up"
+    await hearing_itself(monitor, 1.0)
+    assert monitor.entries[("victoria", "a")].status == "down"

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final, Literal, assert_never
 
 import msgspec
@@ -90,6 +90,8 @@ class Monitor(Actor):
         self._subs: list[Subscription] = []
         self._own_beat: datetime | None = None
         """When the last of this process's own heartbeats that came back to it was sent."""
+        self._own_heard_at = 0.0
+        """When (``time.monotonic()``) it came back."""
         self._hearing_since: datetime | None = None
         """When the first of its own beats since the last gap in them was sent."""
         self._deaf_said = False
@@ -365,25 +367,36 @@ class Monitor(Actor):
                 )
             self._hearing_since = sent
         self._own_beat = sent
+        self._own_heard_at = time.monotonic()
         self._deaf_said = False
+
+    def clock(self) -> datetime | None:
+        """The monitor's time for silence: when its last beat that came back was sent, plus the
+        time since it came back, up to one interval (a beat is due by then). While its beats do not
+        come back the clock stands still one interval past the last; one interval is less than
+        the ``MISSED_BEATS`` that make anyone down, so the beats lost with the monitor's are never
+        counted against anyone."""
+        if self._own_beat is None:
+            return None
+        ahead = min(max(0.0, time.monotonic() - self._own_heard_at), self.config.heartbeat_interval)
+        return self._own_beat + timedelta(seconds=ahead)
 
     def blind(self) -> bool:
         """True while none of the monitor's own beats has come back for more than ``BLIND_AFTER``
-        intervals: then nobody is newly judged (the monitor's clock, ``_own_beat``, stands still)."""
-        own = self._own_beat
+        intervals (its ``clock`` stands still meanwhile)."""
         late = self.config.heartbeat_interval * BLIND_AFTER
-        return own is None or (utcnow() - own).total_seconds() > late
+        return self._own_beat is None or time.monotonic() - self._own_heard_at > late
 
     async def check(self) -> None:
         """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals
         as the monitor's own beats tell the time (``own_beat``): a slow pipe delays the judgement
         but never stops it. The monitor never judges itself."""
-        own, since = self._own_beat, self._hearing_since
+        own, since = self.clock(), self._hearing_since
         if self.blind() and own is not None and not self._deaf_said:
             self._deaf_said = True
             log.warning(
-                "own heartbeats %.1fs late: nobody is judged until they come back",
-                (utcnow() - own).total_seconds(),
+                "none of its own heartbeats came back for %.1fs: nobody is judged until they do",
+                time.monotonic() - self._own_heard_at,
             )
         if own is None or since is None:
             return
