@@ -7,11 +7,10 @@ published by the monitor too, at the first heartbeat of a new process (an instan
 or a new pid), since only the monitor and the supervisor may publish service events (nats.conf).
 The monitor never acts on itself: it has no way to restart anything, supervisors do that. Its
 clock for silence is its own heartbeats as they come back through the heartbeat stream
-(``Monitor.own_beat``): an instance is down once a beat of the monitor's, sent more than
-``MISSED_BEATS`` of the instance's intervals after the instance's last, has come back while the
-instance's has not. While its own beats do not come back (NATS failing over, a slow pipe) nobody is
-judged, for that silence is no service's death; when they come back after a gap, every instance
-has its full intervals from then to be heard.
+(``Monitor.clock``): an instance is down once that clock is ``MISSED_BEATS`` of its intervals past
+its last beat. While the monitor's own beats do not come back (NATS failing over) the clock stands
+still, for that silence is no service's death; when they come back after a gap, every instance has
+its full intervals from then to be heard. A slow pipe delays the judgement, never stops it.
 """
 
 from __future__ import annotations
@@ -370,16 +369,16 @@ class Monitor(Actor):
         self._own_heard_at = time.monotonic()
         self._deaf_said = False
 
-    def clock(self) -> datetime | None:
-        """The monitor's time for silence: when its last beat that came back was sent, plus the
-        time since it came back, up to one interval (a beat is due by then). While its beats do not
-        come back the clock stands still one interval past the last; one interval is less than
-        the ``MISSED_BEATS`` that make anyone down, so the beats lost with the monitor's are never
-        counted against anyone."""
+    def clock(self, interval: float) -> datetime | None:
+        """The monitor's time for the silence of an instance beating every ``interval`` seconds:
+        when its own last beat that came back was sent, plus the time since it came back, up to
+        one interval, the monitor's or the instance's if shorter. While the monitor's beats do not
+        come back (the pipe broken) the clock stands still one interval past the last, and one
+        interval is less than the ``MISSED_BEATS`` that make an instance down."""
         if self._own_beat is None:
             return None
-        ahead = min(max(0.0, time.monotonic() - self._own_heard_at), self.config.heartbeat_interval)
-        return self._own_beat + timedelta(seconds=ahead)
+        ahead = min(time.monotonic() - self._own_heard_at, self.config.heartbeat_interval, interval)
+        return self._own_beat + timedelta(seconds=max(0.0, ahead))
 
     def blind(self) -> bool:
         """True while none of the monitor's own beats has come back for more than ``BLIND_AFTER``
@@ -391,14 +390,14 @@ class Monitor(Actor):
         """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals
         as the monitor's own beats tell the time (``own_beat``): a slow pipe delays the judgement
         but never stops it. The monitor never judges itself."""
-        own, since = self.clock(), self._hearing_since
-        if self.blind() and own is not None and not self._deaf_said:
+        since = self._hearing_since
+        if self.blind() and self._own_beat is not None and not self._deaf_said:
             self._deaf_said = True
             log.warning(
                 "none of its own heartbeats came back for %.1fs: nobody is judged until they do",
                 time.monotonic() - self._own_heard_at,
             )
-        if own is None or since is None:
+        if since is None:
             return
         for entry in list(self.entries.values()):
             if entry.last_seen is None:
@@ -406,7 +405,8 @@ class Monitor(Actor):
             if entry.status == "down" or (entry.name, entry.instance) == (self.name, self.instance):
                 continue
             heard = max(entry.last_seen, since)
-            if (own - heard).total_seconds() > entry.interval * MISSED_BEATS:
+            now = self.clock(entry.interval)
+            if now is not None and (now - heard).total_seconds() > entry.interval * MISSED_BEATS:
                 silence = (utcnow() - entry.last_seen).total_seconds()
                 await self._transition(
                     entry,
