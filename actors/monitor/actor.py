@@ -388,8 +388,8 @@ class Monitor(Actor):
 
     async def check(self) -> None:
         """One look at every instance: ``down`` for those silent for ``MISSED_BEATS`` intervals
-        as the monitor's own beats tell the time (``own_beat``): a slow pipe delays the judgement
-        but never stops it. The monitor never judges itself."""
+        as the monitor's own beats tell the time (``clock``): a slow pipe delays the judgement but
+        never stops it. The monitor never judges itself."""
         since = self._hearing_since
         if self.blind() and self._own_beat is not None and not self._deaf_said:
             self._deaf_said = True
@@ -405,8 +405,8 @@ class Monitor(Actor):
             if entry.status == "down" or (entry.name, entry.instance) == (self.name, self.instance):
                 continue
             heard = max(entry.last_seen, since)
-            now = self.clock(entry.interval)
-            if now is not None and (now - heard).total_seconds() > entry.interval * MISSED_BEATS:
+            clock = self.clock(entry.interval)
+            if clock is not None and (clock - heard).total_seconds() > entry.interval * MISSED_BEATS:
                 silence = (utcnow() - entry.last_seen).total_seconds()
                 await self._transition(
                     entry,
