@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from anyio.abc import TaskGroup
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -66,6 +67,27 @@ class Progress:
     @property
     def messages(self) -> list[str]:
         return [message for _, message in self.seen]
+
+
+async def run_task_under_way(group: TaskGroup, session: ClientSession, goal: str) -> str:
+    """``run_task`` of ``goal`` started in ``group``, its answer not awaited (an error once the
+    call is cancelled or its gateway goes away); the task's id, from its first progress."""
+    progress = Progress()
+
+    async def call() -> None:
+        with contextlib.suppress(Exception):
+            await session.call_tool("run_task", {"goal": goal}, progress_callback=progress)
+
+    group.start_soon(call)
+    with anyio.fail_after(CALL_TIMEOUT):
+        task_id: str = await progress.task_id
+    return task_id
+
+
+async def cancel_call(session: ClientSession, request_id: int, reason: str | None = None) -> None:
+    """The client's ``notifications/cancelled`` of its request ``request_id``."""
+    params = types.CancelledNotificationParams(requestId=request_id, reason=reason)
+    await session.send_notification(types.ClientNotification(types.CancelledNotification(params=params)))
 
 
 async def cancelled(system: System, task_id: str) -> dict[str, Any]:
@@ -205,28 +227,10 @@ async def test_a_clients_cancellation_of_run_task_cancels_the_task(system: Syste
     fake_llm.delay = 5.0
     try:
         async with mcp_session(system.url) as session:
-            progress = Progress()
             request_id = session._request_id  # the id of the call made next
-
-            async def call() -> None:
-                with contextlib.suppress(Exception):  # the answer to a cancelled call is an error
-                    await session.call_tool(
-                        "run_task", {"goal": "Write a long poem"}, progress_callback=progress
-                    )
-
             async with anyio.create_task_group() as group:
-                group.start_soon(call)
-                with anyio.fail_after(CALL_TIMEOUT):
-                    task_id = await progress.task_id
-                await session.send_notification(
-                    types.ClientNotification(
-                        types.CancelledNotification(
-                            params=types.CancelledNotificationParams(
-                                requestId=request_id, reason="changed my mind"
-                            )
-                        )
-                    )
-                )
+                task_id = await run_task_under_way(group, session, "Write a long poem")
+                await cancel_call(session, request_id, "changed my mind")
                 status = await cancelled(system, task_id)
                 group.cancel_scope.cancel()
             assert "MCP client" in status["error"]
@@ -276,21 +280,10 @@ async def test_a_gateway_that_stops_under_a_waiting_run_task_leaves_its_task_to_
     fake_llm.delay = 1.0
     first = victoria_up(tmp_path / "data", fake_llm, workspace).start()
     try:
-        progress = Progress()
-        async with mcp_session(first.url) as session:
-
-            async def call() -> None:
-                with contextlib.suppress(Exception):  # the gateway goes away under it
-                    await session.call_tool(
-                        "run_task", {"goal": "Write a sonnet"}, progress_callback=progress
-                    )
-
-            async with anyio.create_task_group() as group:
-                group.start_soon(call)
-                with anyio.fail_after(CALL_TIMEOUT):
-                    task_id = await progress.task_id
-                assert await asyncio.to_thread(first.stop) == 0
-                group.cancel_scope.cancel()
+        async with mcp_session(first.url) as session, anyio.create_task_group() as group:
+            task_id = await run_task_under_way(group, session, "Write a sonnet")
+            assert await asyncio.to_thread(first.stop) == 0
+            group.cancel_scope.cancel()
     finally:
         first.close()
         fake_llm.delay = 0.0
@@ -401,25 +394,10 @@ async def test_victoria_mcp_over_stdio_passes_a_cancellation_on(system: System, 
         with anyio.fail_after(CALL_TIMEOUT):
             async with stdio_client(_stdio(system)) as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
-                progress = Progress()
                 request_id = session._request_id
-
-                async def call() -> None:
-                    with contextlib.suppress(Exception):
-                        await session.call_tool(
-                            "run_task", {"goal": "Write an epic"}, progress_callback=progress
-                        )
-
                 async with anyio.create_task_group() as group:
-                    group.start_soon(call)
-                    task_id = await progress.task_id
-                    await session.send_notification(
-                        types.ClientNotification(
-                            types.CancelledNotification(
-                                params=types.CancelledNotificationParams(requestId=request_id)
-                            )
-                        )
-                    )
+                    task_id = await run_task_under_way(group, session, "Write an epic")
+                    await cancel_call(session, request_id)
                     status = await cancelled(system, task_id)
                     group.cancel_scope.cancel()
         assert "MCP client" in status["error"]
