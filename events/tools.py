@@ -324,20 +324,22 @@ class Table:
         return lookup(name) or self.get(name.strip())
 
     def specs(self) -> list[dict[str, Any]]:
-        """The table as the protocols' ``tools`` (``specs``)."""
-        return [_spec(tool) for tool in self.tools]
+        """The table as the protocols' ``tools``: ``specs()``, made once, then the MCP servers'."""
+        return [*specs(), *(_spec(tool) for tool in self.tools if tool.source != BUILTIN)]
 
 
 BUILTINS: Final = Table()
 """The table without MCP servers."""
 
 
+@functools.cache
 def specs() -> list[dict[str, Any]]:
     """The tool table as the protocols' ``tools``: one OpenAI function spec per tool of ``TOOLS``
     (``{"type": "function", "function": {"name", "description", "parameters"}}``, which Ollama's
     ``/api/chat`` takes as it is), its parameters the JSON Schema of its arguments written out as
     one object (no ``$ref``, no titles; an optional argument is its type, not a union with null).
-    ``finish`` is not among them: a reply without a tool call is the final answer."""
+    ``finish`` is not among them: a reply without a tool call is the final answer. Made once;
+    the list is shared, and not to be changed."""
     return [_spec(tool) for tool in TOOLS]
 
 

@@ -399,7 +399,7 @@ class _Steps:
         request_id = f"step-{step}"
         self.table = await self.ctx.tool_table()
         if self.native:
-            offered = TOOL_SPECS if self.table.tools == tools.TOOLS else self.table.specs()
+            offered = self.table.specs()
             result = await self.models.result(self.ctx, "step", request_id, self.transcript, tools=offered)
             if not refused_tools(result):
                 return await self._native(step, result)
