@@ -8,10 +8,10 @@ server's own stream). Nothing here reads or writes JSON-RPC.
 
 The tools take the routes' own paths, never HTTP: a goal is checked like ``POST /run``'s body
 (``requests.checked_run_request``) and submitted by ``submit.admit`` and ``submit.append``; a status
-is ``tasks.status_of``; a cancel is ``tasks.request_cancel``; a decision is ``approvals.record``; the
-models are ``legacy.models_available``. ``run_task`` follows the task's events (``follow.Follower``)
-when the client asked for progress, and sends one notification per stage, step, tool call and
-approval; without a ``progressToken`` it waits on this gateway's view, as a sync ``POST /run`` does.
+is ``tasks.status_of``; a cancel is ``tasks.cancel_unless_ended``; a decision is
+``approvals.record``; the models are ``legacy.models_available``. ``run_task`` follows the task's
+events (``follow.Follower``) when the client asked for progress, and sends one notification per
+stage, step, tool call and approval; without a ``progressToken`` it waits on this gateway's view, as a sync ``POST /run`` does.
 A client's ``notifications/cancelled`` of a waiting ``run_task`` cancels its task; the end of the
 session or of the gateway, which cancel the call too, leave the task running.
 
@@ -493,12 +493,9 @@ class Tools:
     async def cancel_task(self, args: TaskArgs, ctx: Context) -> types.CallToolResult:
         backend = self._backend()
         history = await self._history(backend, args.task_id)
-        if history.terminal:
-            outcome = _outcome(history)
-            return _text(f"task {outcome.task_id} had ended before: {outcome.status}", outcome)
-        await tasks.request_cancel(backend, args.task_id, "cancelled by request")
+        ended = await tasks.cancel_unless_ended(backend, history, "cancelled by request")
         outcome = _outcome(history)
-        if history.terminal and outcome.status != "cancelled":
+        if ended:
             return _text(f"task {outcome.task_id} had ended before: {outcome.status}", outcome)
         return _text(f"task {outcome.task_id}: cancel recorded, its status is {outcome.status}", outcome)
 

@@ -49,12 +49,18 @@ async def cancel(request: Request, backend: Backend) -> Response:
     history = await lookup(backend, task_id)
     if history is None:
         return not_found(task_id)
-    if history.terminal:
+    if await cancel_unless_ended(backend, history, "cancelled by request"):
         return json_response(history.view(), 200)
-    await request_cancel(backend, task_id, "cancelled by request")
-    if history.terminal and history.status != "cancelled":
-        return json_response(history.view(), 200)  # it had ended before the request
     return json_response(CancelRequested(task_id=task_id, status=history.status, cancel="requested"), 202)
+
+
+async def cancel_unless_ended(backend: Backend, history: TaskHistory, reason: str) -> bool:
+    """Cancel the task of ``history`` (``request_cancel``) unless it has ended: True when it had
+    ended before the request (its status stands), False when the cancel decides its status."""
+    if history.terminal:
+        return True
+    await request_cancel(backend, history.task_id, reason)
+    return history.terminal and history.status != "cancelled"
 
 
 async def request_cancel(backend: Backend, task_id: str, reason: str) -> None:
