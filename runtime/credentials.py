@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from victoria.errors import ConfigError
 from victoria.events.subjects import is_token
+from victoria.runtime import urls
 from victoria.runtime.config import Config
 
 ROLES: Final = (
@@ -149,18 +150,7 @@ def inbox_prefix(user: str | None) -> str:
 
 def redact(url: str) -> str:
     """``url`` (each of its servers) without its password, for log lines and messages."""
-    return ",".join(_redact_one(server) for server in servers(url))
-
-
-def _redact_one(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return ",".join(urls.redact(server) for server in servers(url))
 
 
 def without_credentials(url: str) -> str:

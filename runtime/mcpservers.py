@@ -36,7 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit, urlunsplit
+
+from victoria.runtime import urls
 
 NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _VARIABLE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -184,13 +185,9 @@ def _value(found: re.Match[str], environ: Mapping[str, str]) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without the password of its user part, if it has one."""
+    """The URL without the password of its user part, if it has one (as it is, if it cannot be
+    parsed: the file's checks said what they could of it)."""
     try:
-        parts = urlsplit(url)
+        return urls.redact(url)
     except ValueError:
         return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -94,6 +94,8 @@ def test_the_config_file_takes_the_shape_the_other_clients_write(tmp_path: Path)
         "uvx mcp-server-time",
     )
     assert (search.transport, search.target) == ("http", "https://user:***@mcp.example.com/mcp")
+    loopback = mcpservers.McpServer("v6", "http", url="http://user:pw@[::1]:8931/mcp")
+    assert loopback.target == "http://user:***@[::1]:8931/mcp"  # as NATS URLs are shown
     assert "X-Key" not in repr(config) and "pw@" not in repr(config)
     assert Config.from_env({}).mcp_servers == ()
 
