@@ -66,6 +66,7 @@ from victoria.runtime import mcpservers
 from victoria.runtime.config import Config
 from victoria.runtime.mcpservers import McpServer
 from victoria.runtime.reads import MCP_REFRESH
+from victoria.runtime.sandbox import PR_SET_PDEATHSIG
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,10 @@ STOP_TIMEOUT: Final = 5.0  # seconds the servers have to end at Veronica's stop
 MAX_PAGES: Final = 100  # pages of tools/list read at most
 OUTPUT_CHARS: Final = 65536  # characters of a result kept for the model
 HTTP_TIMEOUT: Final = httpx.Timeout(30.0, read=300.0)  # the SDK's: its GET stream stays open
-PR_SET_PDEATHSIG: Final = 1
 _LAUNCH: Final = (
     # Linux: the server gets SIGKILL when Veronica dies; then it becomes the command (execvp).
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    f"ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(1)\n"
     "try:\n"
