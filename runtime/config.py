@@ -528,7 +528,7 @@ class Config:
         str,
         "",
         "the MCP servers of that file, read and checked at start",
-        read=lambda env: _mcp_servers(env),
+        read=_mcp_servers,
     )
     mcp_call_timeout: float = _setting(
         "VICTORIA_MCP_CALL_TIMEOUT",
